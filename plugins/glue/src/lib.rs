@@ -1,0 +1,19 @@
+//! Glue shared by every nbdkit plugin of this project.
+//!
+//! - [`guard`]: run a callback body so that a panic becomes `EIO` instead of
+//!   aborting nbdkit (the `nbdkit` crate's callbacks are non-unwinding
+//!   `extern fn`s: a panic escaping them kills the whole server).
+//! - [`ToErrno`]: the one place where a plugin's error type becomes the errno
+//!   the NBD client sees.
+//! - [`config`]: parsing of keys shared across plugins (sizes, booleans,
+//!   durations, passwords) and a registry that refuses unknown keys.
+//! - [`logging`]: a `log` backend writing through `nbdkit_error` /
+//!   `nbdkit_debug`, so messages honour nbdkit's `--log` and `-v`.
+//!
+//! Not here: anything specific to one backend.
+
+pub mod config;
+pub mod errno;
+pub mod logging;
+
+pub use errno::{guard, ToErrno};

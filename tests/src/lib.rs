@@ -1,0 +1,328 @@
+//! Test harness for the end-to-end tests in `tests/tests/`.
+//!
+//! Everything a test starts is owned by a guard that kills it (and its
+//! process group) on drop, so a failing assertion never leaks a server.
+//! Every wait is bounded by a deadline. Binaries are the release build
+//! (`scripts/test` builds them first); set `HND_BIN_DIR` to use others.
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read};
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+pub use tempfile::TempDir;
+
+/// Root of the workspace.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// Where the built binaries and plugins are: `$HND_BIN_DIR`, else
+/// `$CARGO_TARGET_DIR/release`, else `<workspace>/target/release`.
+pub fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("HND_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"));
+    target.join("release")
+}
+
+/// Path of a built artifact (`http-disk-server`, `libmultihttp.so`...),
+/// panicking with a hint when it was not built.
+pub fn artifact(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --release --workspace` (scripts/test does)",
+        path.display()
+    );
+    path
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind an ephemeral port")
+        .port()
+}
+
+/// Polls `condition` every 20 ms until it holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Lines a child printed, collected by background reader threads.
+#[derive(Clone, Default)]
+pub struct Lines(Arc<Mutex<Vec<String>>>);
+
+impl Lines {
+    pub fn snapshot(&self) -> Vec<String> {
+        self.0.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    pub fn contains(&self, needle: &str) -> bool {
+        self.snapshot().iter().any(|l| l.contains(needle))
+    }
+
+    pub fn count(&self, needle: &str) -> usize {
+        self.snapshot()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    /// Waits until some line contains `needle`.
+    pub fn wait_for(&self, needle: &str, timeout: Duration) -> bool {
+        wait_until(timeout, || self.contains(needle))
+    }
+
+    fn collect(&self, label: String, stream: impl Read + Send + 'static) {
+        let lines = self.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                // Shown by the test runner only when the test fails.
+                println!("[{label}] {line}");
+                if let Ok(mut all) = lines.0.lock() {
+                    all.push(line);
+                }
+            }
+        });
+    }
+}
+
+/// A child process killed, with its whole process group, when dropped.
+pub struct Proc {
+    child: Child,
+    pub name: String,
+    /// stdout and stderr lines, merged.
+    pub output: Lines,
+}
+
+impl Proc {
+    /// Starts `cmd` in its own process group with stdout/stderr captured.
+    pub fn spawn(name: &str, mut cmd: Command) -> Proc {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name} ({cmd:?}): {e}"));
+        let output = Lines::default();
+        if let Some(out) = child.stdout.take() {
+            output.collect(name.to_owned(), out);
+        }
+        if let Some(err) = child.stderr.take() {
+            output.collect(name.to_owned(), err);
+        }
+        Proc {
+            child,
+            name: name.to_owned(),
+            output,
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Sends a signal to the process (not its group).
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) with a pid we own and a valid signal number.
+        unsafe { libc::kill(self.pid(), signal) };
+    }
+
+    /// Whether the process has exited (reaping it if so).
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// Waits for exit up to `timeout`; `None` if it is still running.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let mut status = None;
+        wait_until(timeout, || {
+            status = self.exited();
+            status.is_some()
+        });
+        status
+    }
+
+    /// SIGKILLs the process group and reaps the child.
+    pub fn kill(&mut self) {
+        if self.exited().is_none() {
+            // SAFETY: negative pid = our child's process group.
+            unsafe { libc::kill(-self.pid(), libc::SIGKILL) };
+            let _ = self.child.wait();
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Runs a command to completion with a time limit, killing it if it
+/// overruns. Returns its output; panics if it could not start or overran.
+pub fn run(mut cmd: Command, timeout: Duration) -> Output {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    let description = format!("{cmd:?}");
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {description}: {e}"));
+    let (mut out, mut err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    let out_reader = thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = out.read_to_end(&mut buf);
+        buf
+    });
+    let err_reader = thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = err.read_to_end(&mut buf);
+        buf
+    });
+    let mut status = None;
+    wait_until(timeout, || {
+        status = child.try_wait().ok().flatten();
+        status.is_some()
+    });
+    let Some(status) = status else {
+        unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+        let _ = child.wait();
+        panic!("{description} did not finish within {timeout:?}");
+    };
+    Output {
+        status,
+        stdout: out_reader.join().unwrap_or_default(),
+        stderr: err_reader.join().unwrap_or_default(),
+    }
+}
+
+/// Like [`run`], and also asserts success, returning stdout as text.
+pub fn run_ok(cmd: Command, timeout: Duration) -> String {
+    let description = format!("{cmd:?}");
+    let output = run(cmd, timeout);
+    assert!(
+        output.status.success(),
+        "{description} failed ({}):\nstdout: {}\nstderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// A Command for a tool that needs Debian's python3 with the `nbd`
+/// module (`nbdsh`): `/usr/bin` first on PATH, because the first python3
+/// on this machine's PATH may lack the module.
+pub fn debian_tool(program: &str) -> Command {
+    let mut cmd = Command::new(program);
+    let path = std::env::var("PATH").unwrap_or_default();
+    cmd.env("PATH", format!("/usr/bin:/usr/sbin:{path}"));
+    cmd
+}
+
+/// Runs an `nbdsh` Python snippet against `uri` (variable `h` is the
+/// connected handle) and returns its stdout.
+pub fn nbdsh(uri: &str, script: &str) -> String {
+    let mut cmd = debian_tool("nbdsh");
+    cmd.args(["-u", uri, "-c", script]);
+    run_ok(cmd, Duration::from_secs(120))
+}
+
+/// An nbdkit process serving one export on a Unix socket in a temp dir.
+pub struct Nbdkit {
+    pub proc: Proc,
+    pub socket: PathBuf,
+    _dir: TempDir,
+}
+
+impl Nbdkit {
+    /// Starts `nbdkit -f -U <sock> <plugin> <params...>` with extra nbdkit
+    /// options before the plugin (e.g. `-r`, `--filter=...`), and waits
+    /// until the socket accepts (nbdkit writes the pidfile only then).
+    pub fn start(options: &[&str], plugin: &Path, params: &[&str]) -> Nbdkit {
+        Self::try_start(options, plugin, params).unwrap_or_else(|p| {
+            panic!(
+                "nbdkit did not become ready; output:\n{}",
+                p.output.snapshot().join("\n")
+            )
+        })
+    }
+
+    /// As [`Nbdkit::start`], but returns the process when nbdkit exits or
+    /// does not become ready, so tests can check refusals.
+    pub fn try_start(options: &[&str], plugin: &Path, params: &[&str]) -> Result<Nbdkit, Proc> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let socket = dir.path().join("nbd.sock");
+        let pidfile = dir.path().join("nbdkit.pid");
+        let mut cmd = Command::new("nbdkit");
+        cmd.args(["-f", "--exit-with-parent", "-U"])
+            .arg(&socket)
+            .arg("-P")
+            .arg(&pidfile)
+            .args(options)
+            .arg(plugin)
+            .args(params);
+        let mut proc = Proc::spawn("nbdkit", cmd);
+        let ready = wait_until(Duration::from_secs(30), || {
+            pidfile.exists() || proc.exited().is_some()
+        });
+        if !ready || proc.exited().is_some() {
+            return Err(proc);
+        }
+        Ok(Nbdkit {
+            proc,
+            socket,
+            _dir: dir,
+        })
+    }
+
+    pub fn uri(&self) -> String {
+        format!("nbd+unix:///?socket={}", self.socket.display())
+    }
+}
+
+/// A file of `size` bytes filled with a deterministic pattern, in `dir`.
+pub fn pattern_file(dir: &Path, name: &str, size: usize, seed: u64) -> PathBuf {
+    let path = dir.join(name);
+    fs::write(&path, pattern(size, seed)).expect("write pattern file");
+    path
+}
+
+/// `size` pseudo-random bytes from `seed` (xorshift: cheap and repeatable).
+pub fn pattern(size: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..size)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect()
+}
