@@ -1,0 +1,1 @@
+//! nbdkit plugin 'multihttp': placeholder until its issue lands.

@@ -1,0 +1,1 @@
+//! nbdkit plugin 'sharded': placeholder until its issue lands.
