@@ -17,6 +17,9 @@ use std::time::{Duration, Instant};
 
 pub use tempfile::TempDir;
 
+pub mod disk_server;
+pub use disk_server::DiskServer;
+
 /// Root of the workspace.
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
