@@ -1,2 +1,209 @@
-//! http-disk-server: placeholder until the server lands (issue 2).
-fn main() {}
+//! http-disk-server: serves one block device or regular file over HTTP for
+//! the multihttp nbdkit plugin (and the old C plugin). See README.md,
+//! section "http-disk-server", for the protocol and every flag.
+//!
+//! `main` only wires the modules: command line, logging, listening socket,
+//! signals, getting hold of the disk (retrying while DRBD says no), the
+//! accept loop, and the orderly stop.
+
+mod access;
+mod cli;
+mod disk;
+mod drbd;
+mod handlers;
+mod http;
+mod server;
+mod signals;
+
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+
+use crate::access::AllowList;
+use crate::server::{Config, State};
+
+/// Longest wait for in-flight requests after SIGTERM before exiting anyway.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+fn main() -> ExitCode {
+    let args = cli::Args::parse();
+    init_logging(&args.disk, args.verbose);
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            log::error!("{message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// env_logger on stderr, every line prefixed with `[<disk name>]` (the
+/// basename of the resolved disk path, e.g. `drbd1000`), so merged syslog
+/// lines of several servers can be told apart. `-v` adds per-request lines.
+fn init_logging(disk: &Path, verbose: bool) {
+    let resolved = std::fs::canonicalize(disk).unwrap_or_else(|_| disk.to_path_buf());
+    let name = resolved
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| resolved.display().to_string());
+    let level = if verbose {
+        log::LevelFilter::Debug
+    } else {
+        log::LevelFilter::Info
+    };
+    env_logger::Builder::new()
+        .filter_level(level)
+        // The HTTP layer is ours; nothing else logs usefully at debug.
+        .format(move |buf, record| writeln!(buf, "[{name}] {}: {}", record.level(), record.args()))
+        .target(env_logger::Target::Stderr)
+        .init();
+}
+
+/// Binds the listening socket; with no `--ip`, all interfaces (IPv6 and
+/// IPv4 on one dual-stack socket, or IPv4 only where IPv6 is disabled).
+fn bind(ip: Option<IpAddr>, port: u16) -> Result<TcpListener, String> {
+    let explain = |addr: SocketAddr, e: std::io::Error| {
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            format!("cannot listen on {addr}: port {port} is already in use (another http-disk-server?)")
+        } else {
+            format!("cannot listen on {addr}: {e}")
+        }
+    };
+    match ip {
+        Some(ip) => {
+            let addr = SocketAddr::new(ip, port);
+            TcpListener::bind(addr).map_err(|e| explain(addr, e))
+        }
+        None => {
+            let v6 = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port);
+            match TcpListener::bind(v6) {
+                Ok(listener) => Ok(listener),
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(explain(v6, e)),
+                Err(_) => {
+                    let v4 = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port);
+                    TcpListener::bind(v4).map_err(|e| explain(v4, e))
+                }
+            }
+        }
+    }
+}
+
+/// `Server ready!` on stdout, on its own line, flushed: SM waits for it.
+fn announce_ready() {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "Server ready!");
+    let _ = out.flush();
+}
+
+fn run(args: cli::Args) -> Result<(), String> {
+    let listener = bind(args.ip, args.port)?;
+    let stop_fd = signals::install().map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    let workers = usize::try_from(args.workers).unwrap_or(usize::MAX);
+    let state = Arc::new(State {
+        config: Config {
+            readonly: args.readonly,
+            allow: AllowList::new(args.allow.clone()),
+            max_request_size: args.max_request_size,
+            idle_timeout: Duration::from_secs(args.idle_timeout),
+            workers,
+        },
+        disk: OnceLock::new(),
+        active: AtomicUsize::new(0),
+    });
+    let local = listener
+        .local_addr()
+        .map_err(|e| format!("listening socket: {e}"))?;
+    let path = args.disk.clone();
+
+    // First attempt in line, so the common case says "ready" only once it
+    // really serves; a fatal error (not a disk, no permission) exits here.
+    let waiting = match drbd::try_open(&path, args.readonly) {
+        Ok(disk) => {
+            hold(&state, disk);
+            None
+        }
+        Err(Err(e)) => return Err(format!("cannot open {}: {e}", path.display())),
+        Err(Ok(wait)) => {
+            log::warn!("{}: {wait}; answering 503 until then", path.display());
+            Some(wait)
+        }
+    };
+    log::info!(
+        "listening on {local} for {} ({}{})",
+        path.display(),
+        if args.readonly {
+            "read-only"
+        } else {
+            "read-write"
+        },
+        if args.allow.is_empty() {
+            String::new()
+        } else {
+            let nets: Vec<String> = args.allow.iter().map(ToString::to_string).collect();
+            format!(", allowed: {}", nets.join(" "))
+        }
+    );
+    // Also printed while waiting for the device: SM gives up after 10 s,
+    // and clients fail over on our 503 meanwhile.
+    announce_ready();
+
+    if let Some(wait) = waiting {
+        let state = Arc::clone(&state);
+        let readonly = args.readonly;
+        thread::Builder::new()
+            .name("open-disk".into())
+            .spawn(move || {
+                match drbd::open_when_possible(&path, readonly, &signals::STOP, Some(wait)) {
+                    Ok(Some(disk)) => hold(&state, disk),
+                    Ok(None) => {}
+                    Err(e) => {
+                        // Retrying cannot fix it; keep answering 503 so
+                        // clients go elsewhere, and say why loudly.
+                        log::error!("giving up on {}: {e}", path.display())
+                    }
+                }
+            })
+            .map_err(|e| format!("cannot start the open-disk thread: {e}"))?;
+    }
+
+    server::accept_loop(&listener, stop_fd, &state)
+        .map_err(|e| format!("accept loop failed: {e}"))?;
+    drop(listener);
+    log::info!("stopping: no new connections; finishing requests in flight");
+    let deadline = Instant::now() + SHUTDOWN_GRACE;
+    while state.active.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(20));
+    }
+    let left = state.active.load(Ordering::SeqCst);
+    if left > 0 {
+        log::warn!("{left} connection(s) still busy after {SHUTDOWN_GRACE:?}; exiting anyway");
+    }
+    if let Some(disk) = state.disk.get() {
+        disk.sync()
+            .map_err(|e| format!("final fdatasync of {} failed: {e}", disk.path().display()))?;
+    }
+    log::info!("stopped");
+    Ok(())
+}
+
+/// Records the open disk; from now on requests are served.
+fn hold(state: &State, disk: disk::Disk) {
+    log::info!(
+        "holding {} ({} bytes, {})",
+        disk.path().display(),
+        disk.size(),
+        if disk.is_block_device() {
+            "block device"
+        } else {
+            "regular file"
+        }
+    );
+    let _ = state.disk.set(disk);
+}

@@ -1,0 +1,146 @@
+//! Command line of `http-disk-server`. The first four flags are those of the
+//! old Python server, which XCP-ng's storage manager passes verbatim; the
+//! others are new and all optional.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+use ipnet::IpNet;
+
+/// Serves one block device or regular file over HTTP: HEAD gives the size,
+/// GET with Range reads, PUT with Content-Range writes (durable before the
+/// reply), POST X-Disk-Op flush/trim/zero.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "http-disk-server", version)]
+pub struct Args {
+    /// Block device or regular file to serve.
+    #[arg(long, value_name = "PATH")]
+    pub disk: PathBuf,
+
+    /// Address to listen on (IPv4 or IPv6); all interfaces when omitted.
+    #[arg(long, value_name = "ADDR")]
+    pub ip: Option<IpAddr>,
+
+    /// TCP port to listen on.
+    #[arg(long, default_value_t = 8000, value_name = "N")]
+    pub port: u16,
+
+    /// Log one line per request (errors are always logged).
+    #[arg(short, long)]
+    pub verbose: bool,
+
+    /// Refuse writes: PUT and POST trim/zero get 405. The disk is opened
+    /// read-only (so on DRBD this does not take the Primary role).
+    #[arg(long)]
+    pub readonly: bool,
+
+    /// Only serve peers in this network (repeatable, e.g. 10.0.0.0/24,
+    /// 127.0.0.1/32, ::1/128); others get 403 before any body is read.
+    /// Every peer is served when omitted.
+    #[arg(long = "allow", value_name = "CIDR", value_parser = parse_cidr)]
+    pub allow: Vec<IpNet>,
+
+    /// Largest request body accepted, in bytes (K, M, G suffixes allowed);
+    /// larger writes get 413 before their body is read.
+    #[arg(long, default_value = "32M", value_name = "BYTES", value_parser = parse_size)]
+    pub max_request_size: u64,
+
+    /// Seconds a client may stay silent (idle between requests, or stalled
+    /// while sending a request or receiving a reply) before it is dropped.
+    #[arg(long, default_value_t = 30, value_name = "SECS",
+          value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub idle_timeout: u64,
+
+    /// Connections served at once, each by its own worker thread; one more
+    /// gets 503 with Retry-After so it tries again or fails over.
+    #[arg(long, default_value_t = 128, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub workers: u64,
+}
+
+/// Parses `10.0.0.0/8`, `::1/128`, or a bare address (a single host).
+pub fn parse_cidr(text: &str) -> Result<IpNet, String> {
+    let text = text.trim();
+    if let Ok(net) = text.parse::<IpNet>() {
+        // Normalise so 10.1.2.3/8 matches like 10.0.0.0/8.
+        return Ok(net.trunc());
+    }
+    text.parse::<IpAddr>()
+        .map(IpNet::from)
+        .map_err(|_| format!("{text:?} is not an IP network (ADDR/PREFIX) or address"))
+}
+
+/// Parses a byte count with an optional K/M/G/T suffix (powers of 1024).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, suffix) = text.split_at(split);
+    let shift = match suffix.to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        "T" | "TB" | "TIB" => 40,
+        _ => return Err(format!("unknown size suffix {suffix:?} in {text:?}")),
+    };
+    let number: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size in bytes"))?;
+    number
+        .checked_mul(1u64 << shift)
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("size {text:?} is zero or too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("32M"), Ok(32 << 20));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("1k"), Ok(1024));
+        for bad in ["", "0", "-1", "1X", "M", "99999999999T", "1.5M"] {
+            assert!(parse_size(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn cidrs() {
+        assert_eq!(parse_cidr("10.1.2.3/8").unwrap().to_string(), "10.0.0.0/8");
+        assert_eq!(parse_cidr("::1").unwrap().to_string(), "::1/128");
+        assert_eq!(parse_cidr("127.0.0.1").unwrap().to_string(), "127.0.0.1/32");
+        for bad in [
+            "",
+            "10.0.0.0/33",
+            "host",
+            "10.0.0/8",
+            "::1/129",
+            "1.2.3.4/-1",
+        ] {
+            assert!(parse_cidr(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn old_command_line_still_parses() {
+        let args = Args::try_parse_from([
+            "http-disk-server",
+            "--disk",
+            "/dev/drbd/by-res/xcp-persistent-ha-statefile/0",
+            "--ip",
+            "10.0.0.1",
+            "--port",
+            "8076",
+            "-v",
+        ])
+        .unwrap();
+        assert_eq!(args.port, 8076);
+        assert!(args.verbose && !args.readonly && args.allow.is_empty());
+        assert_eq!(args.max_request_size, 32 << 20);
+    }
+}

@@ -1,0 +1,340 @@
+//! The HTTP methods of the disk protocol, one handler each (HEAD, GET,
+//! PUT, POST), plus the checks every request goes through first: access
+//! list, framing, method, device held. Handlers decide; they do no socket
+//! I/O except reading the request body through [`BodySource`], so every
+//! refusal happens before a body byte is read.
+
+use std::io::{BufRead, Write};
+use std::net::IpAddr;
+
+use http_disk_protocol::{
+    headers, ContentRange, ContentTotal, Feature, FeatureSet, RangeError, RangeSpec,
+};
+
+use crate::disk::Disk;
+use crate::http::{self, BodyError, Framing, Request};
+use crate::server::State;
+
+/// What a reply carries after its head.
+#[derive(Debug)]
+pub enum Body {
+    Empty,
+    Text(String),
+    /// `len` bytes of the disk from `start`, streamed.
+    Disk {
+        start: u64,
+        len: u64,
+    },
+    /// HEAD: announce this Content-Length, send nothing.
+    HeadOnly(u64),
+}
+
+/// A reply decided by a handler.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Body,
+    /// Close the connection after this reply.
+    pub close: bool,
+}
+
+impl Reply {
+    fn new(status: u16, body: Body) -> Reply {
+        Reply {
+            status,
+            headers: Vec::new(),
+            body,
+            close: false,
+        }
+    }
+
+    /// An error reply: reason in `X-Disk-Error` and as a text body.
+    pub fn error(status: u16, reason: impl Into<String>) -> Reply {
+        let reason: String = reason.into().replace(['\r', '\n'], " ");
+        Reply::new(status, Body::Text(format!("{reason}\n")))
+            .with(headers::ERROR, &reason)
+            .with("Content-Type", "text/plain; charset=utf-8")
+    }
+
+    pub fn with(mut self, name: &str, value: &str) -> Reply {
+        self.headers.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    pub fn closing(mut self) -> Reply {
+        self.close = true;
+        self
+    }
+
+    /// The reason of an error reply, for logs.
+    pub fn reason(&self) -> &str {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == headers::ERROR)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or("")
+    }
+}
+
+/// The request body, read only when a handler asks for it; `100 Continue`
+/// is sent at that moment, never earlier.
+pub struct BodySource<'a> {
+    pub reader: &'a mut dyn BufRead,
+    pub writer: &'a mut dyn Write,
+    pub framing: Framing,
+    pub expect_continue: bool,
+    /// Set once the body has been read completely.
+    pub consumed: bool,
+}
+
+impl BodySource<'_> {
+    /// Reads the whole body, refusing more than `max` bytes.
+    fn read(&mut self, max: u64) -> Result<Vec<u8>, BodyError> {
+        if self.expect_continue {
+            http::write_continue(&mut self.writer).map_err(BodyError::Io)?;
+            self.expect_continue = false;
+        }
+        let body = http::read_body(&mut self.reader, self.framing, max)?;
+        self.consumed = true;
+        Ok(body)
+    }
+}
+
+/// Handles one request whose head was read.
+pub fn handle(req: &Request, peer: IpAddr, state: &State, body: &mut BodySource) -> Reply {
+    let config = &state.config;
+    if !config.allow.permits(peer) {
+        return Reply::error(403, format!("{peer} is not in the --allow list"));
+    }
+    let method = req.method.as_str();
+    if !matches!(method, "HEAD" | "GET" | "PUT" | "POST") {
+        return Reply::error(501, format!("method {method} is not implemented"))
+            .with("Allow", "HEAD, GET, PUT, POST");
+    }
+    let Some(disk) = state.disk.get() else {
+        return Reply::error(
+            503,
+            "the disk is not held by this server (DRBD peer Primary or device missing)",
+        )
+        .with("Retry-After", "1");
+    };
+    match method {
+        "HEAD" => head(disk, config.readonly),
+        "GET" => get(req, disk),
+        "PUT" => put(req, disk, state, body),
+        _ => post(req, disk, body),
+    }
+}
+
+/// The extensions this server offers.
+fn features(readonly: bool) -> FeatureSet {
+    let all = FeatureSet::empty()
+        .with(Feature::Flush)
+        .with(Feature::Trim)
+        .with(Feature::Zero)
+        .with(Feature::Writeback);
+    if readonly {
+        all.with(Feature::Readonly)
+    } else {
+        all
+    }
+}
+
+/// HEAD: the size and the extensions.
+fn head(disk: &Disk, readonly: bool) -> Reply {
+    Reply::new(200, Body::HeadOnly(disk.size()))
+        .with("Accept-Ranges", "bytes")
+        .with(headers::FEATURES, &features(readonly).to_string())
+}
+
+fn unsatisfiable(size: u64, why: impl std::fmt::Display) -> Reply {
+    Reply::error(416, why.to_string()).with("Content-Range", &format!("bytes */{size}"))
+}
+
+/// GET: one range (206) or, without Range, the whole disk (200), streamed.
+fn get(req: &Request, disk: &Disk) -> Reply {
+    let size = disk.size();
+    let Some(value) = req.header("Range") else {
+        let body = if size == 0 {
+            Body::Empty
+        } else {
+            Body::Disk {
+                start: 0,
+                len: size,
+            }
+        };
+        return Reply::new(200, body).with("Accept-Ranges", "bytes");
+    };
+    // Like the old server: any unusable Range is 416, never a silent 200
+    // with the whole disk (a client asking for 4 KiB must not get 4 GiB).
+    match RangeSpec::parse(&value).and_then(|spec| spec.resolve(size)) {
+        Ok(range) => Reply::new(
+            206,
+            Body::Disk {
+                start: range.start(),
+                len: range.len(),
+            },
+        )
+        .with("Accept-Ranges", "bytes")
+        .with("Content-Range", &range.to_content_range(size)),
+        Err(e) => unsatisfiable(size, e),
+    }
+}
+
+/// `X-Disk-Writeback` / `X-Disk-May-Trim`: absent or `0` = false, `1` = true.
+fn flag(req: &Request, name: &str) -> Result<bool, Reply> {
+    match req.header(name).as_deref().map(str::trim) {
+        None | Some("0") => Ok(false),
+        Some("1") => Ok(true),
+        Some(other) => Err(Reply::error(
+            400,
+            format!("{name} must be 0 or 1, not {other:?}"),
+        )),
+    }
+}
+
+/// Makes the disk durable unless the client asked for write-back.
+fn durable(disk: &Disk, writeback: bool, what: &str) -> Reply {
+    if writeback {
+        return Reply::new(200, Body::Empty);
+    }
+    match disk.sync() {
+        Ok(()) => Reply::new(200, Body::Empty),
+        Err(e) => Reply::error(500, format!("{what} done but fdatasync failed: {e}")),
+    }
+}
+
+/// PUT: validate everything, receive the whole body, check its length,
+/// and only then write, so a bad or broken request writes nothing.
+fn put(req: &Request, disk: &Disk, state: &State, body: &mut BodySource) -> Reply {
+    let size = disk.size();
+    if disk.readonly() {
+        return Reply::error(405, "the server is read-only (--readonly)")
+            .with("Allow", "HEAD, GET, POST");
+    }
+    let writeback = match flag(req, headers::WRITEBACK) {
+        Ok(flag) => flag,
+        Err(reply) => return reply,
+    };
+    let Some(value) = req.header("Content-Range") else {
+        return Reply::error(400, "PUT needs a Content-Range: bytes B-E/total header");
+    };
+    let content_range = match ContentRange::parse(&value) {
+        Ok(cr) => cr,
+        Err(e) => return Reply::error(400, format!("Content-Range {value:?}: {e}")),
+    };
+    let range = content_range.range;
+    if let ContentTotal::Known(total) = content_range.total {
+        if total != size {
+            return Reply::error(
+                400,
+                format!("Content-Range total {total} is not the disk size {size}"),
+            );
+        }
+    }
+    if !range.fits_in(size) {
+        return unsatisfiable(
+            size,
+            format!("range {range} is outside the disk of {size} bytes"),
+        );
+    }
+    if range.len() > state.config.max_request_size {
+        return Reply::error(
+            413,
+            format!(
+                "a write of {} bytes is larger than --max-request-size {}",
+                range.len(),
+                state.config.max_request_size
+            ),
+        );
+    }
+    if let Framing::Length(len) = body.framing {
+        if len != range.len() {
+            return Reply::error(
+                400,
+                format!(
+                    "Content-Length {len} does not match the range {range} ({} bytes)",
+                    range.len()
+                ),
+            );
+        }
+    }
+    // For chunked bodies, one byte more than the range is allowed so that
+    // a long body is told apart from an exact one.
+    let data = match body.read(range.len().saturating_add(1)) {
+        Ok(data) => data,
+        Err(BodyError::TooLong) => {
+            return Reply::error(400, format!("body longer than the range {range}")).closing()
+        }
+        Err(e) => return Reply::error(400, format!("{e}; nothing written")).closing(),
+    };
+    if data.len() as u64 != range.len() {
+        return Reply::error(
+            400,
+            format!(
+                "body of {} bytes does not match the range {range}; nothing written",
+                data.len()
+            ),
+        );
+    }
+    if let Err(e) = disk.write_at(&data, range.start()) {
+        return Reply::error(500, format!("write of {range} failed: {e}"));
+    }
+    durable(disk, writeback, "write")
+}
+
+/// POST: `X-Disk-Op: flush | trim | zero`. No body allowed.
+fn post(req: &Request, disk: &Disk, body: &mut BodySource) -> Reply {
+    if body.framing.has_body() {
+        return Reply::error(400, "POST requests of this protocol carry no body");
+    }
+    let Some(op) = req.header(headers::OP) else {
+        return Reply::error(
+            400,
+            format!("POST needs an {} header (flush, trim, zero)", headers::OP),
+        );
+    };
+    let writeback = match flag(req, headers::WRITEBACK) {
+        Ok(flag) => flag,
+        Err(reply) => return reply,
+    };
+    let op = op.trim().to_ascii_lowercase();
+    if op == headers::OP_FLUSH {
+        return match disk.sync() {
+            Ok(()) => Reply::new(200, Body::Empty),
+            Err(e) => Reply::error(500, format!("flush (fdatasync) failed: {e}")),
+        };
+    }
+    if op != headers::OP_TRIM && op != headers::OP_ZERO {
+        return Reply::error(
+            400,
+            format!("unknown {} {op:?} (flush, trim, zero)", headers::OP),
+        );
+    }
+    if disk.readonly() {
+        return Reply::error(
+            405,
+            format!("{op} refused: the server is read-only (--readonly)"),
+        )
+        .with("Allow", "HEAD, GET, POST");
+    }
+    let may_trim = match flag(req, headers::MAY_TRIM) {
+        Ok(flag) => flag,
+        Err(reply) => return reply,
+    };
+    let Some(value) = req.header(headers::RANGE) else {
+        return Reply::error(400, format!("{op} needs an {} header", headers::RANGE));
+    };
+    let size = disk.size();
+    let range = match RangeSpec::parse(&value).and_then(|spec| spec.resolve_exact(size)) {
+        Ok(range) => range,
+        Err(e @ RangeError::Unsatisfiable { .. }) => return unsatisfiable(size, e),
+        Err(e) => return Reply::error(400, format!("{} {value:?}: {e}", headers::RANGE)),
+    };
+    let deallocate = op == headers::OP_TRIM || may_trim;
+    if let Err(e) = disk.zero(range.start(), range.len(), deallocate) {
+        return Reply::error(500, format!("{op} of {range} failed: {e}"));
+    }
+    durable(disk, writeback, &op)
+}

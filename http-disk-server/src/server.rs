@@ -1,0 +1,309 @@
+//! Connections: the accept loop, one worker thread per connection (at most
+//! `--workers`), and the request loop of a connection (keep-alive, idle
+//! timeout, replies, per-request logs). A thread per connection with
+//! socket timeouts is what guarantees that an idle or slow client only
+//! ever holds its own worker, never the others.
+
+use std::io::{self, BufReader, BufWriter, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::io::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::access::AllowList;
+use crate::disk::{Disk, IO_CHUNK};
+use crate::handlers::{self, Body, BodySource, Reply};
+use crate::http::{self, HeadError};
+use crate::signals;
+
+/// Settings from the command line that requests depend on.
+#[derive(Debug)]
+pub struct Config {
+    pub readonly: bool,
+    pub allow: AllowList,
+    pub max_request_size: u64,
+    pub idle_timeout: Duration,
+    pub workers: usize,
+}
+
+/// What every connection shares.
+pub struct State {
+    pub config: Config,
+    /// Set once the disk is held; until then every request gets 503.
+    pub disk: OnceLock<Disk>,
+    /// Connections being served right now.
+    pub active: AtomicUsize,
+}
+
+/// How often a waiting connection checks for a stop request.
+const POLL_SLICE: Duration = Duration::from_millis(200);
+
+/// Polls one fd for input for at most `timeout`.
+fn poll_in(fds: &mut [libc::pollfd], timeout: Duration) -> io::Result<usize> {
+    let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+    // SAFETY: poll(2) on a live array of pollfd of the given length.
+    let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::Interrupted {
+            return Ok(0);
+        }
+        return Err(e);
+    }
+    Ok(n as usize)
+}
+
+/// Accepts connections until a stop is requested (`stop_fd` readable).
+pub fn accept_loop(listener: &TcpListener, stop_fd: RawFd, state: &Arc<State>) -> io::Result<()> {
+    let mut fds = [
+        libc::pollfd {
+            fd: listener.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: stop_fd,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    while !signals::stopping() {
+        fds[0].revents = 0;
+        fds[1].revents = 0;
+        if poll_in(&mut fds, Duration::from_secs(1))? == 0 || fds[0].revents == 0 {
+            continue;
+        }
+        let (stream, peer) = match listener.accept() {
+            Ok(accepted) => accepted,
+            // The peer gave up between poll and accept, or fds ran out:
+            // log and keep serving the others.
+            Err(e) => {
+                log::error!("accept failed: {e}");
+                thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        };
+        if state.active.load(Ordering::SeqCst) >= state.config.workers {
+            refuse_busy(stream, peer, state.config.workers);
+            continue;
+        }
+        state.active.fetch_add(1, Ordering::SeqCst);
+        let worker_state = Arc::clone(state);
+        let spawned = thread::Builder::new()
+            .name(format!("conn {peer}"))
+            .spawn(move || {
+                let _active = ActiveGuard(&worker_state.active);
+                serve_connection(stream, peer, &worker_state);
+            });
+        if let Err(e) = spawned {
+            state.active.fetch_sub(1, Ordering::SeqCst);
+            log::error!("cannot start a worker thread for {peer}: {e}");
+        }
+    }
+    Ok(())
+}
+
+/// Decrements the active connection count when a worker ends, even by panic.
+struct ActiveGuard<'a>(&'a AtomicUsize);
+
+impl Drop for ActiveGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// All workers busy: a short 503 so the client retries or fails over,
+/// written without blocking the accept loop.
+fn refuse_busy(stream: TcpStream, peer: SocketAddr, workers: usize) {
+    log::warn!("{peer}: all {workers} workers busy, replying 503");
+    let _ = stream.set_nonblocking(true);
+    let reason = format!("all {workers} workers are busy");
+    let reply = format!(
+        "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nX-Disk-Error: {reason}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{reason}\n",
+        reason.len() + 1
+    );
+    let _ = (&stream).write_all(reply.as_bytes());
+}
+
+/// Waits until the connection has input, for at most the idle timeout.
+/// False when the client stayed silent, or a stop was requested.
+fn wait_for_request(reader: &BufReader<TcpStream>, idle: Duration) -> bool {
+    if !reader.buffer().is_empty() {
+        return true;
+    }
+    let deadline = Instant::now() + idle;
+    let mut fds = [libc::pollfd {
+        fd: reader.get_ref().as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    }];
+    loop {
+        if signals::stopping() {
+            return false;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        fds[0].revents = 0;
+        match poll_in(&mut fds, left.min(POLL_SLICE)) {
+            Ok(0) => continue,
+            Ok(_) => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Serves the requests of one connection until it closes, idles out, errs
+/// or the server stops.
+fn serve_connection(stream: TcpStream, peer: SocketAddr, state: &State) {
+    let idle = state.config.idle_timeout;
+    let setup = stream
+        .set_read_timeout(Some(idle))
+        .and_then(|_| stream.set_write_timeout(Some(idle)))
+        .and_then(|_| stream.set_nodelay(true))
+        .and_then(|_| stream.try_clone());
+    let write_half = match setup {
+        Ok(clone) => clone,
+        Err(e) => {
+            log::error!("{peer}: cannot set up the connection: {e}");
+            return;
+        }
+    };
+    let mut reader = BufReader::with_capacity(64 * 1024, stream);
+    let mut writer = BufWriter::with_capacity(64 * 1024, write_half);
+    log::debug!("{peer}: connected");
+    loop {
+        if !wait_for_request(&reader, idle) {
+            break;
+        }
+        let started = Instant::now();
+        let request = match http::read_head(&mut reader) {
+            Ok(Some(request)) => request,
+            Ok(None) => break,
+            Err(HeadError::Gone(e)) => {
+                log::debug!("{peer}: connection ended in a request head: {e}");
+                break;
+            }
+            Err(HeadError::Bad(e)) => {
+                let reply = Reply::error(e.status, e.reason).closing();
+                log::debug!("{peer}: bad request -> {} {}", reply.status, reply.reason());
+                let _ = send(&mut writer, &reply, false, false, None);
+                break;
+            }
+        };
+        let prelude = request
+            .framing()
+            .and_then(|framing| Ok((framing, request.expects_continue()?)));
+        let (reply, framing, consumed) = match prelude {
+            Err(e) => (Reply::error(e.status, e.reason).closing(), None, false),
+            Ok((framing, expect_continue)) => {
+                let mut body = BodySource {
+                    reader: &mut reader,
+                    writer: &mut writer,
+                    framing,
+                    expect_continue,
+                    consumed: false,
+                };
+                let reply = handlers::handle(&request, peer.ip(), state, &mut body);
+                let consumed = body.consumed;
+                (reply, Some(framing), consumed)
+            }
+        };
+        // A body left unread (refused request) leaves the stream at an
+        // unknown place: the connection cannot carry another request.
+        let body_pending = framing.is_none_or(|f| f.has_body() && !consumed);
+        let keep_alive =
+            request.keep_alive() && !reply.close && !body_pending && !signals::stopping();
+        let result = send(
+            &mut writer,
+            &reply,
+            keep_alive,
+            request.minor == 0,
+            state.disk.get(),
+        );
+        let line = format!(
+            "{peer} {} {} {}-> {} {} ({} ms)",
+            request.method,
+            request.target,
+            describe_range(&request),
+            reply.status,
+            reply.reason(),
+            started.elapsed().as_millis()
+        );
+        if reply.status >= 500 {
+            log::error!("{line}");
+        } else {
+            log::debug!("{line}");
+        }
+        if let Err(e) = result {
+            log::debug!("{peer}: reply not delivered: {e}");
+            break;
+        }
+        if !keep_alive {
+            break;
+        }
+    }
+    log::debug!("{peer}: closed");
+}
+
+/// The range headers of a request, for its log line.
+fn describe_range(request: &http::Request) -> String {
+    ["Range", "Content-Range", "X-Disk-Op", "X-Disk-Range"]
+        .iter()
+        .filter_map(|name| request.header(name).map(|v| format!("[{name}: {v}] ")))
+        .collect()
+}
+
+/// Writes a reply; `Body::Disk` is streamed from the disk in chunks.
+fn send(
+    writer: &mut BufWriter<TcpStream>,
+    reply: &Reply,
+    keep_alive: bool,
+    http10: bool,
+    disk: Option<&Disk>,
+) -> io::Result<()> {
+    let length = match &reply.body {
+        Body::Empty => 0,
+        Body::Text(text) => text.len() as u64,
+        Body::Disk { len, .. } => *len,
+        Body::HeadOnly(len) => *len,
+    };
+    http::write_head(
+        writer,
+        reply.status,
+        &reply.headers,
+        length,
+        keep_alive,
+        http10,
+    )?;
+    match &reply.body {
+        Body::Empty | Body::HeadOnly(_) => {}
+        Body::Text(text) => writer.write_all(text.as_bytes())?,
+        Body::Disk { start, len } => {
+            let disk = disk.ok_or_else(|| io::Error::other("no disk to stream from"))?;
+            stream_disk(writer, disk, *start, *len)?;
+        }
+    }
+    writer.flush()
+}
+
+/// Sends `len` bytes of the disk from `start` with bounded memory. A read
+/// error mid-way cannot change the status any more: the connection is
+/// cut, so the client sees a short body rather than wrong data.
+fn stream_disk(writer: &mut impl Write, disk: &Disk, start: u64, len: u64) -> io::Result<()> {
+    let mut buf = vec![0u8; IO_CHUNK.min(len as usize)];
+    let mut done = 0;
+    while done < len {
+        let n = (len - done).min(buf.len() as u64) as usize;
+        if let Err(e) = disk.read_at(&mut buf[..n], start + done) {
+            log::error!("read of {} bytes at {} failed: {e}", n, start + done);
+            return Err(e);
+        }
+        writer.write_all(&buf[..n])?;
+        done += n as u64;
+    }
+    Ok(())
+}
