@@ -246,7 +246,12 @@ pub fn read_head(reader: &mut impl BufRead) -> Result<Option<Request>, HeadError
     let minor = match version {
         "HTTP/1.1" => 1,
         "HTTP/1.0" => 0,
-        v if v.starts_with("HTTP/") && v.len() == 8 && v.as_bytes()[6] == b'.' => {
+        v if v.len() == 8
+            && v.starts_with("HTTP/")
+            && v.as_bytes()[5].is_ascii_digit()
+            && v.as_bytes()[6] == b'.'
+            && v.as_bytes()[7].is_ascii_digit() =>
+        {
             return Err(HeadError::Bad(HttpError::new(
                 505,
                 format!("HTTP version {v} is not supported (1.0 and 1.1 are)"),
@@ -500,6 +505,7 @@ mod tests {
         assert_eq!(status("G(T / HTTP/1.1\r\n\r\n"), 400);
         assert_eq!(status("GET / HTTP/2.0\r\n\r\n"), 505);
         assert_eq!(status("GET / FTP/1.1\r\n\r\n"), 400);
+        assert_eq!(status("GET / HTTP/1.x\r\n\r\n"), 400);
         assert_eq!(status("GET / HTTP/1.1\r\nNoColon\r\n\r\n"), 400);
         assert_eq!(status("GET / HTTP/1.1\r\nBad Name: x\r\n\r\n"), 400);
         assert_eq!(status("GET / HTTP/1.1\r\nA: b\r\n folded\r\n\r\n"), 400);

@@ -175,6 +175,8 @@ fn serve_connection(stream: TcpStream, peer: SocketAddr, state: &State) {
     let mut reader = BufReader::with_capacity(64 * 1024, stream);
     let mut writer = BufWriter::with_capacity(64 * 1024, write_half);
     log::debug!("{peer}: connected");
+    // Set when the server closes while the client may still be sending.
+    let mut linger = false;
     loop {
         if !wait_for_request(&reader, idle) {
             break;
@@ -191,6 +193,7 @@ fn serve_connection(stream: TcpStream, peer: SocketAddr, state: &State) {
                 let reply = Reply::error(e.status, e.reason).closing();
                 log::debug!("{peer}: bad request -> {} {}", reply.status, reply.reason());
                 let _ = send(&mut writer, &reply, false, false, None);
+                linger = true;
                 break;
             }
         };
@@ -225,12 +228,15 @@ fn serve_connection(stream: TcpStream, peer: SocketAddr, state: &State) {
             state.disk.get(),
         );
         let line = format!(
-            "{peer} {} {} {}-> {} {} ({} ms)",
+            "{peer} {} {} {}-> {}{} ({} ms)",
             request.method,
             request.target,
             describe_range(&request),
             reply.status,
-            reply.reason(),
+            match reply.reason() {
+                "" => String::new(),
+                reason => format!(" {reason}"),
+            },
             started.elapsed().as_millis()
         );
         if reply.status >= 500 {
@@ -243,10 +249,44 @@ fn serve_connection(stream: TcpStream, peer: SocketAddr, state: &State) {
             break;
         }
         if !keep_alive {
+            linger = body_pending;
             break;
         }
     }
+    if linger {
+        linger_close(&mut reader);
+    }
     log::debug!("{peer}: closed");
+}
+
+/// Most time and bytes spent draining a refused request before closing.
+const LINGER_TIME: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 4 << 20;
+
+/// Closing a socket with unread input makes the kernel send a reset, which
+/// can destroy the error reply before the client reads it (curl would then
+/// report "connection reset" instead of our 413). So: stop sending, drain
+/// what the client still sends for a short, bounded while, then close.
+fn linger_close(reader: &mut BufReader<TcpStream>) {
+    let stream = reader.get_ref();
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
+    let deadline = Instant::now() + LINGER_TIME;
+    let mut drained = 0;
+    let mut buf = [0u8; 64 * 1024];
+    while drained < LINGER_BYTES && Instant::now() < deadline {
+        match std::io::Read::read(reader, &mut buf) {
+            Ok(0) => break,
+            Ok(n) => drained += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e)
+                if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::TimedOut =>
+            {
+                continue
+            }
+            Err(_) => break,
+        }
+    }
 }
 
 /// The range headers of a request, for its log line.
