@@ -18,6 +18,9 @@ use serde_json::Value;
 
 use crate::disk::Disk;
 
+/// Whether a failing `drbdsetup` was already reported.
+static DRBDSETUP_WARNED: AtomicBool = AtomicBool::new(false);
+
 /// Block major number of DRBD devices.
 pub const DRBD_MAJOR: u32 = 147;
 
@@ -210,7 +213,12 @@ pub fn try_open(path: &Path, readonly: bool) -> Result<Disk, Result<Wait, io::Er
                 Ok(_) => {}
                 // Not fatal: the open below still gets EROFS if a peer is
                 // Primary; drbdsetup only saves the auto-promote timeout.
-                Err(why) => log::warn!("cannot check DRBD peers ({why}); opening anyway"),
+                // Said once, not at every retry.
+                Err(why) => {
+                    if !DRBDSETUP_WARNED.swap(true, Ordering::SeqCst) {
+                        log::warn!("cannot check DRBD peers ({why}); opening anyway");
+                    }
+                }
             }
         }
     }

@@ -37,6 +37,36 @@ pub struct State {
     pub active: AtomicUsize,
 }
 
+/// The read side of a connection: every read waits at most the idle
+/// timeout, and, while a deadline is set (reading a request head), never
+/// past that deadline, so a client dribbling a head byte by byte is
+/// dropped as surely as a silent one.
+struct TimedStream {
+    stream: TcpStream,
+    idle: Duration,
+    deadline: Option<Instant>,
+}
+
+impl io::Read for TimedStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let wait = match self.deadline {
+            None => self.idle,
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "request head not received within the idle timeout",
+                    ));
+                }
+                left.min(self.idle)
+            }
+        };
+        self.stream.set_read_timeout(Some(wait))?;
+        self.stream.read(buf)
+    }
+}
+
 /// How often a waiting connection checks for a stop request.
 const POLL_SLICE: Duration = Duration::from_millis(200);
 
@@ -129,13 +159,13 @@ fn refuse_busy(stream: TcpStream, peer: SocketAddr, workers: usize) {
 
 /// Waits until the connection has input, for at most the idle timeout.
 /// False when the client stayed silent, or a stop was requested.
-fn wait_for_request(reader: &BufReader<TcpStream>, idle: Duration) -> bool {
+fn wait_for_request(reader: &BufReader<TimedStream>, idle: Duration) -> bool {
     if !reader.buffer().is_empty() {
         return true;
     }
     let deadline = Instant::now() + idle;
     let mut fds = [libc::pollfd {
-        fd: reader.get_ref().as_raw_fd(),
+        fd: reader.get_ref().stream.as_raw_fd(),
         events: libc::POLLIN,
         revents: 0,
     }];
@@ -172,7 +202,14 @@ fn serve_connection(stream: TcpStream, peer: SocketAddr, state: &State) {
             return;
         }
     };
-    let mut reader = BufReader::with_capacity(64 * 1024, stream);
+    let mut reader = BufReader::with_capacity(
+        64 * 1024,
+        TimedStream {
+            stream,
+            idle,
+            deadline: None,
+        },
+    );
     let mut writer = BufWriter::with_capacity(64 * 1024, write_half);
     log::debug!("{peer}: connected");
     // Set when the server closes while the client may still be sending.
@@ -182,7 +219,10 @@ fn serve_connection(stream: TcpStream, peer: SocketAddr, state: &State) {
             break;
         }
         let started = Instant::now();
-        let request = match http::read_head(&mut reader) {
+        reader.get_mut().deadline = Some(started + idle);
+        let head = http::read_head(&mut reader);
+        reader.get_mut().deadline = None;
+        let request = match head {
             Ok(Some(request)) => request,
             Ok(None) => break,
             Err(HeadError::Gone(e)) => {
@@ -267,10 +307,9 @@ const LINGER_BYTES: usize = 4 << 20;
 /// can destroy the error reply before the client reads it (curl would then
 /// report "connection reset" instead of our 413). So: stop sending, drain
 /// what the client still sends for a short, bounded while, then close.
-fn linger_close(reader: &mut BufReader<TcpStream>) {
-    let stream = reader.get_ref();
-    let _ = stream.shutdown(std::net::Shutdown::Write);
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
+fn linger_close(reader: &mut BufReader<TimedStream>) {
+    let _ = reader.get_ref().stream.shutdown(std::net::Shutdown::Write);
+    reader.get_mut().idle = Duration::from_millis(200);
     let deadline = Instant::now() + LINGER_TIME;
     let mut drained = 0;
     let mut buf = [0u8; 64 * 1024];

@@ -457,6 +457,65 @@ fn idle_timeout_drops_silent_and_slow_clients() {
     assert!(started.elapsed() < Duration::from_secs(8));
     assert_eq!(read_disk(&disk), original, "a stalled body wrote something");
     assert!(server.answers());
+
+    // A client dribbling its head, one byte every 100 ms, never silent for
+    // a whole second: dropped all the same once the head takes too long.
+    let mut dribble = TcpStream::connect(server.addr()).unwrap();
+    dribble
+        .set_read_timeout(Some(Duration::from_millis(1)))
+        .unwrap();
+    dribble.write_all(b"GET / HTTP/1.1\r\nX-Slow: ").unwrap();
+    let started = Instant::now();
+    let mut dropped = false;
+    while !dropped && started.elapsed() < Duration::from_secs(8) {
+        std::thread::sleep(Duration::from_millis(100));
+        let mut byte = [0u8; 1];
+        dropped = dribble.write_all(b"a").is_err()
+            || matches!(dribble.read(&mut byte), Ok(0))
+            || matches!(dribble.read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset);
+    }
+    assert!(dropped, "a dribbling client was not dropped");
+    assert!(server.answers());
+}
+
+#[test]
+fn concurrent_writers_land_where_they_aim() {
+    let dir = TempDir::new().unwrap();
+    let disk = pattern_file(dir.path(), "disk.img", SIZE, 44);
+    let server = DiskServer::start(&disk, &[]);
+    let writers: Vec<_> = (0..8u64)
+        .map(|w| {
+            let addr = server.addr();
+            std::thread::spawn(move || {
+                // Interleaved 1000-byte slots, odd offsets: writer w owns
+                // slots w, w+8, w+16...
+                let mut conn = Conn::open(&addr);
+                for round in 0..40u64 {
+                    let start = (round * 8 + w) * 1000 + 1;
+                    let data = pattern(1000, w * 1000 + round);
+                    let mut raw = format!(
+                        "PUT / HTTP/1.1\r\nContent-Range: bytes {start}-{}/-1\r\nContent-Length: 1000\r\nX-Disk-Writeback: 1\r\n\r\n",
+                        start + 999
+                    )
+                    .into_bytes();
+                    raw.extend_from_slice(&data);
+                    assert_eq!(conn.request(&raw).status, 200);
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.join().expect("writer thread");
+    }
+    assert_eq!(post(&server.addr(), "X-Disk-Op: flush\r\n").status, 200);
+    let mut expected = pattern(SIZE, 44);
+    for w in 0..8u64 {
+        for round in 0..40u64 {
+            let start = ((round * 8 + w) * 1000 + 1) as usize;
+            expected[start..start + 1000].copy_from_slice(&pattern(1000, w * 1000 + round));
+        }
+    }
+    assert_eq!(read_disk(&disk), expected);
 }
 
 #[test]
