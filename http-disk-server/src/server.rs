@@ -279,7 +279,9 @@ fn serve_connection(stream: TcpStream, peer: SocketAddr, state: &State) {
             },
             started.elapsed().as_millis()
         );
-        if reply.status >= 500 {
+        // 503 is the expected answer while the disk is held elsewhere:
+        // logging each one would flood syslog with every client's retry.
+        if reply.status >= 500 && reply.status != 503 {
             log::error!("{line}");
         } else {
             log::debug!("{line}");

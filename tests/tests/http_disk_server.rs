@@ -595,7 +595,11 @@ fn allow_list_refuses_before_the_body() {
     assert!(proc
         .output
         .wait_for("Server ready!", Duration::from_secs(20)));
-    let reply = raw_exchange(&format!("[::1]:{port}"), b"HEAD / HTTP/1.1\r\n\r\n", false);
+    let reply = raw_exchange(
+        &format!("[::1]:{port}"),
+        b"HEAD / HTTP/1.1\r\nConnection: close\r\n\r\n",
+        false,
+    );
     assert_eq!(status_of(&reply), 200);
 }
 
@@ -927,4 +931,96 @@ fn bad_input_matrix_gets_4xx_and_changes_nothing() {
     );
     assert_eq!(read_disk(&disk), original);
     assert!(!server.proc.output.contains("panicked"));
+}
+
+/// DRBD cannot run here, so this stands in for it: a block device node with
+/// DRBD's major number (147; opening it fails with ENXIO, no driver) at a
+/// `/dev/drbd/by-res/<res>/0`-like path, and a fake `drbdsetup` on PATH
+/// (a mock: it prints the JSON the test chooses and logs its arguments).
+/// Checks that the server asks drbdsetup about the right resource, waits
+/// while a peer is Primary, answers 503 meanwhile, then retries the open.
+#[test]
+fn drbd_device_waits_for_the_primary_peer() {
+    let dir = TempDir::new().unwrap();
+    let by_res = dir.path().join("drbd/by-res/xcp-test");
+    std::fs::create_dir_all(&by_res).unwrap();
+    let device = by_res.join("0");
+    let c_path = std::ffi::CString::new(device.to_str().unwrap()).unwrap();
+    // SAFETY: mknod(2) with a valid C string; makedev of DRBD's major.
+    let rc = unsafe {
+        libc::mknod(
+            c_path.as_ptr(),
+            libc::S_IFBLK | 0o600,
+            libc::makedev(147, 4242),
+        )
+    };
+    assert_eq!(rc, 0, "mknod: {}", std::io::Error::last_os_error());
+
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let status = dir.path().join("status.json");
+    let calls = dir.path().join("calls");
+    let primary = r#"[{"name":"xcp-test","role":"Secondary","devices":[{"volume":0,"minor":4242}],
+        "connections":[{"peer-node-id":1,"name":"host2","peer-role":"Primary"}]}]"#;
+    std::fs::write(&status, primary).unwrap();
+    let script = bin.join("drbdsetup");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho \"$*\" >> '{}'\ncat '{}'\n",
+            calls.display(),
+            status.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+
+    let port = harness::free_port();
+    let mut cmd = Command::new(harness::artifact("http-disk-server"));
+    cmd.arg("--disk").arg(&device);
+    cmd.args(["--ip", "127.0.0.1", "--port", &port.to_string()]);
+    let path = std::env::var("PATH").unwrap_or_default();
+    cmd.env("PATH", format!("{}:{path}", bin.display()));
+    let mut proc = harness::Proc::spawn("http-disk-server-drbd", cmd);
+    assert!(proc
+        .output
+        .wait_for("Server ready!", Duration::from_secs(10)));
+    assert!(proc
+        .output
+        .wait_for("DRBD peer host2 is Primary", Duration::from_secs(5)));
+    let addr = format!("127.0.0.1:{port}");
+    let reply = raw_exchange(
+        &addr,
+        b"HEAD / HTTP/1.1\r\nConnection: close\r\n\r\n",
+        false,
+    );
+    assert_eq!(status_of(&reply), 503);
+    assert!(String::from_utf8_lossy(&reply).contains("Retry-After: 1"));
+    assert!(std::fs::read_to_string(&calls)
+        .unwrap()
+        .lines()
+        .any(|l| l == "status xcp-test --json"));
+    // The peer steps down: the server now tries to open (ENXIO here: no
+    // DRBD driver), which it treats as "missing", and keeps retrying.
+    std::fs::write(&status, primary.replace("\"Primary\"", "\"Secondary\"")).unwrap();
+    assert!(proc
+        .output
+        .wait_for("No such device or address", Duration::from_secs(5)));
+    assert_eq!(
+        status_of(&raw_exchange(
+            &addr,
+            b"HEAD / HTTP/1.1\r\nConnection: close\r\n\r\n",
+            false
+        )),
+        503
+    );
+    let name_prefix = "[0] ";
+    assert!(proc
+        .output
+        .snapshot()
+        .iter()
+        .any(|l| l.starts_with(name_prefix)));
+    proc.signal(libc::SIGTERM);
+    let exit = proc.wait_timeout(Duration::from_secs(5));
+    assert_eq!(exit.and_then(|s| s.code()), Some(0));
 }
