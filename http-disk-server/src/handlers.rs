@@ -12,7 +12,7 @@ use http_disk_protocol::{
 };
 
 use crate::disk::Disk;
-use crate::http::{self, BodyError, Framing, Request};
+use crate::http::{self, BodyError, Framing, HttpError, Request};
 use crate::server::State;
 
 /// What a reply carries after its head.
@@ -101,12 +101,21 @@ impl BodySource<'_> {
     }
 }
 
-/// Handles one request whose head was read.
-pub fn handle(req: &Request, peer: IpAddr, state: &State, body: &mut BodySource) -> Reply {
-    let config = &state.config;
-    if !config.allow.permits(peer) {
-        return Reply::error(403, format!("{peer} is not in the --allow list"));
+/// The `--allow` check, done before anything else about a request.
+pub fn check_peer(peer: IpAddr, state: &State) -> Result<(), HttpError> {
+    if state.config.allow.permits(peer) {
+        Ok(())
+    } else {
+        Err(HttpError::new(
+            403,
+            format!("{peer} is not in the --allow list"),
+        ))
     }
+}
+
+/// Handles one request whose head was read and whose peer is allowed.
+pub fn handle(req: &Request, state: &State, body: &mut BodySource) -> Reply {
+    let config = &state.config;
     let method = req.method.as_str();
     if !matches!(method, "HEAD" | "GET" | "PUT" | "POST") {
         return Reply::error(501, format!("method {method} is not implemented"))

@@ -237,8 +237,10 @@ fn serve_connection(stream: TcpStream, peer: SocketAddr, state: &State) {
                 break;
             }
         };
-        let prelude = request
-            .framing()
+        // The peer is checked first, so a refused peer learns nothing
+        // else about the server and none of its body is read.
+        let prelude = handlers::check_peer(peer.ip(), state)
+            .and_then(|_| request.framing())
             .and_then(|framing| Ok((framing, request.expects_continue()?)));
         let (reply, framing, consumed) = match prelude {
             Err(e) => (Reply::error(e.status, e.reason).closing(), None, false),
@@ -250,7 +252,7 @@ fn serve_connection(stream: TcpStream, peer: SocketAddr, state: &State) {
                     expect_continue,
                     consumed: false,
                 };
-                let reply = handlers::handle(&request, peer.ip(), state, &mut body);
+                let reply = handlers::handle(&request, state, &mut body);
                 let consumed = body.consumed;
                 (reply, Some(framing), consumed)
             }

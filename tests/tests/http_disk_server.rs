@@ -573,6 +573,9 @@ fn allow_list_refuses_before_the_body() {
     conn.reader.read_line(&mut first).unwrap();
     assert!(first.starts_with("HTTP/1.1 403"), "{first:?}");
     assert_eq!(get(&denied.addr(), "bytes=0-3").status, 403);
+    // Refused before anything else is looked at, even a broken request.
+    let broken = b"PUT / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
+    assert_eq!(status_of(&denied.raw(broken)), 403);
     assert_eq!(read_disk(&disk), original);
 
     let allowed = DiskServer::start(&disk, &["--allow", "127.0.0.0/8"]);
