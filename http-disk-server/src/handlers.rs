@@ -347,3 +347,145 @@ fn post(req: &Request, disk: &Disk, body: &mut BodySource) -> Reply {
     }
     durable(disk, writeback, &op)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::access::AllowList;
+    use crate::server::Config;
+    use std::io::Cursor;
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::OnceLock;
+    use std::time::Duration;
+
+    const SIZE: usize = 8192;
+
+    fn state(readonly: bool, with_disk: bool) -> (tempfile::TempDir, State) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk");
+        std::fs::write(&path, vec![0xEEu8; SIZE]).unwrap();
+        let disk = OnceLock::new();
+        if with_disk {
+            disk.set(Disk::open(&path, readonly).unwrap()).unwrap();
+        }
+        let config = Config {
+            readonly,
+            allow: AllowList::default(),
+            max_request_size: 4096,
+            idle_timeout: Duration::from_secs(5),
+            workers: 4,
+        };
+        let active = AtomicUsize::new(0);
+        (
+            dir,
+            State {
+                config,
+                disk,
+                active,
+            },
+        )
+    }
+
+    /// Runs one raw request through `handle`; returns the reply, what was
+    /// written to the client before it (100 Continue), and whether the
+    /// body was consumed.
+    fn call(state: &State, raw: &[u8]) -> (Reply, Vec<u8>, bool) {
+        let mut input = Cursor::new(raw.to_vec());
+        let req = http::read_head(&mut input).unwrap().unwrap();
+        let mut out = Vec::new();
+        let mut body = BodySource {
+            reader: &mut input,
+            writer: &mut out,
+            framing: req.framing().unwrap(),
+            expect_continue: req.expects_continue().unwrap(),
+            consumed: false,
+        };
+        let reply = handle(&req, state, &mut body);
+        let consumed = body.consumed;
+        (reply, out, consumed)
+    }
+
+    fn content(dir: &tempfile::TempDir) -> Vec<u8> {
+        std::fs::read(dir.path().join("disk")).unwrap()
+    }
+
+    #[test]
+    fn put_writes_only_a_complete_matching_body() {
+        let (dir, state) = state(false, true);
+        let ok = b"PUT / HTTP/1.1\r\nContent-Range: bytes 3-5/-1\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\nabc";
+        let (reply, out, consumed) = call(&state, ok);
+        assert_eq!(reply.status, 200);
+        assert_eq!(out, b"HTTP/1.1 100 Continue\r\n\r\n");
+        assert!(consumed);
+        assert_eq!(&content(&dir)[2..7], b"\xEEabc\xEE");
+
+        for (raw, status) in [
+            (&b"PUT / HTTP/1.1\r\nContent-Range: bytes 0-9/-1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n01234\r\n0\r\n\r\n"[..], 400),
+            (b"PUT / HTTP/1.1\r\nContent-Range: bytes 0-9/-1\r\nTransfer-Encoding: chunked\r\n\r\nb\r\n0123456789X\r\n0\r\n\r\n", 400),
+            (b"PUT / HTTP/1.1\r\nContent-Range: bytes 0-9/-1\r\nContent-Length: 10\r\n\r\n01234", 400),
+            (b"PUT / HTTP/1.1\r\nContent-Range: bytes 0-9/100\r\nContent-Length: 10\r\n\r\n0123456789", 400),
+            (b"PUT / HTTP/1.1\r\nContent-Range: bytes 8190-8199/*\r\nContent-Length: 10\r\n\r\n0123456789", 416),
+            (b"PUT / HTTP/1.1\r\nContent-Range: bytes 0-4096/*\r\nContent-Length: 4097\r\n\r\n", 413),
+        ] {
+            let before = content(&dir);
+            let (reply, _, _) = call(&state, raw);
+            assert_eq!(reply.status, status, "{}", String::from_utf8_lossy(raw));
+            assert_eq!(content(&dir), before, "{}", String::from_utf8_lossy(raw));
+        }
+    }
+
+    #[test]
+    fn refusals_happen_before_the_body() {
+        let (_dir, state) = state(false, true);
+        // Wrong Content-Length for the range: no 100 Continue, body unread.
+        let raw = b"PUT / HTTP/1.1\r\nContent-Range: bytes 0-9/-1\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n01234";
+        let (reply, out, consumed) = call(&state, raw);
+        assert_eq!(reply.status, 400);
+        assert!(out.is_empty() && !consumed);
+    }
+
+    #[test]
+    fn readonly_and_not_held() {
+        let (_dir, readonly) = state(true, true);
+        let put = b"PUT / HTTP/1.1\r\nContent-Range: bytes 0-0/-1\r\nContent-Length: 1\r\n\r\nx";
+        assert_eq!(call(&readonly, put).0.status, 405);
+        let trim = b"POST / HTTP/1.1\r\nX-Disk-Op: trim\r\nX-Disk-Range: bytes=0-9\r\n\r\n";
+        assert_eq!(call(&readonly, trim).0.status, 405);
+        let flush = b"POST / HTTP/1.1\r\nX-Disk-Op: flush\r\n\r\n";
+        assert_eq!(call(&readonly, flush).0.status, 200);
+
+        let (_dir, waiting) = state(false, false);
+        let reply = call(&waiting, b"HEAD / HTTP/1.1\r\n\r\n").0;
+        assert_eq!(reply.status, 503);
+        assert!(reply
+            .headers
+            .iter()
+            .any(|(n, v)| n == "Retry-After" && v == "1"));
+    }
+
+    #[test]
+    fn ranges_out_of_the_disk_carry_the_size() {
+        let (_dir, state) = state(false, true);
+        for raw in [
+            &b"GET / HTTP/1.1\r\nRange: bytes=8192-\r\n\r\n"[..],
+            b"GET / HTTP/1.1\r\nRange: bytes=junk\r\n\r\n",
+            b"POST / HTTP/1.1\r\nX-Disk-Op: zero\r\nX-Disk-Range: bytes=8000-8192\r\n\r\n",
+        ] {
+            let reply = call(&state, raw).0;
+            assert_eq!(reply.status, 416);
+            assert!(reply
+                .headers
+                .iter()
+                .any(|(n, v)| n == "Content-Range" && v == "bytes */8192"));
+        }
+        let reply = call(&state, b"GET / HTTP/1.1\r\nRange: bytes=-10\r\n\r\n").0;
+        assert_eq!(reply.status, 206);
+        assert!(matches!(
+            reply.body,
+            Body::Disk {
+                start: 8182,
+                len: 10
+            }
+        ));
+    }
+}
