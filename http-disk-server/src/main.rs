@@ -83,7 +83,7 @@ fn bind(ip: Option<IpAddr>, port: u16) -> Result<TcpListener, String> {
         }
         None => {
             let v6 = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port);
-            match TcpListener::bind(v6) {
+            match bind_dual_stack(port) {
                 Ok(listener) => Ok(listener),
                 Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(explain(v6, e)),
                 Err(_) => {
@@ -93,6 +93,57 @@ fn bind(ip: Option<IpAddr>, port: u16) -> Result<TcpListener, String> {
             }
         }
     }
+}
+
+/// A listening socket on `[::]:port` that also accepts IPv4 clients, set
+/// explicitly (`IPV6_V6ONLY` = 0) rather than left to the
+/// `net.ipv6.bindv6only` sysctl. std cannot set that option before bind.
+fn bind_dual_stack(port: u16) -> std::io::Result<TcpListener> {
+    use std::os::unix::io::FromRawFd;
+    let check = |rc: libc::c_int| {
+        if rc < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(rc)
+        }
+    };
+    // SAFETY: plain socket(2); the fd is owned by the TcpListener below,
+    // or closed on every error path.
+    let fd =
+        check(unsafe { libc::socket(libc::AF_INET6, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) })?;
+    // SAFETY: fd is a fresh socket we own; from here the TcpListener owns
+    // it and closes it on drop, also when a later step fails.
+    let listener = unsafe { TcpListener::from_raw_fd(fd) };
+    let set = |level, name, value: libc::c_int| {
+        // SAFETY: setsockopt with a pointer to a live c_int and its size.
+        check(unsafe {
+            libc::setsockopt(
+                fd,
+                level,
+                name,
+                &value as *const libc::c_int as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        })
+    };
+    set(libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 0)?;
+    // Like std's bind: a restarted server must not wait for TIME_WAITs.
+    set(libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
+    // SAFETY: an all-zero sockaddr_in6 is valid ([::], port 0); we set
+    // the family and port, and pass its exact size.
+    let mut addr: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+    addr.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+    addr.sin6_port = port.to_be();
+    check(unsafe {
+        libc::bind(
+            fd,
+            &addr as *const libc::sockaddr_in6 as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+        )
+    })?;
+    // SAFETY: listen(2) on our bound socket.
+    check(unsafe { libc::listen(fd, 128) })?;
+    Ok(listener)
 }
 
 /// `Server ready!` on stdout, on its own line, flushed: SM waits for it.

@@ -232,7 +232,7 @@ fn serve_connection(stream: TcpStream, peer: SocketAddr, state: &State) {
             Err(HeadError::Bad(e)) => {
                 let reply = Reply::error(e.status, e.reason).closing();
                 log::debug!("{peer}: bad request -> {} {}", reply.status, reply.reason());
-                let _ = send(&mut writer, &reply, false, false, None);
+                let _ = send(&mut writer, &reply, false, false, false, None);
                 linger = true;
                 break;
             }
@@ -267,6 +267,7 @@ fn serve_connection(stream: TcpStream, peer: SocketAddr, state: &State) {
             &reply,
             keep_alive,
             request.minor == 0,
+            request.method == "HEAD",
             state.disk.get(),
         );
         let line = format!(
@@ -340,12 +341,15 @@ fn describe_range(request: &http::Request) -> String {
         .collect()
 }
 
-/// Writes a reply; `Body::Disk` is streamed from the disk in chunks.
+/// Writes a reply; `Body::Disk` is streamed from the disk in chunks. A
+/// reply to HEAD announces its length but never carries a body (error
+/// replies included), or a keep-alive client would misread the stream.
 fn send(
     writer: &mut BufWriter<TcpStream>,
     reply: &Reply,
     keep_alive: bool,
     http10: bool,
+    head_only: bool,
     disk: Option<&Disk>,
 ) -> io::Result<()> {
     let length = match &reply.body {
@@ -363,6 +367,7 @@ fn send(
         http10,
     )?;
     match &reply.body {
+        _ if head_only => {}
         Body::Empty | Body::HeadOnly(_) => {}
         Body::Text(text) => writer.write_all(text.as_bytes())?,
         Body::Disk { start, len } => {

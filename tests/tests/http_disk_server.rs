@@ -598,12 +598,25 @@ fn allow_list_refuses_before_the_body() {
     assert!(proc
         .output
         .wait_for("Server ready!", Duration::from_secs(20)));
-    let reply = raw_exchange(
-        &format!("[::1]:{port}"),
-        b"HEAD / HTTP/1.1\r\nConnection: close\r\n\r\n",
-        false,
-    );
+    let head = b"HEAD / HTTP/1.1\r\nConnection: close\r\n\r\n";
+    let reply = raw_exchange(&format!("[::1]:{port}"), head, false);
     assert_eq!(status_of(&reply), 200);
+    drop(proc);
+
+    // No --ip: one dual-stack socket; IPv4 peers (seen as ::ffff:a.b.c.d)
+    // match IPv4 networks, IPv6 peers IPv6 ones.
+    let port = harness::free_port();
+    let mut cmd = Command::new(harness::artifact("http-disk-server"));
+    cmd.arg("--disk").arg(&disk);
+    cmd.args(["--port", &port.to_string(), "--allow", "127.0.0.0/8"]);
+    let proc = harness::Proc::spawn("http-disk-server-any", cmd);
+    assert!(proc
+        .output
+        .wait_for("Server ready!", Duration::from_secs(20)));
+    let v4 = raw_exchange(&format!("127.0.0.1:{port}"), head, false);
+    assert_eq!(status_of(&v4), 200);
+    let v6 = raw_exchange(&format!("[::1]:{port}"), head, false);
+    assert_eq!(status_of(&v6), 403);
 }
 
 #[test]
@@ -733,10 +746,15 @@ fn missing_device_is_awaited_with_503() {
     let dir = TempDir::new().unwrap();
     let disk = dir.path().join("appears-later.img");
     let mut server = DiskServer::start(&disk, &[]);
-    let reply = Conn::open(&server.addr()).request(b"HEAD / HTTP/1.1\r\n\r\n");
-    assert_eq!(reply.status, 503);
-    assert_eq!(reply.header("Retry-After"), Some("1"));
-    assert!(reply.header("X-Disk-Error").is_some());
+    let mut conn = Conn::open(&server.addr());
+    for _ in 0..3 {
+        // HEAD replies never carry a body, errors included: the same
+        // connection must read three clean replies.
+        let reply = conn.request(b"HEAD / HTTP/1.1\r\n\r\n");
+        assert_eq!(reply.status, 503);
+        assert_eq!(reply.header("Retry-After"), Some("1"));
+        assert!(reply.header("X-Disk-Error").is_some());
+    }
     assert!(server.proc.output.contains("device is missing"));
     std::fs::write(&disk, pattern(8192, 64)).unwrap();
     assert!(wait_until(Duration::from_secs(10), || server.answers()));
