@@ -269,6 +269,13 @@ fn put(req: &Request, disk: &Disk, state: &State, body: &mut BodySource) -> Repl
             );
         }
     }
+    let Some(_room) = state
+        .bodies
+        .reserve(range.len() + 1, state.config.idle_timeout)
+    else {
+        return Reply::error(503, "too many large writes in progress; retry")
+            .with("Retry-After", "1");
+    };
     // For chunked bodies, one byte more than the range is allowed so that
     // a long body is told apart from an exact one.
     let data = match body.read(range.len().saturating_add(1)) {
@@ -382,6 +389,7 @@ mod tests {
                 config,
                 disk,
                 active,
+                bodies: crate::budget::Budget::new(1 << 20),
             },
         )
     }
@@ -432,6 +440,20 @@ mod tests {
             assert_eq!(reply.status, status, "{}", String::from_utf8_lossy(raw));
             assert_eq!(content(&dir), before, "{}", String::from_utf8_lossy(raw));
         }
+    }
+
+    #[test]
+    fn writes_wait_for_body_memory_then_get_503() {
+        let (dir, mut state) = state(false, true);
+        state.config.idle_timeout = Duration::from_millis(20);
+        let hog = state.bodies.reserve(1 << 20, Duration::ZERO).unwrap();
+        let raw = b"PUT / HTTP/1.1\r\nContent-Range: bytes 0-2/-1\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\nabc";
+        let (reply, out, consumed) = call(&state, raw);
+        assert_eq!(reply.status, 503);
+        assert!(out.is_empty() && !consumed, "body read without room for it");
+        drop(hog);
+        assert_eq!(call(&state, raw).0.status, 200);
+        assert_eq!(&content(&dir)[..3], b"abc");
     }
 
     #[test]

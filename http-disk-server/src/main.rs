@@ -7,6 +7,7 @@
 //! accept loop, and the orderly stop.
 
 mod access;
+mod budget;
 mod cli;
 mod disk;
 mod drbd;
@@ -167,6 +168,7 @@ fn run(args: cli::Args) -> Result<(), String> {
         },
         disk: OnceLock::new(),
         active: AtomicUsize::new(0),
+        bodies: budget::Budget::new(body_budget(args.max_request_size)),
     });
     let local = listener
         .local_addr()
@@ -242,6 +244,15 @@ fn run(args: cli::Args) -> Result<(), String> {
     }
     log::info!("stopped");
     Ok(())
+}
+
+/// Memory all write bodies together may hold: 8 of the largest, and at
+/// least 256 MiB so the default (32 MiB) allows 8 full-size writes at once.
+fn body_budget(max_request_size: u64) -> u64 {
+    max_request_size
+        .saturating_add(1)
+        .saturating_mul(8)
+        .max(256 << 20)
 }
 
 /// Records the open disk; from now on requests are served.

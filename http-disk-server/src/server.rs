@@ -13,6 +13,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::access::AllowList;
+use crate::budget::Budget;
 use crate::disk::{Disk, IO_CHUNK};
 use crate::handlers::{self, Body, BodySource, Reply};
 use crate::http::{self, HeadError};
@@ -35,6 +36,8 @@ pub struct State {
     pub disk: OnceLock<Disk>,
     /// Connections being served right now.
     pub active: AtomicUsize,
+    /// Memory held by write bodies being received, server-wide.
+    pub bodies: Budget,
 }
 
 /// The read side of a connection: every read waits at most the idle
