@@ -1050,3 +1050,59 @@ fn drbd_device_waits_for_the_primary_peer() {
     let exit = proc.wait_timeout(Duration::from_secs(5));
     assert_eq!(exit.and_then(|s| s.code()), Some(0));
 }
+
+/// Durability cannot be power-cut here, so the test watches the system
+/// calls instead (strace): a plain PUT, trim or flush has called
+/// fdatasync by the time its 200 arrives; with `X-Disk-Writeback: 1`,
+/// PUT and trim do not sync, and the next flush does.
+#[test]
+fn writes_are_durable_before_the_reply_unless_write_back() {
+    let dir = TempDir::new().unwrap();
+    let disk = pattern_file(dir.path(), "disk.img", SIZE, 81);
+    let trace = dir.path().join("trace");
+    let port = harness::free_port();
+    let mut cmd = Command::new("strace");
+    cmd.args(["-f", "-qq", "-e", "trace=fdatasync,fsync", "-o"])
+        .arg(&trace)
+        .arg(harness::artifact("http-disk-server"))
+        .arg("--disk")
+        .arg(&disk)
+        .args(["--ip", "127.0.0.1", "--port", &port.to_string()]);
+    let proc = harness::Proc::spawn("strace-http-disk-server", cmd);
+    assert!(proc
+        .output
+        .wait_for("Server ready!", Duration::from_secs(20)));
+    let addr = format!("127.0.0.1:{port}");
+    let syncs = || {
+        std::fs::read_to_string(&trace)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| (l.contains("fdatasync(") || l.contains("fsync(")) && l.contains("= 0"))
+            .count()
+    };
+    let before = syncs();
+    assert_eq!(
+        put(&addr, 7, b"write-back", "X-Disk-Writeback: 1\r\n").status,
+        200
+    );
+    let trim_wb = "X-Disk-Op: trim\r\nX-Disk-Range: bytes=5000-9999\r\nX-Disk-Writeback: 1\r\n";
+    assert_eq!(post(&addr, trim_wb).status, 200);
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(syncs(), before, "write-back requests must not sync");
+    assert_eq!(post(&addr, "X-Disk-Op: flush\r\n").status, 200);
+    assert_eq!(syncs(), before + 1, "flush must sync before its reply");
+    assert_eq!(put(&addr, 77, b"durable", "").status, 200);
+    assert_eq!(
+        syncs(),
+        before + 2,
+        "a plain PUT must sync before its reply"
+    );
+    let trim = "X-Disk-Op: trim\r\nX-Disk-Range: bytes=20000-29999\r\n";
+    assert_eq!(post(&addr, trim).status, 200);
+    assert_eq!(
+        syncs(),
+        before + 3,
+        "a plain trim must sync before its reply"
+    );
+    drop(proc);
+}
