@@ -1,0 +1,284 @@
+//! The servers of one disk as a whole: which one is in use (shared by all
+//! NBD connections), and the failover loop every request runs in.
+//!
+//! A request runs on the current server; when that fails in a way another
+//! server could fix, the server is dropped (once, by whichever request saw
+//! it fail first), the servers are probed again in parallel, and the
+//! request is retried — until it succeeds or `failover-window` has passed,
+//! then it fails with EIO and the next request starts afresh.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::config::Config;
+use crate::discovery::{self, NotFound};
+use crate::error::{Attempt, Error};
+use crate::reply::ServerInfo;
+use crate::transport::Transport;
+
+/// First pause between rounds when no server answers; doubles each round.
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+/// Longest pause between rounds, so a server coming back is found fast.
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// The server in use, and the epoch that tells one choice from the next.
+#[derive(Clone, Copy, Debug)]
+pub struct Active {
+    pub index: usize,
+    pub info: ServerInfo,
+    epoch: u64,
+}
+
+pub struct Cluster {
+    pub config: Config,
+    urls: Arc<Vec<String>>,
+    transport: Arc<Transport>,
+    /// `device-size`, or the first server's size: fixed once known.
+    size: OnceLock<u64>,
+    active: Mutex<Option<Active>>,
+    /// Serializes discovery: one probe round at a time, the others wait
+    /// for its result instead of probing too.
+    discovery: Mutex<()>,
+    epoch: AtomicU64,
+    /// Index of the last server used, to log "switched from".
+    last_index: Mutex<Option<usize>>,
+    /// Servers already reported as having the wrong size.
+    wrong_size_logged: Mutex<HashSet<usize>>,
+    /// Whether the current outage (no server answers) was logged.
+    outage_logged: AtomicBool,
+    /// Epoch of the server holding write-back writes not yet flushed, or 0.
+    dirty_epoch: AtomicU64,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic in another request (turned into EIO by the guard) must not
+    // wedge every later request: the data under these locks stays valid.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Cluster {
+    pub fn new(config: Config) -> Cluster {
+        let size = OnceLock::new();
+        if let Some(s) = config.device_size {
+            let _ = size.set(s);
+        }
+        Cluster {
+            urls: Arc::new(config.urls.clone()),
+            transport: Arc::new(Transport::new(&config)),
+            config,
+            size,
+            active: Mutex::new(None),
+            discovery: Mutex::new(()),
+            epoch: AtomicU64::new(0),
+            last_index: Mutex::new(None),
+            wrong_size_logged: Mutex::new(HashSet::new()),
+            outage_logged: AtomicBool::new(false),
+            dirty_epoch: AtomicU64::new(0),
+        }
+    }
+
+    pub fn size(&self) -> Option<u64> {
+        self.size.get().copied()
+    }
+
+    pub fn url(&self, active: &Active) -> &str {
+        &self.urls[active.index]
+    }
+
+    pub fn transport(&self) -> &Transport {
+        &self.transport
+    }
+
+    pub fn current(&self) -> Option<Active> {
+        *lock(&self.active)
+    }
+
+    /// Returns the current server, probing all servers (at most `limit`)
+    /// when there is none.
+    pub fn ensure(&self, avoid: &HashSet<usize>, limit: Duration) -> Result<Active, NotFound> {
+        let _round = lock(&self.discovery);
+        // Another request may have found a server while we waited.
+        if let Some(active) = self.current() {
+            return Ok(active);
+        }
+        let on_wrong_size = |index: usize, why: &str| {
+            if lock(&self.wrong_size_logged).insert(index) {
+                log::error!("multihttp: {}: {why}", self.urls[index]);
+            }
+        };
+        let found = discovery::discover(
+            &self.transport,
+            &self.urls,
+            self.size(),
+            avoid,
+            limit,
+            &on_wrong_size,
+        );
+        match found {
+            Ok(found) => {
+                // Without device-size the first server fixes the size; a
+                // later server of another size is refused by the probe.
+                let size = *self.size.get_or_init(|| found.info.size);
+                if size != found.info.size {
+                    // Only possible if two probes raced before the size
+                    // was fixed: refuse rather than mix disks.
+                    return Err(NotFound {
+                        reasons: vec![(
+                            found.index,
+                            format!("size {} is not {size}", found.info.size),
+                        )],
+                    });
+                }
+                let active = Active {
+                    index: found.index,
+                    info: found.info,
+                    epoch: self.epoch.fetch_add(1, Ordering::SeqCst) + 1,
+                };
+                *lock(&self.active) = Some(active);
+                self.outage_logged.store(false, Ordering::SeqCst);
+                let mut last = lock(&self.last_index);
+                let url = &self.urls[found.index];
+                match *last {
+                    Some(previous) if previous != found.index => log::error!(
+                        "multihttp: switched from {} to {url} ({})",
+                        self.urls[previous],
+                        found.info.describe()
+                    ),
+                    Some(_) => {
+                        log::error!("multihttp: using {url} again ({})", found.info.describe())
+                    }
+                    None => log::error!("multihttp: using {url} ({})", found.info.describe()),
+                }
+                *last = Some(found.index);
+                Ok(active)
+            }
+            Err(not_found) => {
+                if !self.outage_logged.swap(true, Ordering::SeqCst) {
+                    log::error!(
+                        "multihttp: no server can serve the disk right now, will keep probing: {}",
+                        not_found.describe(&self.urls)
+                    );
+                }
+                Err(not_found)
+            }
+        }
+    }
+
+    /// Drops `failed` as the current server, unless another request did
+    /// already (then a newer server may be in use: keep it).
+    fn drop_server(&self, failed: &Active, why: &str) {
+        let mut active = lock(&self.active);
+        if active.is_some_and(|a| a.epoch == failed.epoch) {
+            *active = None;
+            log::error!(
+                "multihttp: leaving {}: {why}; looking for another server",
+                self.url(failed)
+            );
+            if self.dirty_epoch.load(Ordering::SeqCst) == failed.epoch {
+                log::error!(
+                    "multihttp: write-back writes acknowledged by {} were not flushed yet: \
+                     they are durable only if that host did not crash",
+                    self.url(failed)
+                );
+            }
+        }
+    }
+
+    /// Records that `active` acknowledged a write-back write.
+    pub fn mark_dirty(&self, active: &Active) {
+        self.dirty_epoch.store(active.epoch, Ordering::SeqCst);
+    }
+
+    /// Runs `op` on the current server, failing over as needed. `what`
+    /// names the request for logs and errors.
+    pub fn run<T>(
+        &self,
+        what: &dyn Fn() -> String,
+        mut op: impl FnMut(&Active) -> Result<T, Attempt>,
+    ) -> Result<T, Error> {
+        let window = self.config.failover_window;
+        let deadline = Instant::now() + window;
+        let mut avoid = HashSet::new();
+        let mut backoff = FIRST_BACKOFF;
+        let mut last_error = String::new();
+        for attempt in 1u32.. {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            // The first round always gets a full probe, even with a
+            // failover window of 0; later ones never outlast the window.
+            let limit = if attempt == 1 {
+                self.config.connect_timeout
+            } else {
+                self.config.connect_timeout.min(remaining)
+            };
+            let active = match self.current() {
+                Some(active) => Some(active),
+                None if !limit.is_zero() => match self.ensure(&avoid, limit) {
+                    Ok(active) => Some(active),
+                    Err(not_found) => {
+                        last_error = not_found.describe(&self.urls);
+                        None
+                    }
+                },
+                None => None,
+            };
+            let failed_on_server = if let Some(active) = active {
+                match op(&active) {
+                    Ok(value) => {
+                        if attempt > 1 {
+                            log::debug!("multihttp: {} succeeded on attempt {attempt}", what());
+                        }
+                        return Ok(value);
+                    }
+                    Err(Attempt::Fatal(error)) => return Err(error),
+                    Err(Attempt::Failover(why)) => {
+                        log::debug!(
+                            "multihttp: {} failed on {}: {why}",
+                            what(),
+                            self.url(&active)
+                        );
+                        self.drop_server(&active, &why);
+                        avoid.insert(active.index);
+                        last_error = format!("{}: {why}", self.url(&active));
+                        true
+                    }
+                }
+            } else {
+                false
+            };
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            // Straight to the next server after a first failure; after
+            // that, back off so a flapping or absent cluster is not hammered.
+            if !(failed_on_server && attempt == 1) {
+                thread::sleep(backoff.min(deadline - now));
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+        Err(Error::Unavailable(format!(
+            "{} failed on every server for {:?} (failover-window); last error: {last_error}",
+            what(),
+            window
+        )))
+    }
+
+    /// Marks a flush as started: the write-back writes it covers are no
+    /// longer "dirty". Returns the previous state for [`Self::flush_failed`].
+    pub fn flush_started(&self) -> u64 {
+        self.dirty_epoch.swap(0, Ordering::SeqCst)
+    }
+
+    /// Restores the dirty state after a failed flush (unless a newer
+    /// write-back write set it meanwhile).
+    pub fn flush_failed(&self, previous: u64) {
+        let _ = self
+            .dirty_epoch
+            .compare_exchange(0, previous, Ordering::SeqCst, Ordering::SeqCst);
+    }
+}

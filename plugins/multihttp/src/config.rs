@@ -1,0 +1,277 @@
+//! The plugin's `key=value` parameters: which keys exist, their defaults,
+//! their validation, and the `config_help` text that documents them.
+//!
+//! Pure Rust: everything except `password=` (which reads through nbdkit)
+//! is unit-tested with `cargo test`.
+
+use std::time::Duration;
+
+use plugin_glue::config::{parse_count, parse_duration, parse_size, ConfigError};
+
+/// Every key the plugin accepts, for the "unknown key" error.
+pub const KEYS: &[&str] = &[
+    "urls",
+    "device-size",
+    "user",
+    "password",
+    "connect-timeout",
+    "io-timeout",
+    "failover-window",
+    "pool-size",
+];
+
+/// Default of `connect-timeout=`: TCP connect and HEAD probe limit. Probes
+/// run in parallel, so this is what start-up and failover cost at most.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default of `io-timeout=`: how long a request may make no progress.
+pub const DEFAULT_IO_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default of `failover-window=`: long enough to ride through a DRBD
+/// Primary moving to another host.
+pub const DEFAULT_FAILOVER_WINDOW: Duration = Duration::from_secs(60);
+/// Default of `pool-size=`: idle keep-alive connections kept per server.
+pub const DEFAULT_POOL_SIZE: usize = 16;
+/// Pools have up to 64 hosts; leave room, but refuse absurd lists.
+pub const MAX_URLS: usize = 1024;
+
+pub const HELP: &str = "\
+urls=URL,URL,...       (required) http-disk-server URLs of one shared disk,
+                       comma-separated, whitespace ignored; bare URLs work
+                       (magic key) and repeated urls= keys add to the list.
+device-size=SIZE       Expected disk size (nbdkit size syntax: 4194304, 4M).
+                       Servers of another size are never used. When given,
+                       connections open even if no server answers yet.
+                       Default: the size of the first server that answers.
+user=USER              HTTP Basic auth user name.
+password=PASSWORD      HTTP Basic auth password; -, +FILE, -FD as in nbdkit.
+connect-timeout=TIME   TCP connect and HEAD probe timeout (default 2s).
+                       All URLs are probed in parallel: start-up and each
+                       failover cost at most one connect-timeout.
+io-timeout=TIME        Longest stall of a transfer before the server is
+                       considered dead (default 30s; a long transfer that
+                       makes progress is never cut).
+failover-window=TIME   How long a request keeps trying the servers before
+                       it fails with EIO (default 60s).
+pool-size=N            Idle keep-alive connections kept per server (default 16).";
+
+/// A validated plugin configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub urls: Vec<String>,
+    pub device_size: Option<u64>,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub connect_timeout: Duration,
+    pub io_timeout: Duration,
+    pub failover_window: Duration,
+    pub pool_size: usize,
+}
+
+/// Keys as nbdkit hands them over, before `config_complete` validates the
+/// whole.
+#[derive(Clone, Debug, Default)]
+pub struct ConfigBuilder {
+    urls: Vec<String>,
+    device_size: Option<u64>,
+    user: Option<String>,
+    password: Option<String>,
+    connect_timeout: Option<Duration>,
+    io_timeout: Option<Duration>,
+    failover_window: Option<Duration>,
+    pool_size: Option<usize>,
+}
+
+impl ConfigBuilder {
+    /// Takes one key. `password` must already be resolved (see
+    /// [`plugin_glue::config::read_password`]); it is passed as `value`.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
+        match key {
+            "urls" => {
+                for url in parse_urls(value)? {
+                    self.urls.push(url);
+                }
+            }
+            "device-size" => {
+                let size = parse_size(key, value)?;
+                if size == 0 {
+                    return Err(ConfigError::new(key, "the size must not be 0"));
+                }
+                self.device_size = Some(size);
+            }
+            "user" => self.user = Some(value.to_owned()),
+            "password" => self.password = Some(value.to_owned()),
+            "connect-timeout" => self.connect_timeout = Some(positive(key, value)?),
+            "io-timeout" => self.io_timeout = Some(positive(key, value)?),
+            "failover-window" => self.failover_window = Some(parse_duration(key, value)?),
+            "pool-size" => self.pool_size = Some(parse_count(key, value, 1024)?),
+            _ => return Err(ConfigError::unknown_key(key, KEYS)),
+        }
+        Ok(())
+    }
+
+    /// Checks the whole configuration once every key is in.
+    pub fn build(&self) -> Result<Config, ConfigError> {
+        if self.urls.is_empty() {
+            return Err(ConfigError::missing("urls"));
+        }
+        if self.urls.len() > MAX_URLS {
+            return Err(ConfigError::new(
+                "urls",
+                format!("{} URLs given, at most {MAX_URLS}", self.urls.len()),
+            ));
+        }
+        if self.password.is_some() && self.user.is_none() {
+            return Err(ConfigError::new("password", "given without user="));
+        }
+        Ok(Config {
+            urls: self.urls.clone(),
+            device_size: self.device_size,
+            user: self.user.clone(),
+            password: self.password.clone(),
+            connect_timeout: self.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+            io_timeout: self.io_timeout.unwrap_or(DEFAULT_IO_TIMEOUT),
+            failover_window: self.failover_window.unwrap_or(DEFAULT_FAILOVER_WINDOW),
+            pool_size: self.pool_size.unwrap_or(DEFAULT_POOL_SIZE),
+        })
+    }
+}
+
+/// A timeout of 0 would mean "no timeout" to the HTTP library: refuse it.
+fn positive(key: &str, value: &str) -> Result<Duration, ConfigError> {
+    let d = parse_duration(key, value)?;
+    if d.is_zero() {
+        return Err(ConfigError::new(key, "must be longer than 0"));
+    }
+    Ok(d)
+}
+
+/// Splits a comma-separated URL list (whitespace ignored, empty entries
+/// skipped so a trailing comma is harmless) and checks each URL.
+pub fn parse_urls(value: &str) -> Result<Vec<String>, ConfigError> {
+    let urls: Vec<String> = value
+        .split(',')
+        .map(|u| u.chars().filter(|c| !c.is_whitespace()).collect::<String>())
+        .filter(|u| !u.is_empty())
+        .collect();
+    if urls.is_empty() {
+        return Err(ConfigError::new("urls", "no URL in the list"));
+    }
+    for url in &urls {
+        check_url(url).map_err(|why| ConfigError::new("urls", format!("{url:?}: {why}")))?;
+    }
+    Ok(urls)
+}
+
+/// Accepts `http://HOST[:PORT][/PATH]`: the servers speak plain HTTP (this
+/// build has no TLS), and a typo should fail at start-up, not at failover.
+fn check_url(url: &str) -> Result<(), String> {
+    let rest = url
+        .get(..7)
+        .filter(|scheme| scheme.eq_ignore_ascii_case("http://"))
+        .map(|_| &url[7..])
+        .ok_or("only http:// URLs are supported")?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if authority.contains('@') {
+        return Err("put credentials in user=/password=, not in the URL".into());
+    }
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (host, after) = v6.split_once(']').ok_or("unclosed '[' in the host")?;
+        (host, after.strip_prefix(':'))
+    } else {
+        match authority.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        }
+    };
+    if host.is_empty() {
+        return Err("no host".into());
+    }
+    if let Some(port) = port {
+        match port.parse::<u16>() {
+            Ok(p) if p > 0 => {}
+            _ => return Err(format!("bad port {port:?}")),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_required_keys() {
+        let mut b = ConfigBuilder::default();
+        assert_eq!(b.build().unwrap_err(), ConfigError::missing("urls"));
+        b.set("urls", "http://a:8076").unwrap();
+        let c = b.build().unwrap();
+        assert_eq!(c.device_size, None);
+        assert_eq!(c.connect_timeout, DEFAULT_CONNECT_TIMEOUT);
+        assert_eq!(c.io_timeout, DEFAULT_IO_TIMEOUT);
+        assert_eq!(c.failover_window, DEFAULT_FAILOVER_WINDOW);
+        assert_eq!(c.pool_size, DEFAULT_POOL_SIZE);
+    }
+
+    #[test]
+    fn url_lists() {
+        let mut b = ConfigBuilder::default();
+        b.set("urls", " http://a:8076 ,\n http://b:8076/,").unwrap();
+        b.set("urls", "http://[::1]:80/x").unwrap();
+        assert_eq!(
+            b.build().unwrap().urls,
+            ["http://a:8076", "http://b:8076/", "http://[::1]:80/x"]
+        );
+        let many: Vec<String> = (0..70).map(|i| format!("http://10.0.0.{i}:8076")).collect();
+        let mut b = ConfigBuilder::default();
+        b.set("urls", &many.join(",")).unwrap();
+        assert_eq!(b.build().unwrap().urls.len(), 70);
+        for bad in [
+            "",
+            ",",
+            "https://a",
+            "ftp://a",
+            "a:8076",
+            "http://",
+            "http://:80",
+            "http://a:0",
+            "http://a:99999",
+            "http://a:x",
+            "http://u:p@a",
+            "http://[::1",
+        ] {
+            assert!(parse_urls(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn sizes_timeouts_and_unknown_keys() {
+        let mut b = ConfigBuilder::default();
+        b.set("urls", "http://a").unwrap();
+        b.set("device-size", "4M").unwrap();
+        b.set("connect-timeout", "500ms").unwrap();
+        b.set("io-timeout", "5").unwrap();
+        b.set("failover-window", "0").unwrap();
+        b.set("pool-size", "4").unwrap();
+        let c = b.build().unwrap();
+        assert_eq!(c.device_size, Some(4 << 20));
+        assert_eq!(c.connect_timeout, Duration::from_millis(500));
+        assert_eq!(c.io_timeout, Duration::from_secs(5));
+        assert_eq!(c.failover_window, Duration::ZERO);
+        assert_eq!(c.pool_size, 4);
+        assert!(b.set("device-size", "0").is_err());
+        assert!(b.set("io-timeout", "0").is_err());
+        assert!(b.set("pool-size", "0").is_err());
+        let e = b.set("timeout", "3").unwrap_err();
+        assert!(e.to_string().contains("unknown parameter"), "{e}");
+        let mut b = ConfigBuilder::default();
+        b.set("urls", "http://a").unwrap();
+        b.set("password", "x").unwrap();
+        assert!(b.build().is_err(), "password without user accepted");
+    }
+
+    #[test]
+    fn help_names_every_key() {
+        for key in KEYS {
+            assert!(HELP.contains(&format!("{key}=")), "{key} missing in help");
+        }
+    }
+}

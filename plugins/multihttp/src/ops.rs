@@ -1,0 +1,172 @@
+//! NBD operations on the cluster, by server generation (decided per
+//! attempt, because a failover can land on an older or newer server):
+//!
+//! | NBD | new server (X-Disk-Features) | old server |
+//! |---|---|---|
+//! | write | write-back PUT (`X-Disk-Writeback: 1`) | PUT (synced before 200) |
+//! | write + FUA | PUT without write-back (durable before 200) | PUT |
+//! | flush | `POST X-Disk-Op: flush` | nothing to do: every PUT was synced |
+//! | trim | `POST X-Disk-Op: trim` | nothing (trim is advisory; not advertised) |
+//! | zero | `POST X-Disk-Op: zero` | PUTs of zeros |
+//!
+//! A read-only server (`readonly` feature) refuses writes with EPERM.
+
+use http_disk_protocol::{ByteRange, Feature};
+
+use crate::cluster::{Active, Cluster};
+use crate::error::{Attempt, Error};
+use crate::transport::PostOp;
+
+/// Largest PUT of zeros when a server has no zero extension.
+const ZERO_CHUNK: usize = 1 << 20;
+
+/// Checks that `len` bytes at `offset` lie inside the disk. nbdkit checks
+/// this too; the check here keeps a wrong size from ever reaching a server.
+fn check_range(cluster: &Cluster, offset: u64, len: u64) -> Result<(), Error> {
+    let size = cluster.size().unwrap_or(0);
+    if !matches!(offset.checked_add(len), Some(end) if end <= size) {
+        return Err(Error::OutOfRange(format!(
+            "{len} bytes at {offset} run past the end of the {size}-byte disk"
+        )));
+    }
+    Ok(())
+}
+
+fn refuse_readonly(cluster: &Cluster, active: &Active) -> Result<(), Attempt> {
+    if active.info.has(Feature::Readonly) {
+        return Err(Attempt::Fatal(Error::ReadOnly(format!(
+            "{} serves the disk read-only",
+            cluster.url(active)
+        ))));
+    }
+    Ok(())
+}
+
+pub fn read(cluster: &Cluster, buf: &mut [u8], offset: u64) -> Result<(), Error> {
+    let len = buf.len();
+    check_range(cluster, offset, len as u64)?;
+    cluster.run(&|| format!("read of {len} bytes at {offset}"), |active| {
+        cluster
+            .transport()
+            .read(cluster.url(active), offset, &mut *buf)
+    })
+}
+
+/// One PUT of `data` at `offset`: write-back unless `fua` (new servers).
+fn put(
+    cluster: &Cluster,
+    active: &Active,
+    data: &[u8],
+    offset: u64,
+    fua: bool,
+) -> Result<(), Attempt> {
+    refuse_readonly(cluster, active)?;
+    let writeback = !fua && active.info.has(Feature::Writeback);
+    let size = cluster.size().unwrap_or(0);
+    cluster
+        .transport()
+        .write(cluster.url(active), offset, data, size, writeback)?;
+    if writeback {
+        cluster.mark_dirty(active);
+    }
+    Ok(())
+}
+
+pub fn write(cluster: &Cluster, data: &[u8], offset: u64, fua: bool) -> Result<(), Error> {
+    check_range(cluster, offset, data.len() as u64)?;
+    cluster.run(
+        &|| format!("write of {} bytes at {offset}", data.len()),
+        |active| put(cluster, active, data, offset, fua),
+    )
+}
+
+pub fn flush(cluster: &Cluster) -> Result<(), Error> {
+    let previous = cluster.flush_started();
+    let result = cluster.run(&|| "flush".to_owned(), |active| {
+        if active.info.has(Feature::Flush) {
+            cluster
+                .transport()
+                .post(cluster.url(active), PostOp::Flush, false)
+        } else {
+            // Old server: every PUT it acknowledged was already synced.
+            Ok(())
+        }
+    });
+    if result.is_err() {
+        cluster.flush_failed(previous);
+    }
+    result
+}
+
+pub fn trim(cluster: &Cluster, count: u32, offset: u64, fua: bool) -> Result<(), Error> {
+    check_range(cluster, offset, count.into())?;
+    let Some(range) = ByteRange::from_offset_len(offset, count.into()) else {
+        return Ok(());
+    };
+    cluster.run(&|| format!("trim of {count} bytes at {offset}"), |active| {
+        refuse_readonly(cluster, active)?;
+        if !active.info.has(Feature::Trim) {
+            // Trim is a hint: doing nothing is correct (the connection was
+            // opened on a server with trim and failed over to one without).
+            return Ok(());
+        }
+        let writeback = !fua && active.info.has(Feature::Writeback);
+        cluster
+            .transport()
+            .post(cluster.url(active), PostOp::Trim(range), writeback)?;
+        if writeback {
+            cluster.mark_dirty(active);
+        }
+        Ok(())
+    })
+}
+
+/// Zeroes a range. `fast`: the client wants an error rather than a slow
+/// fallback (NBD_CMD_FLAG_FAST_ZERO).
+pub fn zero(
+    cluster: &Cluster,
+    count: u32,
+    offset: u64,
+    may_trim: bool,
+    fua: bool,
+    fast: bool,
+) -> Result<(), Error> {
+    check_range(cluster, offset, count.into())?;
+    let Some(range) = ByteRange::from_offset_len(offset, count.into()) else {
+        return Ok(());
+    };
+    let mut zeros = Vec::new();
+    cluster.run(&|| format!("zero of {count} bytes at {offset}"), |active| {
+        refuse_readonly(cluster, active)?;
+        if active.info.has(Feature::Zero) {
+            let writeback = !fua && active.info.has(Feature::Writeback);
+            cluster.transport().post(
+                cluster.url(active),
+                PostOp::Zero { range, may_trim },
+                writeback,
+            )?;
+            if writeback {
+                cluster.mark_dirty(active);
+            }
+            return Ok(());
+        }
+        if fast {
+            return Err(Attempt::Fatal(Error::NotFast(format!(
+                "{} has no zero extension",
+                cluster.url(active)
+            ))));
+        }
+        // Old server: write the zeros. A failover repeats the whole range,
+        // which is harmless (same bytes).
+        if zeros.is_empty() {
+            zeros = vec![0u8; ZERO_CHUNK.min(count as usize)];
+        }
+        let mut done = 0u64;
+        while done < u64::from(count) {
+            let n = (u64::from(count) - done).min(zeros.len() as u64) as usize;
+            put(cluster, active, &zeros[..n], offset + done, fua)?;
+            done += n as u64;
+        }
+        Ok(())
+    })
+}

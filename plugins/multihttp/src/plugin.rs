@@ -1,0 +1,291 @@
+//! The nbdkit callbacks. Kept out of unit tests (`cargo test` cannot link
+//! the `nbdkit_*` symbols); exercised under a real nbdkit by
+//! `tests/tests/multihttp*.rs`.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use http_disk_protocol::Feature;
+use nbdkit::{plugin, FuaFlags, Server, ThreadModel};
+use plugin_glue::config::{read_password, ConfigError};
+use plugin_glue::{guard, logging};
+
+use crate::cluster::Cluster;
+use crate::config::{self, ConfigBuilder};
+use crate::error::Error;
+use crate::ops;
+use crate::reply::ServerInfo;
+
+static BUILDER: Mutex<Option<ConfigBuilder>> = Mutex::new(None);
+static CLUSTER: OnceLock<Arc<Cluster>> = OnceLock::new();
+
+fn cluster() -> Result<&'static Arc<Cluster>, Error> {
+    CLUSTER
+        .get()
+        .ok_or_else(|| Error::Rejected("plugin not configured".into()))
+}
+
+/// One NBD connection. What it advertises (trim, fast zero, read-only)
+/// is fixed at open from the server in use then; the requests themselves
+/// adapt to whichever server serves them.
+struct MultiHttp {
+    cluster: Arc<Cluster>,
+    server_at_open: Option<ServerInfo>,
+}
+
+impl MultiHttp {
+    fn has(&self, feature: Feature) -> bool {
+        self.server_at_open.is_some_and(|info| info.has(feature))
+    }
+}
+
+impl Server for MultiHttp {
+    fn name() -> &'static str {
+        "multihttp"
+    }
+
+    fn version() -> Option<&'static str> {
+        Some(env!("CARGO_PKG_VERSION"))
+    }
+
+    fn description() -> Option<&'static str> {
+        Some("one disk behind several http-disk-server URLs, with failover")
+    }
+
+    fn magic_config_key() -> Option<&'static str> {
+        Some("urls")
+    }
+
+    fn config_help() -> Option<&'static str> {
+        Some(config::HELP)
+    }
+
+    fn load() {
+        logging::init();
+    }
+
+    fn thread_model() -> nbdkit::Result<ThreadModel> {
+        Ok(ThreadModel::Parallel)
+    }
+
+    fn dump_plugin() {
+        // Facts for scripts (`nbdkit multihttp --dump-plugin`). Write
+        // errors (closed stdout) are ignored rather than panicking.
+        let _ = std::panic::catch_unwind(|| {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "multihttp_version={}", env!("CARGO_PKG_VERSION"));
+            let _ = writeln!(out, "multihttp_keys={}", config::KEYS.join(","));
+            let _ = writeln!(
+                out,
+                "multihttp_default_connect_timeout={:?}",
+                config::DEFAULT_CONNECT_TIMEOUT
+            );
+            let _ = writeln!(
+                out,
+                "multihttp_default_io_timeout={:?}",
+                config::DEFAULT_IO_TIMEOUT
+            );
+            let _ = writeln!(
+                out,
+                "multihttp_default_failover_window={:?}",
+                config::DEFAULT_FAILOVER_WINDOW
+            );
+            let _ = writeln!(
+                out,
+                "multihttp_default_pool_size={}",
+                config::DEFAULT_POOL_SIZE
+            );
+            let _ = writeln!(out, "multihttp_max_urls={}", config::MAX_URLS);
+            let _ = writeln!(out, "multihttp_parallel_probe=yes");
+            let _ = writeln!(
+                out,
+                "multihttp_protocol_extensions=flush,trim,zero,writeback"
+            );
+            let _ = writeln!(out, "multihttp_old_server_compatible=yes");
+            let _ = out.flush();
+        });
+    }
+
+    fn config(key: &str, value: &str) -> nbdkit::Result<()> {
+        guard(
+            || format!("multihttp: {key}"),
+            || -> Result<(), ConfigError> {
+                let password;
+                let value = if key == "password" {
+                    password = read_password(key, value)?;
+                    password.as_str()
+                } else {
+                    value
+                };
+                let mut builder = BUILDER.lock().unwrap_or_else(|p| p.into_inner());
+                builder
+                    .get_or_insert_with(ConfigBuilder::default)
+                    .set(key, value)
+            },
+        )
+    }
+
+    fn config_complete() -> nbdkit::Result<()> {
+        guard(
+            || "multihttp: configuration".to_owned(),
+            || -> Result<(), ConfigError> {
+                let builder = BUILDER.lock().unwrap_or_else(|p| p.into_inner());
+                let config = builder.clone().unwrap_or_default().build()?;
+                // Builds the HTTP agent only: no thread starts before nbdkit
+                // forks (probe threads start in open/requests).
+                let _ = CLUSTER.set(Arc::new(Cluster::new(config)));
+                Ok(())
+            },
+        )
+    }
+
+    fn open(_readonly: bool) -> nbdkit::Result<Box<dyn Server>> {
+        guard(
+            || "multihttp: open".to_owned(),
+            || -> Result<Box<dyn Server>, Error> {
+                let cluster = Arc::clone(cluster()?);
+                let server_at_open = match cluster.current() {
+                    Some(active) => Some(active.info),
+                    None => match cluster.ensure(&HashSet::new(), cluster.config.connect_timeout) {
+                        Ok(active) => Some(active.info),
+                        // With device-size, open anyway: the server may
+                        // be starting (SM starts us before or meanwhile).
+                        Err(_) if cluster.size().is_some() => None,
+                        Err(not_found) => {
+                            return Err(Error::Unavailable(format!(
+                                "no server answers and device-size= is not given: {}",
+                                not_found.describe(&cluster.config.urls)
+                            )))
+                        }
+                    },
+                };
+                Ok(Box::new(MultiHttp {
+                    cluster,
+                    server_at_open,
+                }))
+            },
+        )
+    }
+
+    fn get_size(&self) -> nbdkit::Result<i64> {
+        guard(
+            || "multihttp: get_size".to_owned(),
+            || {
+                self.cluster
+                    .size()
+                    .and_then(|s| i64::try_from(s).ok())
+                    .ok_or_else(|| Error::Unavailable("disk size unknown".into()))
+            },
+        )
+    }
+
+    fn can_write(&self) -> nbdkit::Result<bool> {
+        Ok(!self.has(Feature::Readonly))
+    }
+
+    fn can_flush(&self) -> nbdkit::Result<bool> {
+        Ok(true)
+    }
+
+    fn can_fua(&self) -> nbdkit::Result<FuaFlags> {
+        Ok(FuaFlags::Native)
+    }
+
+    fn can_multi_conn(&self) -> nbdkit::Result<bool> {
+        // All connections share one server choice, each flush is an
+        // fdatasync of the whole device (or every write was synced, on an
+        // old server): a flush on one connection covers all of them.
+        Ok(true)
+    }
+
+    fn can_trim(&self) -> nbdkit::Result<bool> {
+        Ok(self.has(Feature::Trim) && !self.has(Feature::Readonly))
+    }
+
+    fn can_zero(&self) -> nbdkit::Result<bool> {
+        Ok(true)
+    }
+
+    fn can_fast_zero(&self) -> nbdkit::Result<bool> {
+        Ok(self.has(Feature::Zero))
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> nbdkit::Result<()> {
+        let len = buf.len();
+        guard(
+            || format!("multihttp: read of {len} bytes at {offset}"),
+            || ops::read(&self.cluster, buf, offset),
+        )
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64, flags: nbdkit::Flags) -> nbdkit::Result<()> {
+        guard(
+            || format!("multihttp: write of {} bytes at {offset}", buf.len()),
+            || {
+                ops::write(
+                    &self.cluster,
+                    buf,
+                    offset,
+                    flags.contains(nbdkit::Flags::FUA),
+                )
+            },
+        )
+    }
+
+    fn flush(&self) -> nbdkit::Result<()> {
+        guard(
+            || "multihttp: flush".to_owned(),
+            || ops::flush(&self.cluster),
+        )
+    }
+
+    fn trim(&self, count: u32, offset: u64, flags: nbdkit::Flags) -> nbdkit::Result<()> {
+        guard(
+            || format!("multihttp: trim of {count} bytes at {offset}"),
+            || {
+                ops::trim(
+                    &self.cluster,
+                    count,
+                    offset,
+                    flags.contains(nbdkit::Flags::FUA),
+                )
+            },
+        )
+    }
+
+    fn zero(&self, count: u32, offset: u64, flags: nbdkit::Flags) -> nbdkit::Result<()> {
+        guard(
+            || format!("multihttp: zero of {count} bytes at {offset}"),
+            || {
+                ops::zero(
+                    &self.cluster,
+                    count,
+                    offset,
+                    flags.contains(nbdkit::Flags::MAY_TRIM),
+                    flags.contains(nbdkit::Flags::FUA),
+                    flags.contains(nbdkit::Flags::FAST_ZERO),
+                )
+            },
+        )
+    }
+}
+
+plugin!(MultiHttp {
+    thread_model,
+    load,
+    config,
+    config_complete,
+    dump_plugin,
+    write_at,
+    flush,
+    trim,
+    zero,
+    can_write,
+    can_flush,
+    can_fua,
+    can_multi_conn,
+    can_trim,
+    can_zero,
+    can_fast_zero
+});
