@@ -1,0 +1,69 @@
+//! Facts about the machine and tool versions, printed with the results so
+//! numbers from different machines are never compared blindly.
+
+use std::fs;
+use std::process::Command;
+
+/// One line per fact: CPU, cores, memory, kernel, tool versions.
+pub fn facts() -> Vec<String> {
+    let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|l| l.trim_start_matches([' ', '\t', ':']).to_owned())
+        .unwrap_or_else(|| "unknown".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let meminfo = fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let memory = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .map(|l| l.trim().to_owned())
+        .unwrap_or_else(|| "unknown".into());
+    let mut facts = vec![
+        format!("CPU: {cpu}, {cores} cores available"),
+        format!("Memory: {memory}"),
+        format!("Kernel: {}", first_line("uname", &["-r"])),
+    ];
+    for (tool, args) in [
+        ("nbdkit", &["--version"][..]),
+        ("fio", &["--version"]),
+        ("nbdcopy", &["--version"]),
+        ("wrk", &["--version"]),
+        ("nginx", &["-v"]),
+    ] {
+        facts.push(format!("{tool}: {}", first_line(tool, args)));
+    }
+    facts
+}
+
+/// First non-empty line a command prints (stdout or stderr: `nginx -v`
+/// and `wrk --version` use stderr, and wrk exits non-zero).
+fn first_line(program: &str, args: &[&str]) -> String {
+    match Command::new(program).args(args).output() {
+        Ok(out) => {
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            text.lines()
+                .map(str::trim)
+                .find(|l| !l.is_empty())
+                .unwrap_or("(no output)")
+                .to_owned()
+        }
+        Err(e) => format!("not available ({e})"),
+    }
+}
+
+/// Peak resident set size (VmHWM) of a live process, in KiB.
+pub fn peak_rss_kib(pid: i32) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}

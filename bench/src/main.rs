@@ -1,0 +1,337 @@
+//! `hnd-bench` (run it through `bench/run`): measures each component of
+//! the project side by side with the tool a user would pick instead, in
+//! the same run, and writes BENCHMARKS.md plus a chart of the ratios.
+//! Speed is reported, never asserted: CI runs `--quick` as a smoke test.
+
+mod compare;
+mod failover;
+mod http;
+mod machine;
+mod progress;
+mod report;
+mod results;
+mod settings;
+mod stats;
+mod targets;
+mod workload;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+use harness::{artifact, bin_dir, pattern_file, DiskServer, TempDir};
+
+use compare::{compare_block_targets, Peer};
+use progress::Progress;
+use results::{MemoryReading, Results};
+use settings::Settings;
+use targets::NbdTarget;
+use workload::Workload;
+
+const GROUPS: [&str; 4] = ["multihttp", "server", "sharded", "failover"];
+
+#[derive(Parser)]
+#[command(about = "Benchmarks of http-nbd-transfer against peer tools, on loopback")]
+struct Cli {
+    /// One-minute smoke run: short runs, one repetition, small disks.
+    #[arg(long)]
+    quick: bool,
+    /// Repetitions of each case per target (default 3, quick 1).
+    #[arg(long)]
+    repeats: Option<usize>,
+    /// Only these groups (comma-separated): multihttp, server, sharded, failover.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Report file (default BENCHMARKS.md; quick: target/bench/BENCHMARKS-quick.md).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Chart file (default: bench/ratios.svg; quick: next to the report).
+    #[arg(long)]
+    chart: Option<PathBuf>,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    for group in &cli.only {
+        if !GROUPS.contains(&group.as_str()) {
+            eprintln!("unknown group {group:?}; groups: {}", GROUPS.join(", "));
+            std::process::exit(2);
+        }
+    }
+    let wanted = |group: &str| cli.only.is_empty() || cli.only.iter().any(|g| g == group);
+    let scratch = TempDir::new().expect("temp dir for the benchmark");
+    let settings = Settings::new(cli.quick, cli.repeats, scratch.path().to_path_buf());
+    let root = harness::workspace_root();
+    let (out, chart) = output_paths(&cli, &root);
+
+    let mut results = Results::default();
+    let mut progress = Progress::new(estimate_steps(&settings));
+    let disk = pattern_file(&settings.work, "disk.img", settings.disk_size as usize, 1);
+    let source = pattern_file(&settings.work, "source.img", settings.disk_size as usize, 2);
+    let workloads = settings.block_workloads(source.clone());
+
+    if wanted("multihttp") || wanted("server") {
+        // One server serves both the plugin comparison and the HTTP-only
+        // one, so its peak memory covers the heaviest of both.
+        let server = DiskServer::start(&disk, &[]);
+        results.note_command(format!(
+            "http-disk-server --disk {} --ip 127.0.0.1 --port PORT",
+            disk.display()
+        ));
+        if wanted("multihttp") {
+            multihttp_group(
+                &mut results,
+                &settings,
+                &mut progress,
+                &server,
+                &disk,
+                &workloads,
+            );
+        }
+        if wanted("server") {
+            server_group(&mut results, &settings, &mut progress, &server, &disk);
+        }
+        record_memory(
+            &mut results,
+            "http-disk-server",
+            "all of the above",
+            server.proc.pid(),
+        );
+    }
+    if wanted("sharded") {
+        sharded_group(&mut results, &settings, &mut progress, &source, &workloads);
+    }
+    if wanted("failover") {
+        failover::measure_failover(&mut results, &settings, &mut progress);
+    }
+
+    let mode = if settings.quick {
+        "quick smoke run: figures are indicative only".to_owned()
+    } else {
+        format!(
+            "{} repetitions of {} s runs, {} MiB disks",
+            settings.repeats,
+            settings.runtime.as_secs(),
+            settings.disk_size >> 20
+        )
+    };
+    write_report(&results, &mode, &out, &chart);
+    drop(scratch);
+}
+
+fn output_paths(cli: &Cli, root: &Path) -> (PathBuf, PathBuf) {
+    let out = cli.out.clone().unwrap_or_else(|| {
+        if cli.quick {
+            root.join("target/bench/BENCHMARKS-quick.md")
+        } else {
+            root.join("BENCHMARKS.md")
+        }
+    });
+    let chart = cli.chart.clone().unwrap_or_else(|| {
+        if cli.quick {
+            out.with_extension("svg")
+        } else {
+            root.join("bench/ratios.svg")
+        }
+    });
+    (out, chart)
+}
+
+fn estimate_steps(settings: &Settings) -> usize {
+    let block_cases = settings.block_workloads(PathBuf::new()).len();
+    // multihttp: 3 targets, server: 5 runs per repetition, sharded: 2 targets.
+    settings.repeats * (block_cases * 3 + 5 + block_cases * 2) + settings.failovers
+}
+
+/// multihttp -> http-disk-server, against nbdkit's curl plugin -> the same
+/// server (goal 1.2x) and nbdkit's file plugin on the same file (the
+/// ceiling without HTTP, no goal).
+fn multihttp_group(
+    results: &mut Results,
+    settings: &Settings,
+    progress: &mut Progress,
+    server: &DiskServer,
+    disk: &Path,
+    workloads: &[Workload],
+) {
+    let started = (|| {
+        let ours = NbdTarget::start(
+            "multihttp",
+            &[],
+            &artifact("libmultihttp.so"),
+            &[
+                format!("urls={}", server.url()),
+                format!("device-size={}", settings.disk_size),
+            ],
+        )?;
+        let curl = NbdTarget::start(
+            "nbdkit curl",
+            &[],
+            Path::new("curl"),
+            &[format!("url={}/", server.url())],
+        )?;
+        let file = NbdTarget::start(
+            "nbdkit file",
+            &[],
+            Path::new("file"),
+            &[format!("file={}", disk.display())],
+        )?;
+        Ok::<_, String>((ours, curl, file))
+    })();
+    let (ours, curl, file) = match started {
+        Ok(targets) => targets,
+        Err(why) => return results.skipped.push(("multihttp".into(), why)),
+    };
+    compare_block_targets(
+        results,
+        settings,
+        progress,
+        "multihttp → http-disk-server",
+        &ours,
+        &[
+            Peer {
+                target: &curl,
+                goal: Some(1.2),
+            },
+            Peer {
+                target: &file,
+                goal: None,
+            },
+        ],
+        workloads,
+    );
+    record_memory(results, "nbdkit + multihttp", "multihttp group", ours.pid());
+    record_memory(results, "nbdkit + curl", "multihttp group", curl.pid());
+}
+
+fn server_group(
+    results: &mut Results,
+    settings: &Settings,
+    progress: &mut Progress,
+    server: &DiskServer,
+    disk: &Path,
+) {
+    let nginx = http::Nginx::start(&settings.work, disk);
+    if let Err(why) = &nginx {
+        progress.note(why);
+    }
+    results.note_command(
+        "nginx -c nginx.conf (worker_processes auto, sendfile on, serving the same file)".into(),
+    );
+    http::compare_servers(
+        results,
+        settings,
+        progress,
+        &format!("{}/", server.url()),
+        nginx.as_ref().ok(),
+        nginx.as_ref().err().map(String::as_str),
+    );
+}
+
+/// sharded (a chunk directory) against nbdkit's file plugin on a plain
+/// file on the same filesystem (goal 0.8x); both prefilled with the same
+/// data first, so reads read data, not holes.
+fn sharded_group(
+    results: &mut Results,
+    settings: &Settings,
+    progress: &mut Progress,
+    source: &Path,
+    workloads: &[Workload],
+) {
+    let plugin = bin_dir().join("libsharded.so");
+    if !plugin.exists() {
+        results.skipped.push((
+            "sharded".into(),
+            format!("{} is not built", plugin.display()),
+        ));
+        return;
+    }
+    let dir = settings.work.join("sharded");
+    let plain = settings.work.join("plain.img");
+    let started = (|| {
+        let ours = NbdTarget::start(
+            "sharded",
+            &[],
+            &plugin,
+            &[
+                format!("dir={}", dir.display()),
+                format!("size={}", settings.disk_size),
+            ],
+        )?;
+        fs::File::create(&plain)
+            .and_then(|f| f.set_len(settings.disk_size))
+            .map_err(|e| format!("creating {}: {e}", plain.display()))?;
+        let file = NbdTarget::start(
+            "nbdkit file",
+            &[],
+            Path::new("file"),
+            &[format!("file={}", plain.display())],
+        )?;
+        Ok::<_, String>((ours, file))
+    })();
+    let (ours, file) = match started {
+        Ok(targets) => targets,
+        Err(why) => return results.skipped.push(("sharded".into(), why)),
+    };
+    for target in [&ours, &file] {
+        let fill = Workload::CopyIn(source.to_path_buf());
+        if let Err(why) = fill.run(
+            &target.uri(),
+            settings.disk_size,
+            Duration::ZERO,
+            &settings.work,
+        ) {
+            results.skipped.push((
+                "sharded".into(),
+                format!("prefilling {}: {why}", target.name),
+            ));
+            return;
+        }
+    }
+    compare_block_targets(
+        results,
+        settings,
+        progress,
+        "sharded",
+        &ours,
+        &[Peer {
+            target: &file,
+            goal: Some(0.8),
+        }],
+        workloads,
+    );
+    record_memory(results, "nbdkit + sharded", "sharded group", ours.pid());
+}
+
+fn record_memory(results: &mut Results, process: &str, after: &str, pid: i32) {
+    if let Some(peak_kib) = machine::peak_rss_kib(pid) {
+        results.memory.push(MemoryReading {
+            process: process.into(),
+            after: after.into(),
+            peak_kib,
+        });
+    }
+}
+
+fn write_report(results: &Results, mode: &str, out: &Path, chart: &Path) {
+    let out_dir = out.parent().unwrap_or(Path::new("."));
+    for path in [out, chart] {
+        if let Some(parent) = path.parent() {
+            let _ = fs::create_dir_all(parent);
+        }
+    }
+    let chart_link = chart
+        .strip_prefix(out_dir)
+        .map_or_else(|_| chart.display().to_string(), |p| p.display().to_string());
+    let markdown = report::markdown(results, &machine::facts(), mode, Some(&chart_link));
+    if let Err(e) = fs::write(out, markdown) {
+        eprintln!("cannot write {}: {e}", out.display());
+        std::process::exit(1);
+    }
+    if let Err(e) = fs::write(chart, report::svg_chart(results)) {
+        eprintln!("cannot write {}: {e}", chart.display());
+        std::process::exit(1);
+    }
+    eprintln!("wrote {} and {}", out.display(), chart.display());
+}

@@ -1,0 +1,109 @@
+//! What a benchmark run measured: comparisons of our component against
+//! its peers, case by case, plus the figures that have no peer (failover
+//! pauses, peak memory). Filled by the groups, read by the report.
+
+use crate::stats::{median, spread_percent};
+
+/// One measured target in one case: its samples, or why it could not run.
+#[derive(Clone, Debug)]
+pub struct Series {
+    pub target: String,
+    pub samples: Vec<f64>,
+    /// Set when a run failed (e.g. a peer that cannot write); the reason
+    /// goes in the report instead of a number.
+    pub failure: Option<String>,
+    /// For a peer: the smallest acceptable ratio ours/peer, if any.
+    pub goal: Option<f64>,
+}
+
+impl Series {
+    pub fn new(target: &str, goal: Option<f64>) -> Series {
+        Series {
+            target: target.to_owned(),
+            samples: Vec::new(),
+            failure: None,
+            goal,
+        }
+    }
+
+    pub fn record(&mut self, outcome: Result<f64, String>) {
+        match outcome {
+            Ok(value) => self.samples.push(value),
+            Err(why) => {
+                if self.failure.is_none() {
+                    self.failure = Some(why);
+                }
+            }
+        }
+    }
+
+    /// The median, only when every run succeeded.
+    pub fn median(&self) -> Option<f64> {
+        if self.failure.is_some() {
+            return None;
+        }
+        median(&self.samples)
+    }
+
+    pub fn spread(&self) -> Option<f64> {
+        spread_percent(&self.samples)
+    }
+}
+
+/// One case (e.g. "4k randread qd16, 1 conn"): ours first, then peers.
+#[derive(Clone, Debug)]
+pub struct Comparison {
+    pub group: String,
+    pub case: String,
+    /// "IOPS", "MiB/s", "req/s": higher is better for all of them.
+    pub unit: &'static str,
+    pub ours: Series,
+    pub peers: Vec<Series>,
+}
+
+impl Comparison {
+    /// ours/peer medians, when both exist.
+    pub fn ratio(&self, peer: &Series) -> Option<f64> {
+        let peer = peer.median()?;
+        if peer == 0.0 {
+            return None;
+        }
+        Some(self.ours.median()? / peer)
+    }
+
+    /// Whether the goal against `peer` is met; `None` without a goal or
+    /// a ratio.
+    pub fn goal_met(&self, peer: &Series) -> Option<bool> {
+        Some(self.ratio(peer)? >= peer.goal?)
+    }
+}
+
+/// Peak resident memory of one process after a group's heaviest load.
+#[derive(Clone, Debug)]
+pub struct MemoryReading {
+    pub process: String,
+    pub after: String,
+    pub peak_kib: u64,
+}
+
+/// Everything one run measured.
+#[derive(Default, Debug)]
+pub struct Results {
+    pub comparisons: Vec<Comparison>,
+    /// Seconds from SIGKILL of the active server to the next completed write.
+    pub failover_pauses: Vec<f64>,
+    pub failover_failure: Option<String>,
+    pub memory: Vec<MemoryReading>,
+    /// Groups not run, and why (e.g. a plugin not built).
+    pub skipped: Vec<(String, String)>,
+    /// Exact command lines used, in order of first use.
+    pub commands: Vec<String>,
+}
+
+impl Results {
+    pub fn note_command(&mut self, command: String) {
+        if !self.commands.contains(&command) {
+            self.commands.push(command);
+        }
+    }
+}

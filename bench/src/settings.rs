@@ -1,0 +1,65 @@
+//! How long and how big a run is: the default run (meant to finish in
+//! well under 15 minutes on a 2-core machine) or the `--quick` smoke run.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::workload::{FioJob, Workload};
+
+pub struct Settings {
+    pub quick: bool,
+    /// Length of one fio or wrk run.
+    pub runtime: Duration,
+    /// Runs of each case per target, alternating targets.
+    pub repeats: usize,
+    /// Size of the disks served (files, chunk stores).
+    pub disk_size: u64,
+    /// Failover pauses measured.
+    pub failovers: usize,
+    /// Scratch directory, removed at the end.
+    pub work: PathBuf,
+}
+
+impl Settings {
+    pub fn new(quick: bool, repeats: Option<usize>, work: PathBuf) -> Settings {
+        let (runtime, default_repeats, disk_size, failovers) = if quick {
+            (Duration::from_millis(1000), 1, 32 << 20, 2)
+        } else {
+            (Duration::from_secs(3), 3, 256 << 20, 7)
+        };
+        Settings {
+            quick,
+            runtime,
+            repeats: repeats.unwrap_or(default_repeats).max(1),
+            disk_size,
+            failovers,
+            work,
+        }
+    }
+
+    /// The block-device workloads: random 4 KiB at queue depth 16 and
+    /// sequential 1 MiB, read and write, on 1 and 4 connections (quick:
+    /// 1 connection only), plus whole-disk copies in and out.
+    pub fn block_workloads(&self, source_file: PathBuf) -> Vec<Workload> {
+        let connections: &[u32] = if self.quick { &[1] } else { &[1, 4] };
+        let mut workloads = Vec::new();
+        for &connections in connections {
+            for (rw, block_size, iodepth) in [
+                ("randread", 4096, 16),
+                ("randwrite", 4096, 16),
+                ("read", 1 << 20, 4),
+                ("write", 1 << 20, 4),
+            ] {
+                workloads.push(Workload::Fio(FioJob {
+                    rw,
+                    block_size,
+                    iodepth,
+                    connections,
+                }));
+            }
+        }
+        workloads.push(Workload::CopyOut);
+        workloads.push(Workload::CopyIn(source_file));
+        workloads
+    }
+}
