@@ -375,7 +375,26 @@ fn send(
         Body::Text(text) => writer.write_all(text.as_bytes())?,
         Body::Disk { start, len } => {
             let disk = disk.ok_or_else(|| io::Error::other("no disk to stream from"))?;
-            stream_disk(writer, disk, *start, *len)?;
+            // The head must be on the wire before sendfile writes the body
+            // to the raw socket behind the buffer.
+            writer.flush()?;
+            match disk.send_to(writer.get_ref(), *start, *len) {
+                Ok(_) => {}
+                // sendfile refused outright (a file kind the kernel cannot
+                // splice from): copy through user space instead.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS)) => {
+                    stream_disk(writer, disk, *start, *len)?;
+                }
+                Err(e) => {
+                    // EIO is the disk failing; anything else (EPIPE,
+                    // ECONNRESET, a send timeout) is the client going away,
+                    // which the caller logs at debug level.
+                    if e.raw_os_error() == Some(libc::EIO) {
+                        log::error!("read of {len} bytes at {start} failed: {e}");
+                    }
+                    return Err(e);
+                }
+            }
         }
     }
     writer.flush()
