@@ -118,6 +118,23 @@ fn main() {
     };
     write_report(&results, &mode, &out, &chart);
     drop(scratch);
+    // Speed is never asserted, but our own components failing a case (or
+    // a client error during failover) is a bug the smoke run must report.
+    let our_failures: Vec<String> = results
+        .comparisons
+        .iter()
+        .filter_map(|c| {
+            c.ours
+                .failure
+                .as_ref()
+                .map(|why| format!("{} / {}: {why}", c.group, c.case))
+        })
+        .chain(results.failover_failure.iter().map(|why| format!("failover: {why}")))
+        .collect();
+    if !our_failures.is_empty() {
+        eprintln!("our components failed:\n  {}", our_failures.join("\n  "));
+        std::process::exit(1);
+    }
 }
 
 fn output_paths(cli: &Cli, root: &Path) -> (PathBuf, PathBuf) {
