@@ -129,7 +129,12 @@ fn main() {
                 .as_ref()
                 .map(|why| format!("{} / {}: {why}", c.group, c.case))
         })
-        .chain(results.failover_failure.iter().map(|why| format!("failover: {why}")))
+        .chain(
+            results
+                .failover_failure
+                .iter()
+                .map(|why| format!("failover: {why}")),
+        )
         .collect();
     if !our_failures.is_empty() {
         eprintln!("our components failed:\n  {}", our_failures.join("\n  "));
