@@ -289,6 +289,52 @@ fn refuses_to_take_over_a_live_socket() {
     );
 }
 
+#[test]
+fn losing_the_output_reader_does_not_break_the_stop() {
+    // SM's log helper may go away; the wrapper's later log lines then hit
+    // a closed pipe. They must be dropped, not kill it mid-clean-up.
+    let sandbox = Sandbox::new(&["nbd0"]);
+    let wrapper = sandbox.wrapper("vol", MEMORY, true);
+    let mut shell = Command::new("bash");
+    shell
+        .arg("-c")
+        .arg(r#""$@" 2>&1 | sed -n '/is now attached/{p;q}'"#)
+        .arg("bash")
+        .arg(wrapper.get_program())
+        .args(wrapper.get_args());
+    for (key, value) in wrapper.get_envs() {
+        if let Some(value) = value {
+            shell.env(key, value);
+        }
+    }
+    let mut pipeline = Proc::spawn("pipeline", shell);
+    wait_attached(&pipeline);
+    let nbdkit = nbdkit_pid(&sandbox, "vol");
+    // The reader (sed) quit after the attached line; the pipe is closed.
+    let parent = |pid: i32| -> i32 {
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+        let after = stat.rsplit(')').next().expect("stat format");
+        after
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse().ok())
+            .expect("ppid")
+    };
+    let wrapper_pid = parent(nbdkit);
+    // SAFETY: SIGTERM to the wrapper process found above.
+    unsafe { libc::kill(wrapper_pid, libc::SIGTERM) };
+    assert!(
+        pipeline.wait_timeout(EXIT_TIMEOUT).is_some(),
+        "wrapper did not stop"
+    );
+    assert!(
+        sandbox.client_calls().contains("-d "),
+        "not detached: {}",
+        sandbox.client_calls()
+    );
+    sandbox.assert_cleaned_up("vol", Some(nbdkit));
+}
+
 // ------------------------------------------ attached life (stand-in client)
 
 #[test]
@@ -401,4 +447,189 @@ fn wrappers_started_together_get_different_devices() {
             Some(0)
         );
     }
+}
+
+// ---------------------------------------------------------------- install
+
+/// Runs `scripts/install` with `envs` and returns its stdout.
+fn install(envs: &[(&str, &Path)]) -> String {
+    let mut cmd = Command::new(workspace_root().join("scripts/install"));
+    cmd.env("BIN_DIR", harness::bin_dir());
+    for (key, value) in envs {
+        cmd.env(key, value);
+    }
+    let out = run(cmd, EXIT_TIMEOUT);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "install failed: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+/// `nbdkit --dump-plugin` must load the installed file and name it.
+fn assert_loadable_plugin(path: &Path, name: &str) {
+    let mut cmd = Command::new("nbdkit");
+    cmd.arg("--dump-plugin").arg(path);
+    let out = run(cmd, EXIT_TIMEOUT);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains(&format!("name={name}\n")),
+        "nbdkit cannot load {}: {stdout}{}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn install_into_destdir_puts_plugins_in_nbdkit_plugindir() {
+    harness::artifact("http-disk-server");
+    harness::artifact("libmultihttp.so");
+    let dest = tempfile::tempdir().expect("temp dir");
+    install(&[("DESTDIR", dest.path())]);
+    let config = run(
+        {
+            let mut c = Command::new("nbdkit");
+            c.arg("--dump-config");
+            c
+        },
+        EXIT_TIMEOUT,
+    );
+    let config = String::from_utf8_lossy(&config.stdout).into_owned();
+    let plugindir = config
+        .lines()
+        .find_map(|l| l.strip_prefix("plugindir="))
+        .expect("nbdkit --dump-config names its plugindir");
+    let root = dest.path();
+    let inside = |p: &str| root.join(p.trim_start_matches('/'));
+    let plugin = inside(&format!("{plugindir}/nbdkit-multihttp-plugin.so"));
+    assert_loadable_plugin(&plugin, "multihttp");
+    for file in [
+        "/usr/local/bin/http-disk-server",
+        "/usr/local/bin/nbd-http-server",
+        "/usr/local/lib/systemd/system/http-disk-server@.service",
+        "/usr/local/lib/systemd/system/nbd-http-server@.service",
+        "/etc/http-nbd-transfer/volume.env.example",
+    ] {
+        assert!(inside(file).is_file(), "{file} not installed");
+    }
+    // The old plugin file name, pointing at the real plugin once installed.
+    let legacy = inside("/usr/local/lib/http-nbd-transfer/multi-http-plugin.so");
+    let target = fs::read_link(&legacy).expect("legacy name is a link");
+    assert_eq!(
+        target,
+        Path::new(plugindir).join("nbdkit-multihttp-plugin.so")
+    );
+    // Units point at the installed binaries, no placeholder left.
+    let unit = fs::read_to_string(inside(
+        "/usr/local/lib/systemd/system/nbd-http-server@.service",
+    ))
+    .expect("read unit");
+    assert!(unit.contains("ExecStart=/usr/local/bin/nbd-http-server "));
+    assert!(!unit.contains("@BINDIR@") && !unit.contains("@SYSCONFDIR@"));
+}
+
+/// `systemd-analyze verify` checks that ExecStart binaries exist, so the
+/// units are verified as installed under a temporary PREFIX (their
+/// ExecStart then names the temp tree). Warnings count as failures.
+#[test]
+fn installed_units_pass_systemd_analyze_verify() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let prefix = dir.path().join("prefix");
+    let units = prefix.join("lib/systemd/system");
+    install(&[
+        ("PREFIX", &prefix),
+        ("PLUGINDIR", &dir.path().join("plugins")),
+        ("SYSCONFDIR", &dir.path().join("etc")),
+    ]);
+    assert_loadable_plugin(
+        &dir.path().join("plugins/nbdkit-multihttp-plugin.so"),
+        "multihttp",
+    );
+    assert_loadable_plugin(
+        &prefix.join("lib/http-nbd-transfer/multi-http-plugin.so"),
+        "multihttp",
+    );
+    let mut cmd = Command::new("systemd-analyze");
+    cmd.arg("verify")
+        .arg(units.join("http-disk-server@statefile.service"))
+        .arg(units.join("nbd-http-server@statefile.service"));
+    let out = run(cmd, Duration::from_secs(60));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stderr.trim().is_empty(),
+        "verify: {stderr}"
+    );
+    let unit = fs::read_to_string(units.join("http-disk-server@.service")).expect("unit");
+    let exec = format!(
+        "ExecStart={}/bin/http-disk-server $SERVER_ARGS",
+        prefix.display()
+    );
+    assert!(unit.contains(&exec), "{unit}");
+    let env = dir.path().join("etc/http-nbd-transfer/%i.env");
+    assert!(unit.contains(&format!("EnvironmentFile={}", env.display())));
+}
+
+// ------------------------------------------- multihttp (the default plugin)
+
+/// The wrapper for multihttp as SM runs it, with the built plugin.
+fn multihttp_wrapper(sandbox: &Sandbox, name: &str, urls: &str, size: usize) -> Command {
+    let size = size.to_string();
+    let mut cmd = sandbox.wrapper(name, &["--urls", urls, "--device-size", &size], true);
+    cmd.env("HND_PLUGIN_DIR", harness::bin_dir());
+    cmd
+}
+
+#[test]
+fn multihttp_export_writes_through_to_the_servers_disk() {
+    harness::artifact("libmultihttp.so");
+    const SIZE: usize = 1 << 20;
+    let sandbox = Sandbox::new(&["nbd0"]);
+    let disk = harness::pattern_file(sandbox.dir.path(), "disk.img", SIZE, 1);
+    let first = harness::DiskServer::start(&disk, &[]);
+    let second = harness::DiskServer::start(&disk, &[]);
+    let urls = format!("{},{}", first.url(), second.url());
+    let mut wrapper = Proc::spawn("wrapper", multihttp_wrapper(&sandbox, "vol", &urls, SIZE));
+    wait_attached(&wrapper);
+    // What the kernel would send through /dev/nbdX, sent on the socket.
+    let uri = format!("nbd+unix:///vol?socket={}", sandbox.socket("vol").display());
+    harness::nbdsh(
+        &uri,
+        "assert h.get_size() == 1048576\n\
+         h.pwrite(b'\\xab' * 65536, 4096)\n\
+         h.flush()",
+    );
+    let content = fs::read(&disk).expect("read disk");
+    assert!(content[4096..4096 + 65536].iter().all(|&b| b == 0xab));
+    assert_eq!(content[..4096], harness::pattern(SIZE, 1)[..4096]);
+    group_signal(&wrapper, libc::SIGTERM);
+    assert_eq!(
+        wrapper.wait_timeout(EXIT_TIMEOUT).and_then(|s| s.code()),
+        Some(0)
+    );
+}
+
+/// SM lists every host of the pool (up to 64), dead ones included, and
+/// gives the wrapper 10 s to print the attached line.
+#[test]
+fn multihttp_attaches_within_sm_deadline_when_no_server_answers() {
+    harness::artifact("libmultihttp.so");
+    let sandbox = Sandbox::new(&["nbd0"]);
+    let urls: Vec<String> = (0..64)
+        .map(|_| format!("http://127.0.0.1:{}", harness::free_port()))
+        .collect();
+    let started = std::time::Instant::now();
+    let mut wrapper = Proc::spawn(
+        "wrapper",
+        multihttp_wrapper(&sandbox, "vol", &urls.join(","), 4 << 20),
+    );
+    wait_attached(&wrapper);
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(10), "attached after {took:?}");
+    group_signal(&wrapper, libc::SIGTERM);
+    assert_eq!(
+        wrapper.wait_timeout(EXIT_TIMEOUT).and_then(|s| s.code()),
+        Some(0)
+    );
 }
