@@ -26,7 +26,9 @@ fn run_vm(scenarios: &str) -> (Option<i32>, Vec<String>) {
     // Proc kills the whole process group (QEMU included) if we give up.
     let status = vm.wait_timeout(VM_TIMEOUT);
     // Give the output readers a moment to drain the last lines.
-    harness::wait_until(Duration::from_secs(2), || vm.output.contains("run: ") && status.is_some());
+    harness::wait_until(Duration::from_secs(2), || {
+        vm.output.contains("run: ") && status.is_some()
+    });
     let lines: Vec<String> = vm
         .output
         .snapshot()
