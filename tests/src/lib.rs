@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 pub use tempfile::TempDir;
 
 pub mod disk_server;
+pub mod scripted_peer;
 pub use disk_server::DiskServer;
 
 /// Root of the workspace.

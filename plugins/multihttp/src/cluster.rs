@@ -51,6 +51,9 @@ pub struct Cluster {
     outage_logged: AtomicBool,
     /// Epoch of the server holding write-back writes not yet flushed, or 0.
     dirty_epoch: AtomicU64,
+    /// A server holding unflushed write-back writes was left: the next
+    /// successful flush must still fail once (see `ops::flush`).
+    unflushed_elsewhere: AtomicBool,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -79,6 +82,7 @@ impl Cluster {
             wrong_size_logged: Mutex::new(HashSet::new()),
             outage_logged: AtomicBool::new(false),
             dirty_epoch: AtomicU64::new(0),
+            unflushed_elsewhere: AtomicBool::new(false),
         }
     }
 
@@ -180,6 +184,7 @@ impl Cluster {
                 self.url(failed)
             );
             if self.dirty_epoch.load(Ordering::SeqCst) == failed.epoch {
+                self.unflushed_elsewhere.store(true, Ordering::SeqCst);
                 log::error!(
                     "multihttp: write-back writes acknowledged by {} were not flushed yet: \
                      they are durable only if that host did not crash",
@@ -189,9 +194,25 @@ impl Cluster {
         }
     }
 
-    /// Records that `active` acknowledged a write-back write.
+    /// Records that `active` acknowledged a write-back write. If `active`
+    /// was left meanwhile (another request saw it fail while this write
+    /// was in flight), no later flush can cover the write: say so.
     pub fn mark_dirty(&self, active: &Active) {
         self.dirty_epoch.store(active.epoch, Ordering::SeqCst);
+        if self.current().map(|a| a.epoch) != Some(active.epoch) {
+            self.unflushed_elsewhere.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// Takes the "write-back writes were acknowledged by a server we left
+    /// before a flush" state, for the flush that must report it.
+    pub fn take_unflushed_elsewhere(&self) -> bool {
+        self.unflushed_elsewhere.swap(false, Ordering::SeqCst)
+    }
+
+    /// Puts that state back after a flush that failed anyway.
+    pub fn restore_unflushed_elsewhere(&self) {
+        self.unflushed_elsewhere.store(true, Ordering::SeqCst);
     }
 
     /// Runs `op` on the current server, failing over as needed. `what`

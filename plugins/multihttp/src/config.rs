@@ -23,7 +23,7 @@ pub const KEYS: &[&str] = &[
 /// Default of `connect-timeout=`: TCP connect and HEAD probe limit. Probes
 /// run in parallel, so this is what start-up and failover cost at most.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// Default of `io-timeout=`: how long a request may make no progress.
+/// Default of `io-timeout=`: base deadline of one request (plus 1 s per MiB).
 pub const DEFAULT_IO_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default of `failover-window=`: long enough to ride through a DRBD
 /// Primary moving to another host.
@@ -46,9 +46,9 @@ password=PASSWORD      HTTP Basic auth password; -, +FILE, -FD as in nbdkit.
 connect-timeout=TIME   TCP connect and HEAD probe timeout (default 2s).
                        All URLs are probed in parallel: start-up and each
                        failover cost at most one connect-timeout.
-io-timeout=TIME        Longest stall of a transfer before the server is
-                       considered dead (default 30s; a long transfer that
-                       makes progress is never cut).
+io-timeout=TIME        How long a request may take, plus 1 s per MiB it
+                       carries, before its server is considered dead and
+                       the request fails over (default 30s).
 failover-window=TIME   How long a request keeps trying the servers before
                        it fails with EIO (default 60s).
 pool-size=N            Idle keep-alive connections kept per server (default 16).";

@@ -33,6 +33,11 @@ pub enum Error {
     /// The request lies outside the disk. `ENOSPC` (what NBD clients expect
     /// for writes past the end).
     OutOfRange(String),
+    /// A flush cannot promise durability: write-back writes were
+    /// acknowledged by a server that was left before they were flushed
+    /// (if its host crashed, they are gone). `EIO`, once: the client must
+    /// learn that its data may be lost rather than get a lying flush.
+    Unflushed(String),
     /// A fast zero was asked for and cannot be fast here. `EOPNOTSUPP`, which
     /// nbdkit turns into NBD's ENOTSUP so the client falls back.
     NotFast(String),
@@ -45,6 +50,7 @@ impl fmt::Display for Error {
             Error::Rejected(why) => write!(f, "server refused the request: {why}"),
             Error::ReadOnly(why) => write!(f, "the disk is read-only: {why}"),
             Error::OutOfRange(why) => write!(f, "out of range: {why}"),
+            Error::Unflushed(why) => write!(f, "flush cannot vouch for earlier writes: {why}"),
             Error::NotFast(why) => write!(f, "fast zero not possible: {why}"),
         }
     }
@@ -55,7 +61,7 @@ impl std::error::Error for Error {}
 impl ToErrno for Error {
     fn errno(&self) -> i32 {
         match self {
-            Error::Unavailable(_) | Error::Rejected(_) => libc::EIO,
+            Error::Unavailable(_) | Error::Rejected(_) | Error::Unflushed(_) => libc::EIO,
             Error::ReadOnly(_) => libc::EPERM,
             Error::OutOfRange(_) => libc::ENOSPC,
             Error::NotFast(_) => libc::EOPNOTSUPP,
@@ -71,6 +77,7 @@ mod tests {
     fn errnos_are_ones_nbdkit_passes_on() {
         assert_eq!(Error::Unavailable("x".into()).errno(), libc::EIO);
         assert_eq!(Error::Rejected("x".into()).errno(), libc::EIO);
+        assert_eq!(Error::Unflushed("x".into()).errno(), libc::EIO);
         assert_eq!(Error::ReadOnly("x".into()).errno(), libc::EPERM);
         assert_eq!(Error::OutOfRange("x".into()).errno(), libc::ENOSPC);
         assert_eq!(Error::NotFast("x".into()).errno(), libc::EOPNOTSUPP);

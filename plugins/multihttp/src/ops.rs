@@ -82,20 +82,35 @@ pub fn write(cluster: &Cluster, data: &[u8], offset: u64, fua: bool) -> Result<(
 
 pub fn flush(cluster: &Cluster) -> Result<(), Error> {
     let previous = cluster.flush_started();
+    let unflushed_elsewhere = cluster.take_unflushed_elsewhere();
+    let mut flushed_on = String::new();
     let result = cluster.run(&|| "flush".to_owned(), |active| {
         if active.info.has(Feature::Flush) {
             cluster
                 .transport()
-                .post(cluster.url(active), PostOp::Flush, false)
-        } else {
-            // Old server: every PUT it acknowledged was already synced.
-            Ok(())
+                .post(cluster.url(active), PostOp::Flush, false)?;
         }
+        // Old server: every PUT it acknowledged was already synced.
+        flushed_on = cluster.url(active).to_owned();
+        Ok(())
     });
-    if result.is_err() {
+    if let Err(error) = result {
         cluster.flush_failed(previous);
+        if unflushed_elsewhere {
+            cluster.restore_unflushed_elsewhere();
+        }
+        return Err(error);
     }
-    result
+    // Write-back writes acknowledged by a server we have since left are
+    // not covered by this flush: a flush that says "durable" would lie.
+    // Reported once, so the client's later flushes mean what they say.
+    if unflushed_elsewhere {
+        return Err(Error::Unflushed(format!(
+            "write-back writes were acknowledged by a server that failed before a flush; \
+             {flushed_on} is flushed, but those writes survive only if that host did not crash"
+        )));
+    }
+    Ok(())
 }
 
 pub fn trim(cluster: &Cluster, count: u32, offset: u64, fua: bool) -> Result<(), Error> {

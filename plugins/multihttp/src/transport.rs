@@ -2,10 +2,15 @@
 //! extensions, over a pool of keep-alive connections (ureq 2).
 //!
 //! Timeouts: `connect-timeout` bounds the TCP connect and a whole HEAD
-//! probe; `io-timeout` bounds each read/write *stall* of a transfer, so a
-//! large transfer that makes progress is never cut, while a stopped server
-//! is given up after `io-timeout`. Every failure comes back as an
-//! [`Attempt`]: fail over, or a fatal error for the client.
+//! probe. Each data request gets a deadline of `io-timeout` plus the time
+//! its payload needs at a floor rate ([`MIN_TRANSFER_RATE`]), so a large
+//! transfer on a slow but working link is not cut while a stopped server
+//! is given up after about `io-timeout`. A per-request deadline is needed
+//! because ureq 2 clears socket timeouts when a connection goes back to
+//! its pool (`Stream::reset`): the agent's read/write timeouts then no
+//! longer apply to reused connections, and a stopped server would hang a
+//! request forever. Every failure comes back as an [`Attempt`]: fail over,
+//! or a fatal error for the client.
 
 use std::io::Read;
 use std::time::Duration;
@@ -17,9 +22,16 @@ use crate::config::Config;
 use crate::error::Attempt;
 use crate::reply::{self, ServerInfo};
 
+/// Slowest payload rate a working server is allowed (1 MiB/s).
+pub const MIN_TRANSFER_RATE: u64 = 1 << 20;
+/// Slowest rate at which a server may zero or trim a range (64 MiB/s:
+/// zeroing a block device without hardware offload writes the zeros).
+pub const MIN_ZERO_RATE: u64 = 64 << 20;
+
 pub struct Transport {
     agent: ureq::Agent,
     probe_timeout: Duration,
+    io_timeout: Duration,
     authorization: Option<String>,
 }
 
@@ -52,8 +64,14 @@ impl Transport {
         Transport {
             agent,
             probe_timeout: config.connect_timeout,
+            io_timeout: config.io_timeout,
             authorization,
         }
+    }
+
+    /// Deadline of a whole request moving `bytes` at `rate` or faster.
+    fn deadline(&self, bytes: u64, rate: u64) -> Duration {
+        self.io_timeout + Duration::from_secs_f64(bytes as f64 / rate as f64)
     }
 
     fn request(&self, method: &str, url: &str) -> ureq::Request {
@@ -93,6 +111,7 @@ impl Transport {
         let response = send(
             &what,
             self.request("GET", url)
+                .timeout(self.deadline(range.len(), MIN_TRANSFER_RATE))
                 .set("Range", &range.to_range_header())
                 .call(),
         )?;
@@ -134,6 +153,7 @@ impl Transport {
         let what = format!("PUT {range}");
         let mut request = self
             .request("PUT", url)
+            .timeout(self.deadline(range.len(), MIN_TRANSFER_RATE))
             .set("Content-Range", &range.to_content_range(size));
         if writeback {
             request = request.set(headers::WRITEBACK, "1");
@@ -144,7 +164,13 @@ impl Transport {
 
     /// Sends one POST extension (flush, trim, zero).
     pub fn post(&self, url: &str, op: PostOp, writeback: bool) -> Result<(), Attempt> {
-        let mut request = self.request("POST", url);
+        let work = match op {
+            PostOp::Flush => 0,
+            PostOp::Trim(range) | PostOp::Zero { range, .. } => range.len(),
+        };
+        let mut request = self
+            .request("POST", url)
+            .timeout(self.deadline(work, MIN_ZERO_RATE));
         let what = match op {
             PostOp::Flush => {
                 request = request.set(headers::OP, headers::OP_FLUSH);

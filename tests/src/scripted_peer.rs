@@ -1,0 +1,284 @@
+//! `ScriptedPeer`: a small HTTP peer on a free loopback port that plays a
+//! scripted part, for what the real http-disk-server never does:
+//! hostile or broken replies (wrong `Content-Range` start, 5xx), and an
+//! emulation of the OLD Python server for rolling-upgrade tests.
+//!
+//! This is a stand-in, used only where no real program behaves that way.
+//! The old-server emulation reproduces the contract's description
+//! (`shared/reference/compat-contract.md`): HTTP/1.0, the connection closed
+//! after every reply, no `X-Disk-Features` header, a `Content-Range` whose
+//! end is off by one (it names the byte after the range), PUT data synced
+//! before the 200, GET without Range → 400, other methods → 501.
+
+use std::fs::OpenOptions;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+/// The part the peer plays.
+#[derive(Clone, Debug)]
+pub enum Script {
+    /// HEAD answers like a server of `size` bytes; every GET/PUT/POST gets
+    /// this status with an empty body (e.g. 500, 503).
+    FailWith { size: u64, status: u16 },
+    /// HEAD as above; GET gets a 206 of the right length whose
+    /// `Content-Range` starts `shift` bytes off, filled with 0xEE.
+    WrongStart { size: u64, shift: u64 },
+    /// HEAD as above; GET gets a 200 with the requested length of 0xEE
+    /// (a server ignoring Range).
+    IgnoreRange { size: u64 },
+    /// The old Python server serving this file (see the module comment).
+    OldServer { disk: PathBuf },
+}
+
+/// A running scripted peer; stops (and joins its thread) when dropped.
+pub struct ScriptedPeer {
+    pub port: u16,
+    stop: Arc<AtomicBool>,
+    /// Requests received, by method: GET, PUT, other.
+    pub gets: Arc<AtomicUsize>,
+    pub puts: Arc<AtomicUsize>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ScriptedPeer {
+    pub fn start(script: Script) -> ScriptedPeer {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind scripted peer");
+        let port = listener.local_addr().expect("local addr").port();
+        listener
+            .set_nonblocking(true)
+            .expect("nonblocking listener");
+        let stop = Arc::new(AtomicBool::new(false));
+        let gets = Arc::new(AtomicUsize::new(0));
+        let puts = Arc::new(AtomicUsize::new(0));
+        let (stop2, gets2, puts2) = (stop.clone(), gets.clone(), puts.clone());
+        let thread = thread::spawn(move || {
+            // Bounded by the stop flag set on drop; one connection at a
+            // time is enough for the tests (and is what the old server did).
+            while !stop2.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        let _ = serve(stream, &script, &gets2, &puts2);
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        ScriptedPeer {
+            port,
+            stop,
+            gets,
+            puts,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for ScriptedPeer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+struct Request {
+    method: String,
+    headers: Vec<(String, String)>,
+}
+
+impl Request {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Request> {
+    let mut line = String::new();
+    if reader.read_line(&mut line).ok()? == 0 {
+        return None;
+    }
+    let mut parts = line.split_whitespace();
+    let method = parts.next()?.to_owned();
+    let _target = parts.next()?;
+    let _version = parts.next()?;
+    let mut headers = Vec::new();
+    for _ in 0..100 {
+        let mut header = String::new();
+        reader.read_line(&mut header).ok()?;
+        let header = header.trim_end();
+        if header.is_empty() {
+            return Some(Request { method, headers });
+        }
+        let (name, value) = header.split_once(':')?;
+        headers.push((name.trim().to_owned(), value.trim().to_owned()));
+    }
+    None
+}
+
+/// `bytes=B-E` → (B, E).
+fn range_of(value: &str) -> Option<(u64, u64)> {
+    let (first, last) = value.strip_prefix("bytes=")?.split_once('-')?;
+    Some((first.parse().ok()?, last.parse().ok()?))
+}
+
+/// `bytes B-E/total` → (B, E).
+fn content_range_of(value: &str) -> Option<(u64, u64)> {
+    let (range, _total) = value.strip_prefix("bytes ")?.split_once('/')?;
+    let (first, last) = range.split_once('-')?;
+    Some((first.parse().ok()?, last.parse().ok()?))
+}
+
+fn read_body(reader: &mut BufReader<TcpStream>, request: &Request) -> Vec<u8> {
+    let length: usize = request
+        .header("Content-Length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; length];
+    let _ = reader.read_exact(&mut body);
+    body
+}
+
+fn reply(stream: &mut TcpStream, version: &str, status: &str, headers: &[String], body: &[u8]) {
+    let mut head = format!("{version} {status}\r\n");
+    for header in headers {
+        head.push_str(header);
+        head.push_str("\r\n");
+    }
+    head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    let _ = stream.write_all(head.as_bytes());
+    let _ = stream.write_all(body);
+    let _ = stream.flush();
+}
+
+/// Serves one connection: keep-alive for the hostile scripts, one request
+/// then close for the old server.
+fn serve(
+    stream: TcpStream,
+    script: &Script,
+    gets: &AtomicUsize,
+    puts: &AtomicUsize,
+) -> std::io::Result<()> {
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut writer = stream.try_clone()?;
+    let mut reader = BufReader::new(stream);
+    // At most a few hundred requests per connection: bounded either way.
+    for _ in 0..1000 {
+        let Some(request) = read_request(&mut reader) else {
+            return Ok(());
+        };
+        match request.method.as_str() {
+            "GET" => gets.fetch_add(1, Ordering::SeqCst),
+            "PUT" => puts.fetch_add(1, Ordering::SeqCst),
+            _ => 0,
+        };
+        let body = read_body(&mut reader, &request);
+        if let Script::OldServer { disk } = script {
+            old_server(&mut writer, disk, &request, &body);
+            return Ok(());
+        }
+        hostile(&mut writer, script, &request);
+    }
+    Ok(())
+}
+
+fn hostile(stream: &mut TcpStream, script: &Script, request: &Request) {
+    let (Script::FailWith { size, .. }
+    | Script::WrongStart { size, .. }
+    | Script::IgnoreRange { size }) = script
+    else {
+        return;
+    };
+    let v = "HTTP/1.1";
+    if request.method == "HEAD" {
+        // Content-Length of a HEAD announces the size, with no body.
+        let head = format!("{v} 200 OK\r\nAccept-Ranges: bytes\r\nContent-Length: {size}\r\n\r\n");
+        let _ = stream.write_all(head.as_bytes());
+        return;
+    }
+    let range = request.header("Range").and_then(range_of);
+    match (script, range) {
+        (Script::FailWith { status, .. }, _) => reply(
+            stream,
+            v,
+            &format!("{status} Scripted failure"),
+            &["Retry-After: 1".into()],
+            b"",
+        ),
+        (Script::WrongStart { shift, .. }, Some((first, last))) => {
+            let len = (last - first + 1) as usize;
+            reply(
+                stream,
+                v,
+                "206 Partial Content",
+                &[format!(
+                    "Content-Range: bytes {}-{}/{size}",
+                    first + shift,
+                    last + shift
+                )],
+                &vec![0xEE; len],
+            )
+        }
+        (Script::IgnoreRange { .. }, Some((first, last))) => {
+            let len = (last - first + 1) as usize;
+            reply(stream, v, "200 OK", &[], &vec![0xEE; len])
+        }
+        _ => reply(stream, v, "400 Bad Request", &[], b""),
+    }
+}
+
+fn old_server(stream: &mut TcpStream, disk: &PathBuf, request: &Request, body: &[u8]) {
+    let v = "HTTP/1.0";
+    let Ok(file) = OpenOptions::new().read(true).write(true).open(disk) else {
+        return reply(stream, v, "500 Internal Server Error", &[], b"");
+    };
+    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+    match request.method.as_str() {
+        "HEAD" => {
+            let head =
+                format!("{v} 200 OK\r\nAccept-Ranges: bytes\r\nContent-Length: {size}\r\n\r\n");
+            let _ = stream.write_all(head.as_bytes());
+        }
+        "GET" => match request.header("Range").and_then(range_of) {
+            Some((first, last)) if first <= last && last < size => {
+                let mut data = vec![0u8; (last - first + 1) as usize];
+                if file.read_exact_at(&mut data, first).is_err() {
+                    return reply(stream, v, "500 Internal Server Error", &[], b"");
+                }
+                // The old server's off-by-one end value.
+                let header = format!("Content-Range: bytes {first}-{}/{size}", last + 1);
+                reply(stream, v, "206 Partial Content", &[header], &data)
+            }
+            Some(_) => reply(stream, v, "416 Range Not Satisfiable", &[], b""),
+            None => reply(stream, v, "400 Bad Request", &[], b""),
+        },
+        "PUT" => match request.header("Content-Range").and_then(content_range_of) {
+            Some((first, last)) if last + 1 - first == body.len() as u64 => {
+                if file
+                    .write_all_at(body, first)
+                    .and_then(|_| file.sync_data())
+                    .is_err()
+                {
+                    return reply(stream, v, "500 Internal Server Error", &[], b"");
+                }
+                reply(stream, v, "200 OK", &[], b"")
+            }
+            _ => reply(stream, v, "400 Bad Request", &[], b""),
+        },
+        _ => reply(stream, v, "501 Not Implemented", &[], b""),
+    }
+}
