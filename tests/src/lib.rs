@@ -281,10 +281,29 @@ impl Nbdkit {
     /// As [`Nbdkit::start`], but returns the process when nbdkit exits or
     /// does not become ready, so tests can check refusals.
     pub fn try_start(options: &[&str], plugin: &Path, params: &[&str]) -> Result<Nbdkit, Proc> {
+        Self::try_start_wrapped(&[], options, plugin, params)
+    }
+
+    /// As [`Nbdkit::try_start`], with nbdkit run through `wrapper` (e.g.
+    /// `["ip", "netns", "exec", NS]`, which execs nbdkit in place, so
+    /// `--exit-with-parent` still ties it to the test).
+    pub fn try_start_wrapped(
+        wrapper: &[&str],
+        options: &[&str],
+        plugin: &Path,
+        params: &[&str],
+    ) -> Result<Nbdkit, Proc> {
         let dir = tempfile::tempdir().expect("temp dir");
         let socket = dir.path().join("nbd.sock");
         let pidfile = dir.path().join("nbdkit.pid");
-        let mut cmd = Command::new("nbdkit");
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg("nbdkit");
+                cmd
+            }
+            None => Command::new("nbdkit"),
+        };
         cmd.args(["-f", "--exit-with-parent", "-U"])
             .arg(&socket)
             .arg("-P")

@@ -450,3 +450,119 @@ fn a_readonly_server_makes_a_readonly_export_and_writes_get_eperm() {
     assert!(result.contains("write EPERM"), "{result}");
     assert_eq!(fs::read(&disk).unwrap(), pattern(MIB, 14));
 }
+
+/// A network namespace of the test's own (loopback only), deleted on drop.
+struct Netns {
+    name: String,
+}
+
+impl Netns {
+    fn new(tag: &str) -> Netns {
+        let name = format!("hnd-{tag}-{}", std::process::id());
+        let mut add = Command::new("ip");
+        add.args(["netns", "add", &name]);
+        run_ok(add, Duration::from_secs(10));
+        let netns = Netns { name };
+        run_ok(
+            netns.exec("ip", &["link", "set", "lo", "up"]),
+            Duration::from_secs(10),
+        );
+        netns
+    }
+
+    /// `ip netns exec NAME program args...`
+    fn exec(&self, program: &str, args: &[&str]) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name, program]).args(args);
+        cmd
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let mut del = Command::new("ip");
+        del.args(["netns", "del", &self.name]);
+        let _ = harness::run(del, Duration::from_secs(10));
+    }
+}
+
+/// http-disk-server inside `netns` on `port`, once it is ready.
+fn server_in(netns: &Netns, disk: &Path, port: u16) -> harness::Proc {
+    let server = artifact("http-disk-server");
+    let disk = disk.display().to_string();
+    let port = port.to_string();
+    let cmd = netns.exec(
+        &server.display().to_string(),
+        &["--disk", &disk, "--ip", "127.0.0.1", "--port", &port],
+    );
+    let proc = harness::Proc::spawn("http-disk-server", cmd);
+    assert!(
+        proc.output
+            .wait_for("Server ready!", Duration::from_secs(20)),
+        "server in {} did not start: {:?}",
+        netns.name,
+        proc.output.snapshot()
+    );
+    proc
+}
+
+#[test]
+fn seventy_urls_of_which_68_dead_or_blackholed_cost_one_timeout_at_most() {
+    let netns = Netns::new("70urls");
+    // Blackholed hosts: SYNs to these ports are silently dropped, as for a
+    // powered-off host; closed ports answer with a reset at once.
+    let rules = "table inet hnd {\n  chain input {\n    type filter hook input priority 0; policy accept;\n    tcp dport 21000-21033 drop\n  }\n}\n";
+    let dir = TempDir::new().unwrap();
+    let rules_file = dir.path().join("blackhole.nft");
+    fs::write(&rules_file, rules).unwrap();
+    run_ok(
+        netns.exec("nft", &["-f", &rules_file.display().to_string()]),
+        Duration::from_secs(10),
+    );
+    // The blackhole is real: a connect there times out instead of failing.
+    let probe = harness::run(
+        netns.exec(
+            "timeout",
+            &["2", "bash", "-c", "echo > /dev/tcp/127.0.0.1/21000"],
+        ),
+        Duration::from_secs(10),
+    );
+    assert_eq!(
+        probe.status.code(),
+        Some(124),
+        "port 21000 is not blackholed"
+    );
+
+    let disk = pattern_file(dir.path(), "disk.img", MIB, 15);
+    let _a = server_in(&netns, &disk, 30001);
+    let _b = server_in(&netns, &disk, 30002);
+    let mut urls: Vec<String> = Vec::new();
+    for i in 0..34 {
+        urls.push(format!("http://127.0.0.1:{}", 20000 + i));
+        urls.push(format!("http://127.0.0.1:{}", 21000 + i));
+    }
+    urls.push("http://127.0.0.1:30001".into());
+    urls.push("http://127.0.0.1:30002".into());
+    assert_eq!(urls.len(), 70);
+
+    let started = Instant::now();
+    let wrapper = ["ip", "netns", "exec", netns.name.as_str()];
+    // No device-size: open must find a live server among the 70.
+    let urls_param = format!("urls={}", urls.join(","));
+    let nbdkit = Nbdkit::try_start_wrapped(&wrapper, &[], &plugin(), &[&urls_param])
+        .unwrap_or_else(|p| panic!("nbdkit did not start: {:?}", p.output.snapshot()));
+    let result = nbdsh(
+        &nbdkit.uri(),
+        "h.pwrite(b'\\x70' * 4096, 4096)\nprint(h.pread(4096, 4096) == b'\\x70' * 4096)",
+    );
+    let elapsed = started.elapsed();
+    assert_eq!(result.trim(), "True");
+    // Parallel probes: at most one connect-timeout (2 s) for the whole
+    // list, where probing one by one would pay 34 of them. Generous bound
+    // for a loaded CI machine, far below 34 x 2 s.
+    assert!(
+        elapsed < Duration::from_secs(12),
+        "start-up and first I/O took {elapsed:?}"
+    );
+    assert!(read_at(&disk, 4096, 4096).iter().all(|&b| b == 0x70));
+}
