@@ -159,20 +159,33 @@ fn sigkill_of_servers_during_a_write_read_loop_is_invisible_to_the_client() {
     let servers: Vec<DiskServer> = (0..3).map(|_| DiskServer::start(&disk, &[])).collect();
     let urls: Vec<String> = servers.iter().map(DiskServer::url).collect();
     let nbdkit = start(&urls, &["device-size=4M"]);
-    // The client itself kills two of the three servers mid-loop, so the
-    // kills land between its own requests, whichever server is active.
-    // Blocks do not overlap; each iteration also re-reads an earlier one.
-    // No flush: after losing a server that held write-back writes, a
-    // flush reports EIO once (tested below), which is not this test.
-    let pids = format!("{},{}", servers[0].proc.pid(), servers[1].proc.pid());
+    // The client itself kills the server in use, twice, between its own
+    // requests: it finds that server as the one whose written-bytes count
+    // (/proc/PID/io) grows during a probe write. Blocks do not overlap;
+    // each iteration also re-reads an earlier one. No flush: after losing
+    // a server that held write-back writes, a flush reports EIO once
+    // (tested below), which is not this test.
+    let pids: Vec<String> = servers.iter().map(|s| s.proc.pid().to_string()).collect();
+    let pids = pids.join(",");
     let out = dir.path().join("seen.img");
     let script = format!(
         "import os, signal\n\
-         pids = [int(p) for p in {pids:?}.split(',')]\n\
+         alive = [int(p) for p in {pids:?}.split(',')]\n\
+         def wchar(pid):\n\
+         \x20   for line in open('/proc/%d/io' % pid):\n\
+         \x20       if line.startswith('wchar:'):\n\
+         \x20           return int(line.split()[1])\n\
+         def kill_active():\n\
+         \x20   before = {{p: wchar(p) for p in alive}}\n\
+         \x20   h.pwrite(b'probe', (4 << 20) - 5)\n\
+         \x20   active = max(alive, key=lambda p: wchar(p) - before[p])\n\
+         \x20   assert wchar(active) > before[active], 'no server saw the probe write'\n\
+         \x20   os.kill(active, signal.SIGKILL)\n\
+         \x20   alive.remove(active)\n\
          written = []\n\
          for i in range(240):\n\
          \x20   if i in (60, 150):\n\
-         \x20       os.kill(pids.pop(0), signal.SIGKILL)\n\
+         \x20       kill_active()\n\
          \x20   data = os.urandom(4096 + i * 37)\n\
          \x20   h.pwrite(data, i * 16384 + i)\n\
          \x20   written.append(data)\n\
@@ -185,9 +198,10 @@ fn sigkill_of_servers_during_a_write_read_loop_is_invisible_to_the_client() {
     );
     let result = nbdsh(&nbdkit.uri(), &script);
     assert!(result.contains("loop ok"), "{result}");
-    assert!(
-        nbdkit.proc.output.contains("multihttp: leaving "),
-        "no failover happened: the test did not kill the active server"
+    assert_eq!(
+        nbdkit.proc.output.count("multihttp: leaving "),
+        2,
+        "the client should have seen two failovers"
     );
     assert!(fs::read(&out).unwrap() == fs::read(&disk).unwrap());
 }
@@ -288,12 +302,24 @@ fn a_server_of_another_size_is_never_used() {
     let dir = TempDir::new().unwrap();
     let small = pattern_file(dir.path(), "small.img", MIB, 9);
     let right = pattern_file(dir.path(), "right.img", 2 * MIB, 10);
+    // At first only the wrong-size server answers: the plugin must wait
+    // for the right one (arriving 1.5 s later) rather than use it.
     let wrong = DiskServer::start(&small, &[]);
-    let good = DiskServer::start(&right, &[]);
-    let nbdkit = start(&[wrong.url(), good.url()], &["device-size=2M"]);
-    for _ in 0..3 {
-        nbdsh(&nbdkit.uri(), "h.pwrite(b'\\x99' * 4096, 0)\nh.flush()");
-    }
+    let port = free_port();
+    let nbdkit = start(
+        &[wrong.url(), format!("http://127.0.0.1:{port}")],
+        &["device-size=2M", "connect-timeout=1s"],
+    );
+    let right2 = right.clone();
+    let good = thread::spawn(move || {
+        thread::sleep(Duration::from_millis(1500));
+        DiskServer::start_on_port(&right2, port, &[])
+    });
+    nbdsh(&nbdkit.uri(), "h.pwrite(b'\\x99' * 4096, 0)\nh.flush()");
+    let _good = good
+        .join()
+        .unwrap()
+        .unwrap_or_else(|p| panic!("{:?}", p.output.snapshot()));
     assert!(read_at(&right, 0, 4096).iter().all(|&b| b == 0x99));
     assert_eq!(
         fs::read(&small).unwrap(),
