@@ -1,1 +1,23 @@
-//! chunk-store: placeholder until its issue lands.
+//! A disk as fixed-size chunks over a small backend trait.
+//!
+//! The sharded plugin (a directory of chunk files) and the s3 plugin (one
+//! object per chunk) share everything here: how byte ranges map to chunks,
+//! per-chunk locking, read-modify-write for backends that need it, sparse
+//! zero/trim (whole chunks deleted, all-zero chunks never stored), extents,
+//! and the metadata that fixes a disk's size and chunk size.
+//! A backend implements only [`ChunkBackend`].
+
+mod backend;
+mod error;
+mod geometry;
+mod metadata;
+mod store;
+
+pub use backend::{ChunkBackend, ChunkExtent};
+pub use error::StoreError;
+pub use geometry::{ChunkSpan, Geometry, DEFAULT_CHUNK_SIZE, MIN_CHUNK_SIZE};
+pub use metadata::{reconcile, Metadata, Request as MetadataRequest, FORMAT_VERSION};
+pub use store::{ChunkStore, Extent};
+
+#[cfg(test)]
+mod memory;

@@ -1,1 +1,7 @@
-//! nbdkit plugin 'sharded': placeholder until its issue lands.
+//! nbdkit plugin `sharded`: a sparse disk stored as a directory of
+//! fixed-size chunk files (see `files` for the layout), on the shared
+//! chunk-store core.
+
+mod config;
+mod files;
+mod plugin;
