@@ -31,7 +31,11 @@ fn refusal(dir: &Path, extra: &[&str]) -> String {
     params.extend_from_slice(extra);
     match Nbdkit::try_start(&[], &plugin(), &params) {
         Ok(_) => panic!("nbdkit accepted {params:?}"),
-        Err(proc) => proc.output.snapshot().join("\n"),
+        Err(proc) => {
+            // The output readers may still be draining the pipe.
+            wait_until(Duration::from_secs(5), || proc.output.contains("sharded"));
+            proc.output.snapshot().join("\n")
+        }
     }
 }
 

@@ -34,6 +34,15 @@ pub trait ChunkBackend: Send + Sync {
     /// Removes chunk `index` (absent already is fine): it reads as zeros.
     fn delete(&self, index: u64, fua: bool) -> Result<(), StoreError>;
 
+    /// Removes several chunks at once (object stores: one batched request
+    /// instead of one per chunk). The store holds all their locks.
+    /// Default: one `delete` each.
+    fn delete_many(&self, indices: &[u64], fua: bool) -> Result<(), StoreError> {
+        indices
+            .iter()
+            .try_for_each(|&index| self.delete(index, fua))
+    }
+
     /// Indices of the chunks that exist in `first..=last`, ascending.
     fn existing(&self, first: u64, last: u64) -> Result<Vec<u64>, StoreError>;
 

@@ -11,6 +11,7 @@ mod backend;
 mod error;
 mod geometry;
 mod metadata;
+mod plugin_macro;
 mod store;
 
 pub use backend::{ChunkBackend, ChunkExtent};

@@ -14,6 +14,11 @@ use crate::geometry::{ChunkSpan, Geometry};
 /// collide only when their indices share a stripe (1 in 1024).
 const LOCK_STRIPES: u64 = 1024;
 
+/// Largest batch of whole chunks deleted at once by `zero` (S3's
+/// DeleteObjects takes up to 1000 keys); below LOCK_STRIPES, so the chunks
+/// of one batch never share a lock stripe.
+const DELETE_BATCH: usize = 1000;
+
 /// A run of the disk for the extents callback.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Extent {
@@ -100,11 +105,38 @@ impl<B: ChunkBackend> ChunkStore<B> {
     /// trimmed range reads back as zeros, which NBD allows and clients like.
     pub fn zero(&self, offset: u64, len: u64, fua: bool) -> Result<(), StoreError> {
         self.geometry.check(offset, len)?;
+        let chunk_size = self.geometry.chunk_size();
+        let mut whole: Vec<u64> = Vec::new();
         for span in self.geometry.spans(offset, len) {
+            if span.is_whole(chunk_size) {
+                whole.push(span.index);
+                if whole.len() == DELETE_BATCH {
+                    self.delete_batch(&whole, fua)?;
+                    whole.clear();
+                }
+                continue;
+            }
             let _lock = self.exclusive(span.index);
             self.zero_span(&span, fua)?;
         }
+        if !whole.is_empty() {
+            self.delete_batch(&whole, fua)?;
+        }
         Ok(())
+    }
+
+    /// Deletes whole chunks (fewer than LOCK_STRIPES, so each has its own
+    /// stripe) under all their locks, taken in stripe order so two batches
+    /// can never wait on each other in a cycle.
+    fn delete_batch(&self, indices: &[u64], fua: bool) -> Result<(), StoreError> {
+        let mut stripes: Vec<u64> = indices.iter().map(|i| i % LOCK_STRIPES).collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        let _locks: Vec<_> = stripes
+            .iter()
+            .map(|&stripe| self.exclusive(stripe))
+            .collect();
+        self.backend.delete_many(indices, fua)
     }
 
     pub fn flush(&self) -> Result<(), StoreError> {
