@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 pub use tempfile::TempDir;
 
 pub mod disk_server;
+pub mod garage;
+pub mod nbd_scripts;
 pub mod scripted_peer;
 pub use disk_server::DiskServer;
 

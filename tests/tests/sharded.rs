@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use harness::{artifact, debian_tool, nbdsh, pattern_file, run_ok, wait_until, Nbdkit, TempDir};
+use harness::{
+    artifact, debian_tool, nbd_scripts, nbdsh, pattern_file, run_ok, wait_until, Nbdkit, TempDir,
+};
 
 const MIB: u64 = 1 << 20;
 
@@ -50,34 +52,6 @@ fn chunk_files(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
-/// A Python model of the disk checked against the export after random
-/// unaligned writes, zeroes and trims that cross chunk boundaries.
-const MODEL_CHECK: &str = r#"
-import random
-rng = random.Random(1234)
-size = h.get_size()
-model = bytearray(size)
-for step in range(400):
-    off = rng.randrange(size)
-    n = rng.randrange(1, min(size - off, 200000) + 1)
-    op = rng.randrange(4)
-    if op < 2:
-        data = bytes([rng.randrange(1, 256)]) * n if rng.randrange(3) else bytes(n)
-        h.pwrite(data, off, nbd.CMD_FLAG_FUA if rng.randrange(2) else 0)
-        model[off:off + n] = data
-    elif op == 2 and n <= 0xffffffff:
-        h.zero(n, off)
-        model[off:off + n] = bytes(n)
-    else:
-        h.trim(n, off)
-        model[off:off + n] = bytes(n)
-h.flush()
-got = b''.join(h.pread(min(1 << 20, size - o), o) for o in range(0, size, 1 << 20))
-assert got == bytes(model), 'export differs from the model'
-open(OUT, 'wb').write(model)
-print('model ok')
-"#;
-
 #[test]
 fn random_unaligned_io_across_chunks_matches_a_model_and_survives_a_restart() {
     let dir = TempDir::new().unwrap();
@@ -86,8 +60,9 @@ fn random_unaligned_io_across_chunks_matches_a_model_and_survives_a_restart() {
     {
         let nbdkit = start(&disk, &["size=3M", "chunk-size=64K"]);
         let script = format!(
-            "import nbd\nOUT = {:?}\n{MODEL_CHECK}",
-            expected.display().to_string()
+            "import nbd\nOUT = {:?}\n{}",
+            expected.display().to_string(),
+            nbd_scripts::MODEL_CHECK
         );
         assert!(nbdsh(&nbdkit.uri(), &script).contains("model ok"));
     }

@@ -1,0 +1,157 @@
+//! The disk's objects in a bucket, as a chunk-store backend.
+//!
+//! Keys under `prefix=`: `chunk-store.meta` (the chunk-store metadata) and
+//! `chunks/YYYYYYYYYYYYYYYY` (chunk number Y in 16 hex digits, so the
+//! listing order is the chunk order). Objects are whole chunks: partial
+//! writes are read-modify-write by the core under its chunk lock; all-zero
+//! chunks are deleted, never stored.
+//!
+//! Which chunks exist is listed once at open and then kept in memory,
+//! updated by this process's own PUTs and DELETEs: reads of missing chunks
+//! cost no request and `extents` is free. This assumes one writer per
+//! prefix, as for any disk (two nbdkit processes writing one disk would
+//! corrupt it anyway).
+
+use std::collections::BTreeSet;
+use std::sync::RwLock;
+
+use chunk_store::{ChunkBackend, Metadata, MetadataRequest, StoreError};
+
+use crate::client::S3Client;
+
+const METADATA_KEY: &str = "chunk-store.meta";
+const CHUNKS: &str = "chunks/";
+
+pub struct S3Chunks {
+    client: S3Client,
+    prefix: String,
+    existing: RwLock<BTreeSet<u64>>,
+}
+
+fn einval(why: String) -> StoreError {
+    StoreError::new(libc::EINVAL, why)
+}
+
+/// Opens (or creates, with `size=`) the disk under `prefix`.
+pub fn open_disk(
+    client: S3Client,
+    prefix: &str,
+    request: &MetadataRequest,
+) -> Result<(Metadata, S3Chunks), StoreError> {
+    client.check_bucket()?;
+    let meta_key = format!("{prefix}{METADATA_KEY}");
+    let stored = match client.get_all(&meta_key, 64 * 1024)? {
+        Some(bytes) => {
+            Some(Metadata::parse(&bytes).map_err(|e| einval(format!("{meta_key}: {e}")))?)
+        }
+        None => None,
+    };
+    let chunk_keys = client.list(&format!("{prefix}{CHUNKS}"))?;
+    if stored.is_none() && !chunk_keys.is_empty() {
+        return Err(einval(format!(
+            "{}/{prefix}{CHUNKS} holds objects but there is no {meta_key}: not a disk of ours",
+            client.bucket_name()
+        )));
+    }
+    let (metadata, write) = chunk_store::reconcile(stored, request)
+        .map_err(|e| einval(format!("{}/{prefix}: {e}", client.bucket_name())))?;
+    if write {
+        client.put(&meta_key, &metadata.to_bytes())?;
+    }
+    let existing = chunk_keys
+        .iter()
+        .filter_map(|key| key.strip_prefix(&format!("{prefix}{CHUNKS}")))
+        .filter(|name| name.len() == 16)
+        .filter_map(|name| u64::from_str_radix(name, 16).ok())
+        .collect();
+    Ok((
+        metadata,
+        S3Chunks {
+            client,
+            prefix: prefix.to_owned(),
+            existing: RwLock::new(existing),
+        },
+    ))
+}
+
+impl S3Chunks {
+    fn key(&self, index: u64) -> String {
+        format!("{}{CHUNKS}{index:016x}", self.prefix)
+    }
+
+    fn known(&self) -> std::sync::RwLockReadGuard<'_, BTreeSet<u64>> {
+        self.existing.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn known_mut(&self) -> std::sync::RwLockWriteGuard<'_, BTreeSet<u64>> {
+        self.existing.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl ChunkBackend for S3Chunks {
+    fn read(&self, index: u64, offset: u64, buf: &mut [u8]) -> Result<bool, StoreError> {
+        if !self.known().contains(&index) {
+            return Ok(false);
+        }
+        // Only the bytes asked for: a ranged GET, never the whole object.
+        let found = self.client.get_range(&self.key(index), offset, buf)?;
+        if !found {
+            self.known_mut().remove(&index);
+        }
+        Ok(found)
+    }
+
+    fn write(&self, index: u64, _offset: u64, data: &[u8], _fua: bool) -> Result<(), StoreError> {
+        // Whole chunks only (partial_writes is false). A PUT is durable
+        // when it returns, so FUA needs nothing more.
+        self.client.put(&self.key(index), data)?;
+        self.known_mut().insert(index);
+        Ok(())
+    }
+
+    fn delete(&self, index: u64, _fua: bool) -> Result<(), StoreError> {
+        if !self.known().contains(&index) {
+            return Ok(());
+        }
+        self.client.delete(&self.key(index))?;
+        self.known_mut().remove(&index);
+        Ok(())
+    }
+
+    fn delete_many(&self, indices: &[u64], _fua: bool) -> Result<(), StoreError> {
+        let present: Vec<u64> = {
+            let known = self.known();
+            indices
+                .iter()
+                .copied()
+                .filter(|i| known.contains(i))
+                .collect()
+        };
+        match present.len() {
+            0 => Ok(()),
+            1 => self.delete(present[0], false),
+            _ => {
+                let keys: Vec<String> = present.iter().map(|&i| self.key(i)).collect();
+                self.client.delete_many(&keys)?;
+                let mut known = self.known_mut();
+                for index in present {
+                    known.remove(&index);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn existing(&self, first: u64, last: u64) -> Result<Vec<u64>, StoreError> {
+        Ok(self.known().range(first..=last).copied().collect())
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        // Every PUT and DELETE was acknowledged durable by the store.
+        Ok(())
+    }
+
+    fn partial_writes(&self) -> bool {
+        false
+    }
+}

@@ -1,0 +1,187 @@
+//! The plugin's keys, their validation and the `config_help` text.
+//! Credentials never have to be on the command line: they come from the
+//! environment or from a file/stdin, and are never logged.
+
+use std::time::Duration;
+
+use chunk_store::MetadataRequest;
+use plugin_glue::config::{parse_bool, parse_count, parse_duration, parse_size, ConfigError};
+
+pub const HELP: &str = "\
+endpoint=URL          (required) S3 endpoint, http:// or https://
+bucket=NAME           (required) Bucket holding the disk.
+prefix=PREFIX         Key prefix of the disk's objects (default: none;
+                      e.g. disks/vol1/). One disk per prefix.
+region=REGION         Signing region (default us-east-1).
+addressing=STYLE      path (default: endpoint/bucket/key) or virtual
+                      (bucket.endpoint/key).
+size=SIZE             Disk size; needed to create the disk, then the stored
+                      size is the truth (a different size= is refused).
+chunk-size=SIZE       Object size when creating (power of two, 4K to 1G;
+                      default 4M). A different value later is refused.
+grow=BOOL             Allow size= larger than the stored size (default false).
+access-key=ID         Access key id (default: $AWS_ACCESS_KEY_ID).
+secret-key=SECRET     Secret key: -, +FILE or -FD as in nbdkit (default:
+                      $AWS_SECRET_ACCESS_KEY). $AWS_SESSION_TOKEN is used
+                      when set.
+pool-size=N           Idle keep-alive connections kept (default 16).
+connect-timeout=TIME  TCP connect timeout (default 5s).
+io-timeout=TIME       Deadline of one request, plus 1 s per MiB (default 30s).
+retry-window=TIME     How long network errors and 5xx replies are retried,
+                      with backoff, before the request fails with EIO
+                      (default 30s).";
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub endpoint: String,
+    pub bucket: String,
+    pub prefix: String,
+    pub region: String,
+    pub virtual_host: bool,
+    pub request: MetadataRequest,
+    pub access_key: Option<String>,
+    pub secret_key: Option<String>,
+    pub pool_size: usize,
+    pub connect_timeout: Duration,
+    pub io_timeout: Duration,
+    pub retry_window: Duration,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct ConfigBuilder {
+    endpoint: Option<String>,
+    bucket: Option<String>,
+    prefix: Option<String>,
+    region: Option<String>,
+    virtual_host: bool,
+    request: MetadataRequest,
+    access_key: Option<String>,
+    secret_key: Option<String>,
+    pool_size: Option<usize>,
+    connect_timeout: Option<Duration>,
+    io_timeout: Option<Duration>,
+    retry_window: Option<Duration>,
+}
+
+pub const KEYS: &str = "endpoint, bucket, prefix, region, addressing, size, chunk-size, grow, \
+                        access-key, secret-key, pool-size, connect-timeout, io-timeout, retry-window";
+
+impl ConfigBuilder {
+    /// `secret-key` arrives already read (nbdkit's password syntax is
+    /// resolved by the plugin before this).
+    pub fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
+        match key {
+            "endpoint" => {
+                if !(value.starts_with("http://") || value.starts_with("https://")) {
+                    return Err(ConfigError::new(key, "must start with http:// or https://"));
+                }
+                self.endpoint = Some(value.to_owned())
+            }
+            "bucket" => self.bucket = Some(value.to_owned()),
+            "prefix" => self.prefix = Some(value.to_owned()),
+            "region" => self.region = Some(value.to_owned()),
+            "addressing" => {
+                self.virtual_host = match value {
+                    "path" => false,
+                    "virtual" => true,
+                    _ => return Err(ConfigError::new(key, "must be path or virtual")),
+                }
+            }
+            "size" => self.request.size = Some(parse_size(key, value)?),
+            "chunk-size" => self.request.chunk_size = Some(parse_size(key, value)?),
+            "grow" => self.request.allow_grow = parse_bool(key, value)?,
+            "access-key" => self.access_key = Some(value.to_owned()),
+            "secret-key" => self.secret_key = Some(value.to_owned()),
+            "pool-size" => self.pool_size = Some(parse_count(key, value, 1024)?),
+            "connect-timeout" => self.connect_timeout = Some(parse_duration(key, value)?),
+            "io-timeout" => self.io_timeout = Some(parse_duration(key, value)?),
+            "retry-window" => self.retry_window = Some(parse_duration(key, value)?),
+            _ => return Err(ConfigError::new(key, format!("unknown key (keys: {KEYS})"))),
+        }
+        Ok(())
+    }
+
+    /// `env` looks up environment variables (a parameter, for tests).
+    pub fn build(self, env: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let access_key = self.access_key.or_else(|| env("AWS_ACCESS_KEY_ID"));
+        let secret_key = self.secret_key.or_else(|| env("AWS_SECRET_ACCESS_KEY"));
+        if access_key.is_some() != secret_key.is_some() {
+            return Err(ConfigError::new(
+                "secret-key",
+                "an access key and a secret key go together (keys or AWS_* variables)",
+            ));
+        }
+        let nonzero = |key: &str, d: Duration| {
+            if d.is_zero() {
+                Err(ConfigError::new(key, "must be greater than 0"))
+            } else {
+                Ok(d)
+            }
+        };
+        Ok(Config {
+            endpoint: self
+                .endpoint
+                .ok_or_else(|| ConfigError::new("endpoint", "is required"))?,
+            bucket: self
+                .bucket
+                .ok_or_else(|| ConfigError::new("bucket", "is required"))?,
+            prefix: self.prefix.unwrap_or_default(),
+            region: self.region.unwrap_or_else(|| "us-east-1".into()),
+            virtual_host: self.virtual_host,
+            request: self.request,
+            access_key,
+            secret_key,
+            pool_size: self.pool_size.unwrap_or(16).max(1),
+            connect_timeout: nonzero(
+                "connect-timeout",
+                self.connect_timeout.unwrap_or(Duration::from_secs(5)),
+            )?,
+            io_timeout: nonzero(
+                "io-timeout",
+                self.io_timeout.unwrap_or(Duration::from_secs(30)),
+            )?,
+            retry_window: self.retry_window.unwrap_or(Duration::from_secs(30)),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn required_keys_defaults_and_refusals() {
+        let mut b = ConfigBuilder::default();
+        assert!(b.set("endpoint", "ftp://x").is_err());
+        b.set("endpoint", "http://127.0.0.1:3900").unwrap();
+        assert!(b.clone().build(no_env).is_err(), "bucket is required");
+        b.set("bucket", "disks").unwrap();
+        assert!(b.set("addressing", "sideways").is_err());
+        assert!(b.set("colour", "blue").is_err());
+        let c = b.clone().build(no_env).unwrap();
+        assert_eq!(c.region, "us-east-1");
+        assert!(!c.virtual_host);
+        assert_eq!(c.access_key, None);
+    }
+
+    #[test]
+    fn credentials_come_from_keys_or_the_environment_in_pairs() {
+        let mut b = ConfigBuilder::default();
+        b.set("endpoint", "https://s3.example").unwrap();
+        b.set("bucket", "b").unwrap();
+        let env = |name: &str| match name {
+            "AWS_ACCESS_KEY_ID" => Some("AK".to_owned()),
+            "AWS_SECRET_ACCESS_KEY" => Some("SK".to_owned()),
+            _ => None,
+        };
+        let c = b.clone().build(env).unwrap();
+        assert_eq!(c.access_key.as_deref(), Some("AK"));
+        let mut half = b.clone();
+        half.set("access-key", "AK2").unwrap();
+        assert!(half.build(no_env).is_err());
+    }
+}

@@ -1,0 +1,67 @@
+//! The nbdkit side: configuration (credentials never required on the
+//! command line, never logged) and opening the disk; every callback comes
+//! from `chunk_store::chunk_store_plugin!`, shared with the sharded plugin.
+//! Exercised under a real nbdkit against a real Garage by `tests/tests/s3.rs`.
+
+use std::sync::Mutex;
+
+use chunk_store::{chunk_store_plugin, ChunkStore, Geometry, StoreError};
+use plugin_glue::config::{read_password, ConfigError};
+use plugin_glue::guard;
+
+use crate::backend::{open_disk, S3Chunks};
+use crate::client::S3Client;
+use crate::config::{ConfigBuilder, HELP};
+
+static BUILDER: Mutex<Option<ConfigBuilder>> = Mutex::new(None);
+
+fn config(key: &str, value: &str) -> nbdkit::Result<()> {
+    guard(
+        // The key only: a value may be a secret.
+        || format!("s3: {key}"),
+        || -> Result<(), ConfigError> {
+            let secret;
+            let value = if key == "secret-key" {
+                secret = read_password(key, value)?;
+                secret.as_str()
+            } else {
+                value
+            };
+            let mut builder = BUILDER.lock().unwrap_or_else(|p| p.into_inner());
+            builder
+                .get_or_insert_with(ConfigBuilder::default)
+                .set(key, value)
+        },
+    )
+}
+
+fn open_store() -> Result<ChunkStore<S3Chunks>, StoreError> {
+    let builder = BUILDER.lock().unwrap_or_else(|p| p.into_inner());
+    let config = builder
+        .clone()
+        .unwrap_or_default()
+        .build(|name| std::env::var(name).ok().filter(|v| !v.is_empty()))
+        .map_err(|e| StoreError::new(libc::EINVAL, e.to_string()))?;
+    let client = S3Client::new(&config).map_err(|e| StoreError::new(libc::EINVAL, e))?;
+    let (metadata, chunks) = open_disk(client, &config.prefix, &config.request)?;
+    let geometry = Geometry::new(metadata.size, metadata.chunk_size)
+        .map_err(|e| StoreError::new(libc::EINVAL, e))?;
+    log::debug!(
+        "s3: {}/{}: {} bytes in objects of {}",
+        config.bucket,
+        config.prefix,
+        metadata.size,
+        metadata.chunk_size
+    );
+    Ok(ChunkStore::new(geometry, chunks))
+}
+
+chunk_store_plugin! {
+    plugin: S3,
+    name: "s3",
+    description: "a disk as one object per chunk in an S3-compatible store",
+    help: HELP,
+    backend: S3Chunks,
+    config: config,
+    open_store: open_store,
+}

@@ -1,0 +1,152 @@
+//! `Garage`: a real S3-compatible server (Garage, a Rust distributed object
+//! store) as a single node on loopback for the s3 plugin's tests: sqlite
+//! metadata, replication factor 1, one bucket and one key made at start-up
+//! (`--single-node --default-bucket`). Killed with its process group when
+//! dropped; `stop`/`start_again` keep its data for outage tests.
+//!
+//! The binary comes from `scripts/install-deps` (cargo install, cached in
+//! /var/cache/http-nbd-transfer/garage); `HND_GARAGE` overrides the path.
+
+use std::fs;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::{free_port, run, wait_until, Proc, TempDir};
+
+pub const REGION: &str = "garage";
+
+pub fn garage_binary() -> PathBuf {
+    let path = std::env::var_os("HND_GARAGE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/http-nbd-transfer/garage/bin/garage"));
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/install-deps (it builds Garage once)",
+        path.display()
+    );
+    path
+}
+
+pub struct Garage {
+    proc: Option<Proc>,
+    dir: TempDir,
+    pub s3_port: u16,
+    pub bucket: String,
+    pub access_key: String,
+    pub secret_key: String,
+}
+
+/// `n` hex digits from a seed (keys and secrets must be hex for Garage).
+fn hex(seed: u64, n: usize) -> String {
+    crate::pattern(n, seed)
+        .iter()
+        .map(|b| format!("{:x}", b & 15))
+        .collect()
+}
+
+impl Garage {
+    pub fn start() -> Garage {
+        let dir = TempDir::new().expect("temp dir");
+        let seed = u64::from(std::process::id()) << 20 ^ u64::from(free_port());
+        let rpc_port = free_port();
+        let s3_port = free_port();
+        let root = dir.path().display().to_string();
+        let config = format!(
+            "metadata_dir = \"{root}/meta\"\ndata_dir = \"{root}/data\"\ndb_engine = \"sqlite\"\n\
+             replication_factor = 1\nrpc_bind_addr = \"127.0.0.1:{rpc_port}\"\n\
+             rpc_public_addr = \"127.0.0.1:{rpc_port}\"\nrpc_secret = \"{}\"\n\
+             [s3_api]\ns3_region = \"{REGION}\"\napi_bind_addr = \"127.0.0.1:{s3_port}\"\n",
+            hex(seed, 64)
+        );
+        fs::write(dir.path().join("garage.toml"), config).expect("write garage.toml");
+        let mut garage = Garage {
+            proc: None,
+            dir,
+            s3_port,
+            bucket: "disks".into(),
+            access_key: format!("GK{}", hex(seed + 1, 24)),
+            secret_key: hex(seed + 2, 64),
+        };
+        garage.start_again();
+        garage
+    }
+
+    /// Starts the server (again, on the same data and ports) and waits
+    /// until a signed request on the bucket succeeds.
+    pub fn start_again(&mut self) {
+        let mut cmd = Command::new(garage_binary());
+        cmd.arg("-c")
+            .arg(self.dir.path().join("garage.toml"))
+            .args(["server", "--single-node", "--default-bucket"])
+            .env("GARAGE_DEFAULT_ACCESS_KEY", &self.access_key)
+            .env("GARAGE_DEFAULT_SECRET_KEY", &self.secret_key)
+            .env("GARAGE_DEFAULT_BUCKET", &self.bucket)
+            .env("RUST_LOG", "garage=warn");
+        let mut proc = Proc::spawn("garage", cmd);
+        let ready = wait_until(Duration::from_secs(60), || {
+            proc.exited().is_none() && self.curl("HEAD", "") == "200"
+        });
+        assert!(
+            ready,
+            "garage did not become ready: {:?}",
+            proc.output.snapshot()
+        );
+        self.proc = Some(proc);
+    }
+
+    /// Stops the server (SIGKILL), keeping its data.
+    pub fn stop(&mut self) {
+        if let Some(mut proc) = self.proc.take() {
+            proc.kill();
+        }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.s3_port)
+    }
+
+    /// The plugin keys for this server, with the secret in a file.
+    pub fn params(&self, prefix: &str) -> Vec<String> {
+        let secret_file = self.dir.path().join("secret");
+        fs::write(&secret_file, &self.secret_key).expect("write secret file");
+        vec![
+            format!("endpoint={}", self.endpoint()),
+            format!("bucket={}", self.bucket),
+            format!("region={REGION}"),
+            format!("prefix={prefix}"),
+            format!("access-key={}", self.access_key),
+            format!("secret-key=+{}", secret_file.display()),
+        ]
+    }
+
+    /// A signed request with curl; returns the status code, or the body
+    /// for a listing (`query` non-empty).
+    fn curl(&self, method: &str, query: &str) -> String {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-s", "--max-time", "5", "--aws-sigv4"])
+            .arg(format!("aws:amz:{REGION}:s3"))
+            .arg("--user")
+            .arg(format!("{}:{}", self.access_key, self.secret_key))
+            // Garage requires the payload hash header, which curl's SigV4
+            // (7.88) does not add by itself.
+            .args(["-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD"]);
+        if method == "HEAD" {
+            cmd.args(["-I", "-o", "/dev/null", "-w", "%{http_code}"]);
+        }
+        cmd.arg(format!("{}/{}{query}", self.endpoint(), self.bucket));
+        let out = run(cmd, Duration::from_secs(10));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Keys of the objects under `prefix` (one page: tests stay small).
+    pub fn objects(&self, prefix: &str) -> Vec<String> {
+        // '/' must be percent-encoded in a signed query string.
+        let prefix = prefix.replace('/', "%2F");
+        let body = self.curl("GET", &format!("?list-type=2&prefix={prefix}"));
+        body.split("<Key>")
+            .skip(1)
+            .filter_map(|part| part.split_once("</Key>").map(|(k, _)| k.to_owned()))
+            .collect()
+    }
+}

@@ -1,0 +1,32 @@
+//! nbdsh snippets shared by the end-to-end tests of several plugins.
+
+/// A Python model of the disk checked against the export (`h`) after 400
+/// random unaligned writes (some all-zero, some FUA), zeroes and trims that
+/// cross chunk boundaries; then the whole export is compared with the
+/// model, which is saved to the file named by the Python variable `OUT`.
+/// Needs `import nbd` and `OUT` defined before it. Prints `model ok`.
+pub const MODEL_CHECK: &str = r#"
+import random
+rng = random.Random(1234)
+size = h.get_size()
+model = bytearray(size)
+for step in range(400):
+    off = rng.randrange(size)
+    n = rng.randrange(1, min(size - off, 200000) + 1)
+    op = rng.randrange(4)
+    if op < 2:
+        data = bytes([rng.randrange(1, 256)]) * n if rng.randrange(3) else bytes(n)
+        h.pwrite(data, off, nbd.CMD_FLAG_FUA if rng.randrange(2) else 0)
+        model[off:off + n] = data
+    elif op == 2 and n <= 0xffffffff:
+        h.zero(n, off)
+        model[off:off + n] = bytes(n)
+    else:
+        h.trim(n, off)
+        model[off:off + n] = bytes(n)
+h.flush()
+got = b''.join(h.pread(min(1 << 20, size - o), o) for o in range(0, size, 1 << 20))
+assert got == bytes(model), 'export differs from the model'
+open(OUT, 'wb').write(model)
+print('model ok')
+"#;
