@@ -66,7 +66,8 @@ fn random_unaligned_io_across_chunks_matches_a_model_and_survives_a_restart() {
         );
         assert!(nbdsh(&nbdkit.uri(), &script).contains("model ok"));
     }
-    // Reopened without size=: the metadata is the truth, the data is there.
+    // nbdkit was SIGKILLed (dropped) after the flush: reopened without
+    // size=, the metadata is the truth and every flushed byte is there.
     let nbdkit = start(&disk, &[]);
     let copy = dir.path().join("copy.img");
     let mut out = debian_tool("nbdcopy");
@@ -235,4 +236,129 @@ fn a_flush_on_one_connection_covers_another() {
         nbdkit.uri()
     );
     assert!(nbdsh(&nbdkit.uri(), &script).contains("ok"));
+}
+
+#[test]
+fn sparse_random_data_in_and_qemu_img_convert_out_and_back() {
+    let dir = TempDir::new().unwrap();
+    let nbdkit = start(&dir.path().join("disk"), &["size=8M", "chunk-size=256K"]);
+    // nbdkit's sparse-random plugin: random data with large zero runs.
+    let source = Nbdkit::start(&[], Path::new("sparse-random"), &["8M", "seed=7"]);
+    let mut copy = debian_tool("nbdcopy");
+    copy.arg(source.uri()).arg(nbdkit.uri());
+    run_ok(copy, Duration::from_secs(60));
+    let from_source = dir.path().join("source.img");
+    let from_sharded = dir.path().join("sharded.img");
+    for (uri, file) in [(source.uri(), &from_source), (nbdkit.uri(), &from_sharded)] {
+        let mut convert = Command::new("qemu-img");
+        convert
+            .args(["convert", "-f", "raw", "-O", "raw", &uri])
+            .arg(file);
+        run_ok(convert, Duration::from_secs(60));
+    }
+    assert!(fs::read(&from_sharded).unwrap() == fs::read(&from_source).unwrap());
+    // Zero runs of the source stay holes: fewer chunk files than chunks.
+    let files = chunk_files(&dir.path().join("disk")).len();
+    assert!(files < 32, "{files} chunk files for a sparse source");
+    // And back in: qemu-img writes a file into the existing export.
+    let other = pattern_file(dir.path(), "other.img", 8 << 20, 41);
+    let mut convert = Command::new("qemu-img");
+    convert
+        .args(["convert", "-n", "-f", "raw", "-O", "raw"])
+        .arg(&other)
+        .arg(nbdkit.uri());
+    run_ok(convert, Duration::from_secs(60));
+    let mut out = Command::new("qemu-img");
+    out.args(["convert", "-f", "raw", "-O", "raw", &nbdkit.uri()])
+        .arg(&from_sharded);
+    run_ok(out, Duration::from_secs(60));
+    assert!(fs::read(&from_sharded).unwrap() == fs::read(&other).unwrap());
+}
+
+#[test]
+fn fio_random_writes_verify() {
+    let dir = TempDir::new().unwrap();
+    let nbdkit = start(&dir.path().join("disk"), &["size=16M", "chunk-size=64K"]);
+    let mut fio = debian_tool("fio");
+    fio.args([
+        "--name=verify",
+        "--ioengine=nbd",
+        &format!("--uri={}", nbdkit.uri()),
+        "--rw=randwrite",
+        "--bs=4k",
+        "--size=16M",
+        "--iodepth=16",
+        "--verify=crc32c",
+        "--do_verify=1",
+        "--verify_fatal=1",
+    ]);
+    let output = run_ok(fio, Duration::from_secs(120));
+    assert!(!output.contains("verify: bad"), "{output}");
+}
+
+/// A small tmpfs mounted for one test, unmounted on drop.
+struct SmallFs {
+    dir: TempDir,
+}
+
+impl SmallFs {
+    fn mount(size: &str) -> SmallFs {
+        let dir = TempDir::new().unwrap();
+        let mut mount = Command::new("mount");
+        mount
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path());
+        run_ok(mount, Duration::from_secs(10));
+        SmallFs { dir }
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let mut umount = Command::new("umount");
+        umount.args(["-l"]).arg(self.dir.path());
+        let _ = harness::run(umount, Duration::from_secs(10));
+    }
+}
+
+#[test]
+fn a_full_filesystem_gives_enospc_and_nbdkit_keeps_serving() {
+    let fs_ = SmallFs::mount("2m");
+    let disk = fs_.dir.path().join("disk");
+    let nbdkit = start(&disk, &["size=16M", "chunk-size=1M"]);
+    let result = nbdsh(
+        &nbdkit.uri(),
+        "import errno, nbd\n\
+         h.pwrite(b'\\x01' * 4096, 0)\n\
+         try:\n\
+         \x20   for i in range(1, 16):\n\
+         \x20       h.pwrite(b'\\x02' * (1 << 20), i << 20)\n\
+         \x20   print('no error')\n\
+         except nbd.Error as e:\n\
+         \x20   print('write', errno.errorcode.get(e.errno, e.errno))\n\
+         print('still', h.pread(4096, 0) == b'\\x01' * 4096)",
+    );
+    assert!(result.contains("write ENOSPC"), "{result}");
+    assert!(result.contains("still True"), "{result}");
+    let later = nbdsh(&nbdkit.uri(), "print(len(h.pread(512, 0)))");
+    assert_eq!(later.trim(), "512");
+    drop(nbdkit);
+}
+
+#[test]
+fn bad_keys_and_a_file_instead_of_a_directory_are_refused_clearly() {
+    let dir = TempDir::new().unwrap();
+    let unknown = refusal(&dir.path().join("disk"), &["size=1M", "colour=blue"]);
+    assert!(
+        unknown.contains("colour") && unknown.contains("unknown key"),
+        "{unknown}"
+    );
+    let bad_size = refusal(&dir.path().join("disk"), &["size=lots"]);
+    assert!(bad_size.contains("size"), "{bad_size}");
+    let odd_chunk = refusal(&dir.path().join("disk"), &["size=1M", "chunk-size=3000"]);
+    assert!(odd_chunk.contains("power of two"), "{odd_chunk}");
+    let file = dir.path().join("a-file");
+    fs::write(&file, b"not a directory").unwrap();
+    let not_dir = refusal(&file, &["size=1M"]);
+    assert!(not_dir.contains("a-file"), "{not_dir}");
 }
