@@ -230,3 +230,73 @@ fn a_stopped_store_gives_eio_after_the_retry_window_and_service_resumes() {
     let result = nbdsh(&nbdkit.uri(), "print(h.pread(4096, 0) == b'\\x0f' * 4096)");
     assert_eq!(result.trim(), "True");
 }
+
+#[test]
+fn an_outage_shorter_than_the_retry_window_is_invisible_to_the_client() {
+    let mut garage = Garage::start();
+    let nbdkit = start(
+        &garage,
+        "blip/",
+        &[
+            "size=1M",
+            "chunk-size=64K",
+            "retry-window=60s",
+            "connect-timeout=1s",
+        ],
+    );
+    nbdsh(&nbdkit.uri(), "h.pwrite(b'\\x0a' * 70000, 1000)");
+    garage.stop();
+    let result = std::thread::scope(|scope| {
+        let restart = scope.spawn(|| {
+            std::thread::sleep(Duration::from_secs(2));
+            garage.start_again();
+        });
+        let result = nbdsh(
+            &nbdkit.uri(),
+            "h.pwrite(b'\\x0b' * 5000, 60000)\n\
+             print(h.pread(70000, 1000) == b'\\x0a' * 59000 + b'\\x0b' * 5000 + b'\\x0a' * 6000)",
+        );
+        restart.join().unwrap();
+        result
+    });
+    assert_eq!(result.trim(), "True");
+}
+
+#[test]
+fn sparse_random_data_copies_in_and_back_and_connections_agree() {
+    let garage = Garage::start();
+    let dir = TempDir::new().unwrap();
+    let nbdkit = start(&garage, "sr/", &["size=8M", "chunk-size=256K"]);
+    let source = Nbdkit::start(
+        &[],
+        std::path::Path::new("sparse-random"),
+        &["8M", "seed=9"],
+    );
+    let mut into = debian_tool("nbdcopy");
+    into.arg(source.uri()).arg(nbdkit.uri());
+    run_ok(into, Duration::from_secs(120));
+    let (a, b) = (dir.path().join("a.img"), dir.path().join("b.img"));
+    for (uri, file) in [(source.uri(), &a), (nbdkit.uri(), &b)] {
+        let mut out = debian_tool("nbdcopy");
+        out.arg(uri).arg(file);
+        run_ok(out, Duration::from_secs(120));
+    }
+    assert!(fs::read(&a).unwrap() == fs::read(&b).unwrap());
+    assert!(
+        chunk_objects(&garage, "sr/").len() < 32,
+        "zero runs were stored"
+    );
+    let script = format!(
+        "import nbd\n\
+         assert h.can_multi_conn()\n\
+         h2 = nbd.NBD()\n\
+         h2.connect_uri({:?})\n\
+         for i in range(20):\n\
+         \x20   h.pwrite(bytes([i + 1]) * 3001, 262000 + i * 3001)\n\
+         \x20   h.flush()\n\
+         \x20   assert h2.pread(3001, 262000 + i * 3001) == bytes([i + 1]) * 3001\n\
+         print('ok')",
+        nbdkit.uri()
+    );
+    assert!(nbdsh(&nbdkit.uri(), &script).contains("ok"));
+}
