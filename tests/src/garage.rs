@@ -8,7 +8,7 @@
 //! /var/cache/http-nbd-transfer/garage); `HND_GARAGE` overrides the path.
 
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -45,21 +45,53 @@ fn hex(seed: u64, n: usize) -> String {
         .collect()
 }
 
+/// Writes a node's config in `dir`; returns its path and S3 port.
+fn write_config(dir: &Path, rpc_secret: &str, replication: u32) -> (PathBuf, u16) {
+    fs::create_dir_all(dir).expect("node dir");
+    let rpc_port = free_port();
+    let s3_port = free_port();
+    let root = dir.display().to_string();
+    let config = format!(
+        "metadata_dir = \"{root}/meta\"\ndata_dir = \"{root}/data\"\ndb_engine = \"sqlite\"\n\
+         replication_factor = {replication}\nrpc_bind_addr = \"127.0.0.1:{rpc_port}\"\n\
+         rpc_public_addr = \"127.0.0.1:{rpc_port}\"\nrpc_secret = \"{rpc_secret}\"\n\
+         [s3_api]\ns3_region = \"{REGION}\"\napi_bind_addr = \"127.0.0.1:{s3_port}\"\n"
+    );
+    let path = dir.join("garage.toml");
+    fs::write(&path, config).expect("write garage.toml");
+    (path, s3_port)
+}
+
+/// Runs `garage -c CONFIG args...` (the CLI talks to the running node).
+fn cli(config: &Path, args: &[&str]) -> String {
+    let mut cmd = Command::new(garage_binary());
+    cmd.arg("-c").arg(config).args(args);
+    crate::run_ok(cmd, Duration::from_secs(60))
+}
+
+/// A signed curl request to `url`; the status code for HEAD, else the body.
+fn signed_curl(access_key: &str, secret_key: &str, method: &str, url: &str) -> String {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "--max-time", "5", "--aws-sigv4"])
+        .arg(format!("aws:amz:{REGION}:s3"))
+        .arg("--user")
+        .arg(format!("{access_key}:{secret_key}"))
+        // Garage requires the payload hash header, which curl's SigV4
+        // (7.88) does not add by itself.
+        .args(["-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD"]);
+    if method == "HEAD" {
+        cmd.args(["-I", "-o", "/dev/null", "-w", "%{http_code}"]);
+    }
+    cmd.arg(url);
+    let out = run(cmd, Duration::from_secs(10));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 impl Garage {
     pub fn start() -> Garage {
         let dir = TempDir::new().expect("temp dir");
         let seed = u64::from(std::process::id()) << 20 ^ u64::from(free_port());
-        let rpc_port = free_port();
-        let s3_port = free_port();
-        let root = dir.path().display().to_string();
-        let config = format!(
-            "metadata_dir = \"{root}/meta\"\ndata_dir = \"{root}/data\"\ndb_engine = \"sqlite\"\n\
-             replication_factor = 1\nrpc_bind_addr = \"127.0.0.1:{rpc_port}\"\n\
-             rpc_public_addr = \"127.0.0.1:{rpc_port}\"\nrpc_secret = \"{}\"\n\
-             [s3_api]\ns3_region = \"{REGION}\"\napi_bind_addr = \"127.0.0.1:{s3_port}\"\n",
-            hex(seed, 64)
-        );
-        fs::write(dir.path().join("garage.toml"), config).expect("write garage.toml");
+        let (_, s3_port) = write_config(dir.path(), &hex(seed, 64), 1);
         let mut garage = Garage {
             proc: None,
             dir,
@@ -120,23 +152,9 @@ impl Garage {
         ]
     }
 
-    /// A signed request with curl; returns the status code, or the body
-    /// for a listing (`query` non-empty).
     fn curl(&self, method: &str, query: &str) -> String {
-        let mut cmd = Command::new("curl");
-        cmd.args(["-s", "--max-time", "5", "--aws-sigv4"])
-            .arg(format!("aws:amz:{REGION}:s3"))
-            .arg("--user")
-            .arg(format!("{}:{}", self.access_key, self.secret_key))
-            // Garage requires the payload hash header, which curl's SigV4
-            // (7.88) does not add by itself.
-            .args(["-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD"]);
-        if method == "HEAD" {
-            cmd.args(["-I", "-o", "/dev/null", "-w", "%{http_code}"]);
-        }
-        cmd.arg(format!("{}/{}{query}", self.endpoint(), self.bucket));
-        let out = run(cmd, Duration::from_secs(10));
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        let url = format!("{}/{}{query}", self.endpoint(), self.bucket);
+        signed_curl(&self.access_key, &self.secret_key, method, &url)
     }
 
     /// Keys of the objects under `prefix` (one page: tests stay small).
@@ -148,5 +166,119 @@ impl Garage {
             .skip(1)
             .filter_map(|part| part.split_once("</Key>").map(|(k, _)| k.to_owned()))
             .collect()
+    }
+}
+
+/// Several Garage nodes on loopback forming one cluster with
+/// `replication_factor` = the node count: layout assigned and applied, a
+/// bucket and a key made through the `garage` CLI. Every node is killed
+/// when dropped; `kill_node` stops one mid-test.
+pub struct GarageCluster {
+    nodes: Vec<(Proc, u16)>,
+    _dir: TempDir,
+    pub bucket: String,
+    pub access_key: String,
+    pub secret_key: String,
+}
+
+impl GarageCluster {
+    pub fn start(count: u32) -> GarageCluster {
+        let dir = TempDir::new().expect("temp dir");
+        let seed = u64::from(std::process::id()) << 21 ^ u64::from(free_port());
+        let secret = hex(seed, 64);
+        let mut configs = Vec::new();
+        let mut nodes = Vec::new();
+        for n in 0..count {
+            let (config, s3_port) =
+                write_config(&dir.path().join(format!("node{n}")), &secret, count);
+            let mut cmd = Command::new(garage_binary());
+            cmd.arg("-c")
+                .arg(&config)
+                .arg("server")
+                .env("RUST_LOG", "garage=warn");
+            nodes.push((Proc::spawn(&format!("garage{n}"), cmd), s3_port));
+            configs.push(config);
+        }
+        // Node ids need the nodes up; then connect them and lay them out.
+        let mut ids = Vec::new();
+        for config in &configs {
+            let mut id = String::new();
+            wait_until(Duration::from_secs(30), || {
+                let mut cmd = Command::new(garage_binary());
+                cmd.arg("-c").arg(config).args(["node", "id", "-q"]);
+                let out = run(cmd, Duration::from_secs(10));
+                id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+                out.status.success() && id.contains('@')
+            });
+            assert!(id.contains('@'), "no node id from {}", config.display());
+            ids.push(id);
+        }
+        for id in &ids[1..] {
+            cli(&configs[0], &["node", "connect", id]);
+        }
+        for id in &ids {
+            let short = id.split('@').next().unwrap_or_default();
+            cli(
+                &configs[0],
+                &["layout", "assign", "-z", "dc1", "-c", "1G", short],
+            );
+        }
+        cli(&configs[0], &["layout", "apply", "--version", "1"]);
+        let cluster = GarageCluster {
+            nodes,
+            _dir: dir,
+            bucket: "disks".into(),
+            access_key: format!("GK{}", hex(seed + 1, 24)),
+            secret_key: hex(seed + 2, 64),
+        };
+        let bucket = cluster.bucket.clone();
+        // Layout changes take a moment to reach every node: retry.
+        let made = wait_until(Duration::from_secs(30), || {
+            let mut cmd = Command::new(garage_binary());
+            cmd.arg("-c")
+                .arg(&configs[0])
+                .args(["bucket", "create", &bucket]);
+            run(cmd, Duration::from_secs(20)).status.success()
+        });
+        assert!(made, "bucket creation failed");
+        cli(
+            &configs[0],
+            &[
+                "key",
+                "import",
+                "--yes",
+                "-n",
+                "test",
+                &cluster.access_key,
+                &cluster.secret_key,
+            ],
+        );
+        cli(
+            &configs[0],
+            &[
+                "bucket",
+                "allow",
+                "--read",
+                "--write",
+                "--owner",
+                &bucket,
+                "--key",
+                &cluster.access_key,
+            ],
+        );
+        let url = format!("{}/{bucket}", cluster.endpoint(0));
+        let ready = wait_until(Duration::from_secs(30), || {
+            signed_curl(&cluster.access_key, &cluster.secret_key, "HEAD", &url) == "200"
+        });
+        assert!(ready, "the cluster's S3 API did not answer");
+        cluster
+    }
+
+    pub fn endpoint(&self, node: usize) -> String {
+        format!("http://127.0.0.1:{}", self.nodes[node].1)
+    }
+
+    pub fn kill_node(&mut self, node: usize) {
+        self.nodes[node].0.kill();
     }
 }

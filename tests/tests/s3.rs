@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use harness::garage::Garage;
+use harness::garage::{Garage, GarageCluster};
 use harness::{
     artifact, debian_tool, nbd_scripts, nbdsh, pattern_file, run_ok, wait_until, Nbdkit, TempDir,
 };
@@ -299,4 +299,50 @@ fn sparse_random_data_copies_in_and_back_and_connections_agree() {
         nbdkit.uri()
     );
     assert!(nbdsh(&nbdkit.uri(), &script).contains("ok"));
+}
+
+#[test]
+fn a_three_node_cluster_loses_a_node_under_fio_verify_without_client_errors() {
+    let mut cluster = GarageCluster::start(3);
+    let dir = TempDir::new().unwrap();
+    let secret = dir.path().join("secret");
+    fs::write(&secret, &cluster.secret_key).unwrap();
+    let params = [
+        format!("endpoint={}", cluster.endpoint(0)),
+        format!("bucket={}", cluster.bucket),
+        "region=garage".to_owned(),
+        "prefix=scale/".to_owned(),
+        format!("access-key={}", cluster.access_key),
+        format!("secret-key=+{}", secret.display()),
+        "size=16M".to_owned(),
+        "chunk-size=256K".to_owned(),
+    ];
+    let params: Vec<&str> = params.iter().map(String::as_str).collect();
+    let nbdkit = Nbdkit::start(&[], &plugin(), &params);
+    let mut fio = debian_tool("fio");
+    fio.args([
+        "--name=scale",
+        "--ioengine=nbd",
+        &format!("--uri={}", nbdkit.uri()),
+        "--rw=randwrite",
+        "--bs=16k",
+        "--size=16M",
+        "--iodepth=4",
+        "--verify=crc32c",
+        "--do_verify=1",
+        "--verify_fatal=1",
+    ]);
+    let mut workload = harness::Proc::spawn("fio", fio);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        workload.exited().is_none(),
+        "fio finished before the node was killed: the test proves nothing"
+    );
+    // A storage node (not the one the plugin talks to) dies: with three
+    // replicas, writes still reach a quorum and reads find a copy.
+    cluster.kill_node(2);
+    let status = workload.wait_timeout(Duration::from_secs(240));
+    let output = workload.output.snapshot().join("\n");
+    assert!(status.is_some_and(|s| s.success()), "fio failed:\n{output}");
+    assert!(!output.contains("verify: bad"), "{output}");
 }
