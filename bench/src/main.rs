@@ -29,7 +29,7 @@ use settings::Settings;
 use targets::NbdTarget;
 use workload::Workload;
 
-const GROUPS: [&str; 4] = ["multihttp", "server", "sharded", "failover"];
+const GROUPS: [&str; 5] = ["multihttp", "server", "sharded", "s3", "failover"];
 
 #[derive(Parser)]
 #[command(about = "Benchmarks of http-nbd-transfer against peer tools, on loopback")]
@@ -40,7 +40,7 @@ struct Cli {
     /// Repetitions of each case per target (default 3, quick 1).
     #[arg(long)]
     repeats: Option<usize>,
-    /// Only these groups (comma-separated): multihttp, server, sharded, failover.
+    /// Only these groups (comma-separated): multihttp, server, sharded, s3, failover.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Report file (default BENCHMARKS.md; quick: target/bench/BENCHMARKS-quick.md).
@@ -102,6 +102,9 @@ fn main() {
     if wanted("sharded") {
         sharded_group(&mut results, &settings, &mut progress, &source, &workloads);
     }
+    if wanted("s3") {
+        s3_group(&mut results, &settings, &mut progress);
+    }
     if wanted("failover") {
         failover::measure_failover(&mut results, &settings, &mut progress);
     }
@@ -162,8 +165,9 @@ fn output_paths(cli: &Cli, root: &Path) -> (PathBuf, PathBuf) {
 
 fn estimate_steps(settings: &Settings) -> usize {
     let block_cases = settings.block_workloads(PathBuf::new()).len();
-    // multihttp: 3 targets, server: 5 runs per repetition, sharded: 2 targets.
-    settings.repeats * (block_cases * 3 + 5 + block_cases * 2) + settings.failovers
+    // multihttp: 3 targets, server: 5 runs per repetition, sharded and
+    // s3: 2 targets each.
+    settings.repeats * (block_cases * 3 + 5 + block_cases * 4) + settings.failovers
 }
 
 /// multihttp -> http-disk-server, against nbdkit's curl plugin -> the same
@@ -324,6 +328,104 @@ fn sharded_group(
         workloads,
     );
     record_memory(results, "nbdkit + sharded", "sharded group", ours.pid());
+}
+
+/// s3 on Garage against nbdkit's own S3 plugin (Python, boto3) on the
+/// same Garage bucket (goal 5x). Both use 64 KiB objects: nbdkit 1.32's S3
+/// plugin refuses larger ones ("minimum block size between 1 and 64K"),
+/// and it needs the blocksize filter to accept requests that are not
+/// multiples of its object size (what a user would put in front of it).
+/// The disk is capped at 32 MiB: the peer is slow to fill.
+fn s3_group(results: &mut Results, settings: &Settings, progress: &mut Progress) {
+    let plugin = bin_dir().join("libs3.so");
+    if !plugin.exists() {
+        results
+            .skipped
+            .push(("s3".into(), format!("{} is not built", plugin.display())));
+        return;
+    }
+    let garage_path = std::env::var_os("HND_GARAGE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/http-nbd-transfer/garage/bin/garage"));
+    if !garage_path.exists() {
+        results.skipped.push((
+            "s3".into(),
+            "Garage is not installed (scripts/install-deps builds it)".into(),
+        ));
+        return;
+    }
+    let mut settings = settings.clone();
+    settings.disk_size = settings.disk_size.min(32 << 20);
+    let source = pattern_file(
+        &settings.work,
+        "s3-source.img",
+        settings.disk_size as usize,
+        3,
+    );
+    let workloads = settings.block_workloads(source.clone());
+    let garage = harness::garage::Garage::start();
+    results.note_command(
+        "garage server --single-node --default-bucket (sqlite, replication 1)".into(),
+    );
+    let started = (|| {
+        let mut ours_params = garage.params("ours/");
+        ours_params.push(format!("size={}", settings.disk_size));
+        ours_params.push("chunk-size=64K".into());
+        let ours = NbdTarget::start("s3", &[], &plugin, &ours_params)?;
+        let access = format!("AWS_ACCESS_KEY_ID={}", garage.access_key);
+        let secret = format!("AWS_SECRET_ACCESS_KEY={}", garage.secret_key);
+        let region = format!("AWS_DEFAULT_REGION={}", harness::garage::REGION);
+        let path = format!(
+            "PATH=/usr/bin:{}",
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let peer = NbdTarget::start_wrapped(
+            "nbdkit S3 (boto3)",
+            &["env", &access, &secret, &region, &path],
+            &["--filter=blocksize"],
+            Path::new("S3"),
+            &[
+                format!("endpoint-url={}", garage.endpoint()),
+                format!("bucket={}", garage.bucket),
+                "key=peer/".into(),
+                format!("size={}", settings.disk_size),
+                "object-size=64K".into(),
+            ],
+        )?;
+        Ok::<_, String>((ours, peer))
+    })();
+    let (ours, peer) = match started {
+        Ok(targets) => targets,
+        Err(why) => return results.skipped.push(("s3".into(), why)),
+    };
+    for target in [&ours, &peer] {
+        let fill = Workload::CopyIn(source.clone());
+        if let Err(why) = fill.run(
+            &target.uri(),
+            settings.disk_size,
+            Duration::ZERO,
+            &settings.work,
+        ) {
+            results
+                .skipped
+                .push(("s3".into(), format!("prefilling {}: {why}", target.name)));
+            return;
+        }
+    }
+    compare_block_targets(
+        results,
+        &settings,
+        progress,
+        "s3 on Garage",
+        &ours,
+        &[Peer {
+            target: &peer,
+            goal: Some(5.0),
+        }],
+        &workloads,
+    );
+    record_memory(results, "nbdkit + s3", "s3 group", ours.pid());
+    record_memory(results, "nbdkit + S3 (boto3)", "s3 group", peer.pid());
 }
 
 fn record_memory(results: &mut Results, process: &str, after: &str, pid: i32) {

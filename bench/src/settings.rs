@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::workload::{FioJob, Workload};
 
+#[derive(Clone)]
 pub struct Settings {
     pub quick: bool,
     /// Length of one fio or wrk run.

@@ -24,14 +24,27 @@ impl NbdTarget {
         plugin: &Path,
         params: &[String],
     ) -> Result<NbdTarget, String> {
+        Self::start_wrapped(name, &[], options, plugin, params)
+    }
+
+    /// As [`NbdTarget::start`], nbdkit run through `wrapper` (e.g. `env
+    /// VAR=value` for a peer plugin configured by its environment).
+    pub fn start_wrapped(
+        name: &str,
+        wrapper: &[&str],
+        options: &[&str],
+        plugin: &Path,
+        params: &[String],
+    ) -> Result<NbdTarget, String> {
         let params_ref: Vec<&str> = params.iter().map(String::as_str).collect();
-        let nbdkit = Nbdkit::try_start(options, plugin, &params_ref).map_err(|proc| {
-            format!(
-                "nbdkit with {} did not start: {}",
-                plugin.display(),
-                proc.output.snapshot().join(" | ")
-            )
-        })?;
+        let nbdkit =
+            Nbdkit::try_start_wrapped(wrapper, options, plugin, &params_ref).map_err(|proc| {
+                format!(
+                    "nbdkit with {} did not start: {}",
+                    plugin.display(),
+                    proc.output.snapshot().join(" | ")
+                )
+            })?;
         let command = format!(
             "nbdkit -f -U SOCK {}{} {}",
             options.iter().map(|o| format!("{o} ")).collect::<String>(),
