@@ -173,6 +173,21 @@ impl Proc {
         status
     }
 
+    /// The output of a process that has exited, once the reader threads
+    /// have drained its pipes (they may lag the exit by a moment).
+    pub fn output_when_closed(&self) -> String {
+        let mut previous = usize::MAX;
+        // Settled when two looks 100 ms apart see the same lines.
+        wait_until(Duration::from_secs(5), || {
+            thread::sleep(Duration::from_millis(100));
+            let now = self.output.snapshot().len();
+            let settled = now == previous && now > 0;
+            previous = now;
+            settled
+        });
+        self.output.snapshot().join("\n")
+    }
+
     /// SIGKILLs the process group and reaps the child.
     pub fn kill(&mut self) {
         if self.exited().is_none() {
@@ -325,6 +340,15 @@ impl Nbdkit {
             socket,
             _dir: dir,
         })
+    }
+
+    /// Starts nbdkit expecting it to refuse `params` (exit before serving);
+    /// returns everything it printed. Panics if it started serving.
+    pub fn refusal(options: &[&str], plugin: &Path, params: &[&str]) -> String {
+        match Self::try_start(options, plugin, params) {
+            Ok(_) => panic!("nbdkit accepted {params:?}"),
+            Err(proc) => proc.output_when_closed(),
+        }
     }
 
     pub fn uri(&self) -> String {

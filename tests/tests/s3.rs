@@ -11,9 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use harness::garage::{Garage, GarageCluster};
-use harness::{
-    artifact, debian_tool, nbd_scripts, nbdsh, pattern_file, run_ok, wait_until, Nbdkit, TempDir,
-};
+use harness::{artifact, debian_tool, nbd_scripts, nbdsh, pattern_file, run_ok, Nbdkit, TempDir};
 
 fn plugin() -> PathBuf {
     artifact("libs3.so")
@@ -27,10 +25,7 @@ fn try_start(garage: &Garage, prefix: &str, extra: &[&str]) -> Result<Nbdkit, St
     let mut params = garage.params(prefix);
     params.extend(extra.iter().map(|s| s.to_string()));
     let params: Vec<&str> = params.iter().map(String::as_str).collect();
-    Nbdkit::try_start(&[], &plugin(), &params).map_err(|proc| {
-        wait_until(Duration::from_secs(5), || proc.output.contains("s3"));
-        proc.output.snapshot().join("\n")
-    })
+    Nbdkit::try_start(&[], &plugin(), &params).map_err(|proc| proc.output_when_closed())
 }
 
 fn chunk_objects(garage: &Garage, prefix: &str) -> Vec<String> {
@@ -142,13 +137,7 @@ fn conflicting_parameters_wrong_credentials_and_missing_buckets_are_refused_clea
     params.push(format!("secret-key=+{}", wrong.display()));
     params.push("retry-window=1s".into());
     let params: Vec<&str> = params.iter().map(String::as_str).collect();
-    let refused = match Nbdkit::try_start(&[], &plugin(), &params) {
-        Ok(_) => panic!("a wrong secret was accepted"),
-        Err(proc) => {
-            wait_until(Duration::from_secs(5), || proc.output.contains("s3"));
-            proc.output.snapshot().join("\n")
-        }
-    };
+    let refused = Nbdkit::refusal(&[], &plugin(), &params);
     assert!(refused.contains("access denied"), "{refused}");
     assert!(
         !refused.contains(&garage.secret_key),
@@ -159,13 +148,7 @@ fn conflicting_parameters_wrong_credentials_and_missing_buckets_are_refused_clea
     params.retain(|p| !p.starts_with("bucket="));
     params.push("bucket=no-such-bucket".into());
     let params: Vec<&str> = params.iter().map(String::as_str).collect();
-    let missing = match Nbdkit::try_start(&[], &plugin(), &params) {
-        Ok(_) => panic!("a missing bucket was accepted"),
-        Err(proc) => {
-            wait_until(Duration::from_secs(5), || proc.output.contains("s3"));
-            proc.output.snapshot().join("\n")
-        }
-    };
+    let missing = Nbdkit::refusal(&[], &plugin(), &params);
     assert!(
         missing.contains("no-such-bucket") && missing.contains("does not exist"),
         "{missing}"

@@ -166,6 +166,58 @@ pub fn read_password(key: &str, value: &str) -> Result<String, ConfigError> {
     Ok(password)
 }
 
+/// A plugin's key=value parameters as they build up: implemented by each
+/// plugin's configuration builder.
+pub trait Builder: Default + Clone + Send {
+    fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError>;
+}
+
+/// Collects a plugin's parameters from nbdkit's `config` callback (one per
+/// process), reading secret keys with nbdkit's password syntax first, so
+/// every plugin handles `-`, `+FILE` and `-FD` the same way.
+pub struct Collector<B> {
+    builder: std::sync::Mutex<Option<B>>,
+    plugin: &'static str,
+    secret_keys: &'static [&'static str],
+}
+
+impl<B: Builder> Collector<B> {
+    pub const fn new(plugin: &'static str, secret_keys: &'static [&'static str]) -> Collector<B> {
+        Collector {
+            builder: std::sync::Mutex::new(None),
+            plugin,
+            secret_keys,
+        }
+    }
+
+    /// The body of the `config` callback. Errors name the key, never a
+    /// value (it may be a secret).
+    pub fn config(&self, key: &str, value: &str) -> nbdkit::Result<()> {
+        crate::guard(
+            || format!("{}: {key}", self.plugin),
+            || -> Result<(), ConfigError> {
+                let secret;
+                let value = if self.secret_keys.contains(&key) {
+                    secret = read_password(key, value)?;
+                    secret.as_str()
+                } else {
+                    value
+                };
+                self.lock().get_or_insert_with(B::default).set(key, value)
+            },
+        )
+    }
+
+    /// Everything collected so far (for `config_complete`).
+    pub fn collected(&self) -> B {
+        self.lock().clone().unwrap_or_default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<B>> {
+        self.builder.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use plugin_glue::config::{parse_count, parse_duration, parse_size, ConfigError};
+use plugin_glue::config::{parse_count, parse_duration, parse_size, Builder, ConfigError};
 
 /// Every key the plugin accepts, for the "unknown key" error.
 pub const KEYS: &[&str] = &[
@@ -80,10 +80,10 @@ pub struct ConfigBuilder {
     pool_size: Option<usize>,
 }
 
-impl ConfigBuilder {
+impl Builder for ConfigBuilder {
     /// Takes one key. `password` must already be resolved (see
     /// [`plugin_glue::config::read_password`]); it is passed as `value`.
-    pub fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
+    fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
         match key {
             "urls" => {
                 for url in parse_urls(value)? {
@@ -107,7 +107,9 @@ impl ConfigBuilder {
         }
         Ok(())
     }
+}
 
+impl ConfigBuilder {
     /// Checks the whole configuration once every key is in.
     pub fn build(&self) -> Result<Config, ConfigError> {
         if self.urls.is_empty() {

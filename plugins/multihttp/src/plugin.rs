@@ -4,11 +4,11 @@
 
 use std::collections::HashSet;
 use std::io::Write;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 
 use http_disk_protocol::Feature;
 use nbdkit::{plugin, FuaFlags, Server, ThreadModel};
-use plugin_glue::config::{read_password, ConfigError};
+use plugin_glue::config::{Collector, ConfigError};
 use plugin_glue::{guard, logging};
 
 use crate::cluster::Cluster;
@@ -17,7 +17,7 @@ use crate::error::Error;
 use crate::ops;
 use crate::reply::ServerInfo;
 
-static BUILDER: Mutex<Option<ConfigBuilder>> = Mutex::new(None);
+static CONFIG: Collector<ConfigBuilder> = Collector::new("multihttp", &["password"]);
 static CLUSTER: OnceLock<Arc<Cluster>> = OnceLock::new();
 
 fn cluster() -> Result<&'static Arc<Cluster>, Error> {
@@ -108,30 +108,14 @@ impl Server for MultiHttp {
     }
 
     fn config(key: &str, value: &str) -> nbdkit::Result<()> {
-        guard(
-            || format!("multihttp: {key}"),
-            || -> Result<(), ConfigError> {
-                let password;
-                let value = if key == "password" {
-                    password = read_password(key, value)?;
-                    password.as_str()
-                } else {
-                    value
-                };
-                let mut builder = BUILDER.lock().unwrap_or_else(|p| p.into_inner());
-                builder
-                    .get_or_insert_with(ConfigBuilder::default)
-                    .set(key, value)
-            },
-        )
+        CONFIG.config(key, value)
     }
 
     fn config_complete() -> nbdkit::Result<()> {
         guard(
             || "multihttp: configuration".to_owned(),
             || -> Result<(), ConfigError> {
-                let builder = BUILDER.lock().unwrap_or_else(|p| p.into_inner());
-                let config = builder.clone().unwrap_or_default().build()?;
+                let config = CONFIG.collected().build()?;
                 // Builds the HTTP agent only: no thread starts before nbdkit
                 // forks (probe threads start in open/requests).
                 let _ = CLUSTER.set(Arc::new(Cluster::new(config)));

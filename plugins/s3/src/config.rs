@@ -5,7 +5,9 @@
 use std::time::Duration;
 
 use chunk_store::MetadataRequest;
-use plugin_glue::config::{parse_bool, parse_count, parse_duration, parse_size, ConfigError};
+use plugin_glue::config::{
+    parse_bool, parse_count, parse_duration, parse_size, Builder, ConfigError,
+};
 
 pub const HELP: &str = "\
 endpoint=URL          (required) S3 endpoint, http:// or https://
@@ -66,10 +68,10 @@ pub struct ConfigBuilder {
 pub const KEYS: &str = "endpoint, bucket, prefix, region, addressing, size, chunk-size, grow, \
                         access-key, secret-key, pool-size, connect-timeout, io-timeout, retry-window";
 
-impl ConfigBuilder {
+impl Builder for ConfigBuilder {
     /// `secret-key` arrives already read (nbdkit's password syntax is
     /// resolved by the plugin before this).
-    pub fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
+    fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
         match key {
             "endpoint" => {
                 if !(value.starts_with("http://") || value.starts_with("https://")) {
@@ -100,7 +102,9 @@ impl ConfigBuilder {
         }
         Ok(())
     }
+}
 
+impl ConfigBuilder {
     /// `env` looks up environment variables (a parameter, for tests).
     pub fn build(self, env: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
         let access_key = self.access_key.or_else(|| env("AWS_ACCESS_KEY_ID"));

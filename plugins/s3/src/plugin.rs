@@ -3,43 +3,22 @@
 //! from `chunk_store::chunk_store_plugin!`, shared with the sharded plugin.
 //! Exercised under a real nbdkit against a real Garage by `tests/tests/s3.rs`.
 
-use std::sync::Mutex;
-
 use chunk_store::{chunk_store_plugin, ChunkStore, Geometry, StoreError};
-use plugin_glue::config::{read_password, ConfigError};
-use plugin_glue::guard;
+use plugin_glue::config::Collector;
 
 use crate::backend::{open_disk, S3Chunks};
 use crate::client::S3Client;
 use crate::config::{ConfigBuilder, HELP};
 
-static BUILDER: Mutex<Option<ConfigBuilder>> = Mutex::new(None);
+static CONFIG: Collector<ConfigBuilder> = Collector::new("s3", &["secret-key"]);
 
 fn config(key: &str, value: &str) -> nbdkit::Result<()> {
-    guard(
-        // The key only: a value may be a secret.
-        || format!("s3: {key}"),
-        || -> Result<(), ConfigError> {
-            let secret;
-            let value = if key == "secret-key" {
-                secret = read_password(key, value)?;
-                secret.as_str()
-            } else {
-                value
-            };
-            let mut builder = BUILDER.lock().unwrap_or_else(|p| p.into_inner());
-            builder
-                .get_or_insert_with(ConfigBuilder::default)
-                .set(key, value)
-        },
-    )
+    CONFIG.config(key, value)
 }
 
 fn open_store() -> Result<ChunkStore<S3Chunks>, StoreError> {
-    let builder = BUILDER.lock().unwrap_or_else(|p| p.into_inner());
-    let config = builder
-        .clone()
-        .unwrap_or_default()
+    let config = CONFIG
+        .collected()
         .build(|name| std::env::var(name).ok().filter(|v| !v.is_empty()))
         .map_err(|e| StoreError::new(libc::EINVAL, e.to_string()))?;
     let client = S3Client::new(&config).map_err(|e| StoreError::new(libc::EINVAL, e))?;

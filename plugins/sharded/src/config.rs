@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use chunk_store::MetadataRequest;
-use plugin_glue::config::{parse_bool, parse_size, ConfigError};
+use plugin_glue::config::{parse_bool, parse_size, Builder, ConfigError};
 
 pub const HELP: &str = "\
 dir=DIR               (required) Directory holding the disk: metadata file
@@ -29,8 +29,8 @@ pub struct Config {
     pub request: MetadataRequest,
 }
 
-impl ConfigBuilder {
-    pub fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
+impl Builder for ConfigBuilder {
+    fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
         match key {
             "dir" => self.dir = Some(PathBuf::from(value)),
             "size" => self.request.size = Some(parse_size(key, value)?),
@@ -45,7 +45,9 @@ impl ConfigBuilder {
         }
         Ok(())
     }
+}
 
+impl ConfigBuilder {
     pub fn build(self) -> Result<Config, ConfigError> {
         let dir = self
             .dir

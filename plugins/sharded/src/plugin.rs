@@ -2,34 +2,21 @@
 //! comes from `chunk_store::chunk_store_plugin!`, shared with the s3
 //! plugin. Exercised under a real nbdkit by `tests/tests/sharded.rs`.
 
-use std::sync::Mutex;
-
 use chunk_store::{chunk_store_plugin, ChunkStore, Geometry, StoreError};
-use plugin_glue::config::ConfigError;
-use plugin_glue::guard;
+use plugin_glue::config::Collector;
 
 use crate::config::{ConfigBuilder, HELP};
 use crate::files::{open_disk, FileChunks};
 
-static BUILDER: Mutex<Option<ConfigBuilder>> = Mutex::new(None);
+static CONFIG: Collector<ConfigBuilder> = Collector::new("sharded", &[]);
 
 fn config(key: &str, value: &str) -> nbdkit::Result<()> {
-    guard(
-        || format!("sharded: {key}"),
-        || -> Result<(), ConfigError> {
-            let mut builder = BUILDER.lock().unwrap_or_else(|p| p.into_inner());
-            builder
-                .get_or_insert_with(ConfigBuilder::default)
-                .set(key, value)
-        },
-    )
+    CONFIG.config(key, value)
 }
 
 fn open_store() -> Result<ChunkStore<FileChunks>, StoreError> {
-    let builder = BUILDER.lock().unwrap_or_else(|p| p.into_inner());
-    let config = builder
-        .clone()
-        .unwrap_or_default()
+    let config = CONFIG
+        .collected()
         .build()
         .map_err(|e| StoreError::new(libc::EINVAL, e.to_string()))?;
     let (metadata, files) =
