@@ -314,6 +314,7 @@ fn a_three_node_cluster_loses_a_node_under_fio_verify_without_client_errors() {
         "--verify=crc32c",
         "--do_verify=1",
         "--verify_fatal=1",
+        "--verify_state_save=0",
     ]);
     let mut workload = harness::Proc::spawn("fio", fio);
     std::thread::sleep(Duration::from_millis(1500));

@@ -284,6 +284,7 @@ fn fio_random_writes_verify() {
         "--verify=crc32c",
         "--do_verify=1",
         "--verify_fatal=1",
+        "--verify_state_save=0",
     ]);
     let output = run_ok(fio, Duration::from_secs(120));
     assert!(!output.contains("verify: bad"), "{output}");
