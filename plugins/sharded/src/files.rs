@@ -12,13 +12,13 @@
 //! as the data. Flush makes every written chunk durable (`fdatasync`) and
 //! every created or removed name durable (`fsync` of the directories).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, ErrorKind};
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use chunk_store::{ChunkBackend, ChunkExtent, Metadata, MetadataRequest, StoreError};
 
@@ -26,6 +26,11 @@ const METADATA_FILE: &str = "chunk-store.meta";
 const CHUNKS_DIR: &str = "chunks";
 /// 256 chunks per fan-out directory.
 const FANOUT_BITS: u32 = 8;
+/// Open chunk files kept: a small request then costs one pread/pwrite,
+/// not an open and a close around it (path lookups through two
+/// directories). Cleared when full (rare: 512 chunks of 4 MiB = 2 GiB of
+/// working set), entries dropped when their chunk is deleted.
+const OPEN_FILES: usize = 512;
 
 pub struct FileChunks {
     root: PathBuf,
@@ -34,6 +39,8 @@ pub struct FileChunks {
     dirty_files: Mutex<HashSet<u64>>,
     /// Directories whose entries changed since the last flush.
     dirty_dirs: Mutex<HashSet<PathBuf>>,
+    /// Chunk files open for reading and writing (see OPEN_FILES).
+    open_files: Mutex<HashMap<u64, Arc<File>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -86,6 +93,7 @@ pub fn open_disk(dir: &Path, request: &MetadataRequest) -> Result<(Metadata, Fil
             chunk_size: metadata.chunk_size,
             dirty_files: Mutex::new(HashSet::new()),
             dirty_dirs: Mutex::new(HashSet::new()),
+            open_files: Mutex::new(HashMap::new()),
         },
     ))
 }
@@ -121,15 +129,48 @@ impl FileChunks {
         )
     }
 
+    fn remember(&self, index: u64, file: File) -> Arc<File> {
+        let file = Arc::new(file);
+        let mut open = lock(&self.open_files);
+        if open.len() >= OPEN_FILES {
+            open.clear();
+        }
+        open.insert(index, Arc::clone(&file));
+        file
+    }
+
+    /// The open file of an existing chunk, `None` if the chunk is missing.
+    /// The caller holds the chunk's lock, so no delete races with this.
+    fn open_existing(&self, index: u64) -> io::Result<Option<Arc<File>>> {
+        if let Some(file) = lock(&self.open_files).get(&index) {
+            return Ok(Some(Arc::clone(file)));
+        }
+        match OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(self.path(index))
+        {
+            Ok(file) => Ok(Some(self.remember(index, file))),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            // A read-only filesystem or file: still readable, not cached.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EROFS | libc::EACCES)) => {
+                match File::open(self.path(index)) {
+                    Ok(file) => Ok(Some(Arc::new(file))),
+                    Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+                    Err(e) => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Opens chunk `index` for writing, creating it (sparse, full length)
     /// and its fan-out directory when missing. Returns whether it is new.
-    fn open_for_write(&self, index: u64) -> io::Result<(File, bool)> {
-        let path = self.path(index);
-        match OpenOptions::new().read(true).write(true).open(&path) {
-            Ok(file) => return Ok((file, false)),
-            Err(e) if e.kind() != ErrorKind::NotFound => return Err(e),
-            Err(_) => {}
+    fn open_for_write(&self, index: u64) -> io::Result<(Arc<File>, bool)> {
+        if let Some(file) = self.open_existing(index)? {
+            return Ok((file, false));
         }
+        let path = self.path(index);
         let dir = self.fanout_dir(index);
         if !dir.is_dir() {
             match fs::create_dir(&dir) {
@@ -148,7 +189,7 @@ impl FileChunks {
             .open(&path)?;
         file.set_len(self.chunk_size)?;
         lock(&self.dirty_dirs).insert(dir);
-        Ok((file, true))
+        Ok((self.remember(index, file), true))
     }
 
     /// FUA: this chunk's data and, if it is new, its name (and its fan-out
@@ -165,10 +206,11 @@ impl FileChunks {
 
 impl ChunkBackend for FileChunks {
     fn read(&self, index: u64, offset: u64, buf: &mut [u8]) -> Result<bool, StoreError> {
-        let file = match File::open(self.path(index)) {
-            Ok(file) => file,
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
-            Err(e) => return Err(self.error("opening", index, &e)),
+        let Some(file) = self
+            .open_existing(index)
+            .map_err(|e| self.error("opening", index, &e))?
+        else {
+            return Ok(false);
         };
         let mut done = 0;
         while done < buf.len() {
@@ -203,6 +245,7 @@ impl ChunkBackend for FileChunks {
     }
 
     fn delete(&self, index: u64, fua: bool) -> Result<(), StoreError> {
+        lock(&self.open_files).remove(&index);
         match fs::remove_file(self.path(index)) {
             Ok(()) => {}
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
@@ -252,14 +295,21 @@ impl ChunkBackend for FileChunks {
         let dirs: Vec<PathBuf> = lock(&self.dirty_dirs).drain().collect();
         let result = (|| {
             for &index in &files {
-                match File::open(self.path(index)) {
-                    Ok(file) => file
-                        .sync_data()
-                        .map_err(|e| self.error("syncing", index, &e))?,
-                    // Deleted since: its removal is in a dirty directory.
-                    Err(e) if e.kind() == ErrorKind::NotFound => {}
-                    Err(e) => return Err(self.error("opening", index, &e)),
-                }
+                // Flush holds no chunk lock: it must not put a file into
+                // the cache (a concurrent delete could leave a stale entry
+                // for an unlinked file there), only use what is cached.
+                let cached = lock(&self.open_files).get(&index).cloned();
+                let file = match cached {
+                    Some(file) => file,
+                    None => match File::open(self.path(index)) {
+                        Ok(file) => Arc::new(file),
+                        // Deleted since: its removal is in a dirty directory.
+                        Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                        Err(e) => return Err(self.error("opening", index, &e)),
+                    },
+                };
+                file.sync_data()
+                    .map_err(|e| self.error("syncing", index, &e))?;
             }
             // Fan-out directories before the root, so a new chunk's name is
             // durable along its whole path.
@@ -280,10 +330,11 @@ impl ChunkBackend for FileChunks {
     }
 
     fn zero_part(&self, index: u64, offset: u64, len: u64, fua: bool) -> Result<(), StoreError> {
-        let file = match OpenOptions::new().write(true).open(self.path(index)) {
-            Ok(file) => file,
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(self.error("opening", index, &e)),
+        let Some(file) = self
+            .open_existing(index)
+            .map_err(|e| self.error("opening", index, &e))?
+        else {
+            return Ok(());
         };
         // SAFETY: fallocate on an fd we own, with a range inside the chunk.
         let punched = unsafe {
