@@ -592,3 +592,81 @@ fn seventy_urls_of_which_68_dead_or_blackholed_cost_one_timeout_at_most() {
     );
     assert!(read_at(&disk, 4096, 4096).iter().all(|&b| b == 0x70));
 }
+
+#[test]
+fn with_device_size_a_connection_opens_before_any_server_answers() {
+    // SM starts the plugin before or while the server starts: nothing
+    // listens on the port yet, and the NBD client must still connect.
+    let dir = TempDir::new().unwrap();
+    let disk = pattern_file(dir.path(), "disk.img", MIB, 21);
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let nbdkit = start(
+        std::slice::from_ref(&url),
+        &[
+            "device-size=1M",
+            "connect-timeout=500ms",
+            "failover-window=20s",
+        ],
+    );
+    let size = nbdsh(&nbdkit.uri(), "print(h.get_size())");
+    assert_eq!(size.trim(), MIB.to_string());
+    // The server arrives; the same nbdkit now serves I/O through it.
+    let _server = DiskServer::start_on_port(&disk, port, &[])
+        .unwrap_or_else(|p| panic!("server failed: {:?}", p.output.snapshot()));
+    let result = nbdsh(
+        &nbdkit.uri(),
+        "h.pwrite(b'\\x5a' * 1001, 4097)\nh.flush()\nprint(h.pread(1001, 4097) == b'\\x5a' * 1001)",
+    );
+    assert_eq!(result.trim(), "True");
+    assert!(read_at(&disk, 4097, 1001).iter().all(|&b| b == 0x5a));
+}
+
+#[test]
+fn without_device_size_and_no_server_open_fails_naming_each_url() {
+    let urls: Vec<String> = (0..2)
+        .map(|_| format!("http://127.0.0.1:{}", free_port()))
+        .collect();
+    let nbdkit = start(&urls, &["connect-timeout=500ms"]);
+    let mut info = debian_tool("nbdinfo");
+    info.args(["--size", &nbdkit.uri()]);
+    let output = harness::run(info, Duration::from_secs(30));
+    assert!(
+        !output.status.success(),
+        "nbdinfo got a size with no server and no device-size: {}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    assert!(
+        nbdkit
+            .proc
+            .output
+            .wait_for("device-size= is not given", Duration::from_secs(5)),
+        "{:?}",
+        nbdkit.proc.output.snapshot()
+    );
+    let log = nbdkit.proc.output.snapshot().join("\n");
+    for url in &urls {
+        assert!(log.contains(url.as_str()), "{url} not named in:\n{log}");
+    }
+}
+
+#[test]
+fn unknown_keys_and_bad_values_are_refused_by_name() {
+    let unknown = Nbdkit::refusal(
+        &[],
+        &plugin(),
+        &["urls=http://127.0.0.1:1", "device-size=1M", "colour=blue"],
+    );
+    assert!(
+        unknown.contains("colour") && unknown.contains("unknown parameter"),
+        "{unknown}"
+    );
+    let bad = Nbdkit::refusal(
+        &[],
+        &plugin(),
+        &["urls=http://127.0.0.1:1", "io-timeout=soon"],
+    );
+    assert!(bad.contains("io-timeout"), "{bad}");
+    let none = Nbdkit::refusal(&[], &plugin(), &["device-size=1M"]);
+    assert!(none.contains("urls"), "{none}");
+}
