@@ -408,6 +408,8 @@ fn the_new_plugin_works_with_the_old_server() {
          assert not h.can_trim()\n\
          h.pwrite(b'\\x33' * 10000, 12345)\n\
          assert h.pread(10000, 12345) == b'\\x33' * 10000\n\
+         assert not h.can_fast_zero()\n\
+         h.pwrite(b'\\x44' * 700, 90001, nbd.CMD_FLAG_FUA)\n\
          h.zero(3000, 50000)\n\
          assert h.pread(3000, 50000) == bytes(3000)\n\
          h.flush()\n\
@@ -417,6 +419,7 @@ fn the_new_plugin_works_with_the_old_server() {
     assert!(nbdkit.proc.output.contains("old server"));
     assert!(read_at(&disk, 12345, 10000).iter().all(|&b| b == 0x33));
     assert!(read_at(&disk, 50000, 3000).iter().all(|&b| b == 0));
+    assert!(read_at(&disk, 90001, 700).iter().all(|&b| b == 0x44));
     assert!(old.puts.load(std::sync::atomic::Ordering::SeqCst) > 0);
 }
 
@@ -669,4 +672,51 @@ fn unknown_keys_and_bad_values_are_refused_by_name() {
     assert!(bad.contains("io-timeout"), "{bad}");
     let none = Nbdkit::refusal(&[], &plugin(), &["device-size=1M"]);
     assert!(none.contains("urls"), "{none}");
+}
+
+#[test]
+fn a_server_answering_503_is_skipped_until_it_holds_the_disk() {
+    // A real http-disk-server whose device is missing (as on a DRBD
+    // Secondary) answers 503; when the Primary dies and the device appears
+    // on its host, the plugin must move to it without a client error.
+    let dir = TempDir::new().unwrap();
+    let disk = pattern_file(dir.path(), "disk.img", MIB, 31);
+    let later = dir.path().join("appears-later.img");
+    let waiting = DiskServer::start(&later, &[]);
+    let reply = waiting.raw(b"HEAD / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    assert_eq!(
+        harness::disk_server::status_of(&reply),
+        503,
+        "setup: not a 503 server"
+    );
+    let mut holder = DiskServer::start(&disk, &[]);
+    let nbdkit = start(
+        &[waiting.url(), holder.url()],
+        &[
+            "device-size=1M",
+            "connect-timeout=1s",
+            "failover-window=30s",
+        ],
+    );
+    let result = nbdsh(
+        &nbdkit.uri(),
+        "h.pwrite(b'\\x61' * 3333, 7)\nh.flush()\nprint(h.pread(3333, 7) == b'\\x61' * 3333)",
+    );
+    assert_eq!(result.trim(), "True");
+    assert_eq!(
+        active_port(&nbdkit),
+        Some(holder.port),
+        "the 503 server was used"
+    );
+    holder.proc.kill();
+    std::os::unix::fs::symlink(&disk, &later).expect("symlink");
+    let result = nbdsh(
+        &nbdkit.uri(),
+        "h.pwrite(b'\\x62' * 4444, 600001)\nprint(h.pread(4444, 600001) == b'\\x62' * 4444)\n\
+         print(h.pread(3333, 7) == b'\\x61' * 3333)",
+    );
+    assert_eq!(result.trim(), "True\nTrue", "{result}");
+    assert_eq!(active_port(&nbdkit), Some(waiting.port));
+    assert!(read_at(&disk, 7, 3333).iter().all(|&b| b == 0x61));
+    assert!(read_at(&disk, 600001, 4444).iter().all(|&b| b == 0x62));
 }
