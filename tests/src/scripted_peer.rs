@@ -16,7 +16,7 @@ use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
@@ -43,6 +43,9 @@ pub struct ScriptedPeer {
     /// Requests received, by method: GET, PUT, other.
     pub gets: Arc<AtomicUsize>,
     pub puts: Arc<AtomicUsize>,
+    /// The `Authorization` header of every request, in order (None when
+    /// absent), so tests can check credentials reach every request.
+    pub authorizations: Arc<Mutex<Vec<Option<String>>>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -56,14 +59,16 @@ impl ScriptedPeer {
         let stop = Arc::new(AtomicBool::new(false));
         let gets = Arc::new(AtomicUsize::new(0));
         let puts = Arc::new(AtomicUsize::new(0));
+        let authorizations = Arc::new(Mutex::new(Vec::new()));
         let (stop2, gets2, puts2) = (stop.clone(), gets.clone(), puts.clone());
+        let auth2 = authorizations.clone();
         let thread = thread::spawn(move || {
             // Bounded by the stop flag set on drop; one connection at a
             // time is enough for the tests (and is what the old server did).
             while !stop2.load(Ordering::SeqCst) {
                 match listener.accept() {
                     Ok((stream, _)) => {
-                        let _ = serve(stream, &script, &gets2, &puts2);
+                        let _ = serve(stream, &script, &gets2, &puts2, &auth2);
                     }
                     Err(_) => thread::sleep(Duration::from_millis(5)),
                 }
@@ -74,6 +79,7 @@ impl ScriptedPeer {
             stop,
             gets,
             puts,
+            authorizations,
             thread: Some(thread),
         }
     }
@@ -171,6 +177,7 @@ fn serve(
     script: &Script,
     gets: &AtomicUsize,
     puts: &AtomicUsize,
+    authorizations: &Mutex<Vec<Option<String>>>,
 ) -> std::io::Result<()> {
     stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
@@ -186,6 +193,9 @@ fn serve(
             "PUT" => puts.fetch_add(1, Ordering::SeqCst),
             _ => 0,
         };
+        if let Ok(mut seen) = authorizations.lock() {
+            seen.push(request.header("Authorization").map(str::to_owned));
+        }
         let body = read_body(&mut reader, &request);
         if let Script::OldServer { disk } = script {
             old_server(&mut writer, disk, &request, &body);

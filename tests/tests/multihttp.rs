@@ -720,3 +720,27 @@ fn a_server_answering_503_is_skipped_until_it_holds_the_disk() {
     assert!(read_at(&disk, 7, 3333).iter().all(|&b| b == 0x61));
     assert!(read_at(&disk, 600001, 4444).iter().all(|&b| b == 0x62));
 }
+
+#[test]
+fn user_and_password_from_a_file_reach_every_request_as_basic_auth() {
+    let dir = TempDir::new().unwrap();
+    let disk = pattern_file(dir.path(), "disk.img", MIB, 41);
+    let secret = dir.path().join("password");
+    fs::write(&secret, "s3cr3t\n").unwrap();
+    // The old-server emulation serves real data and records headers.
+    let peer = ScriptedPeer::start(Script::OldServer { disk: disk.clone() });
+    let password = format!("password=+{}", secret.display());
+    let nbdkit = start(&[peer.url()], &["device-size=1M", "user=alice", &password]);
+    let result = nbdsh(
+        &nbdkit.uri(),
+        "h.pwrite(b'\\x71' * 999, 5000)\nprint(h.pread(999, 5000) == b'\\x71' * 999)",
+    );
+    assert_eq!(result.trim(), "True");
+    let seen = peer.authorizations.lock().unwrap().clone();
+    assert!(seen.len() >= 3, "HEAD, PUT and GET expected: {seen:?}");
+    // base64("alice:s3cr3t"): nbdkit's +FILE syntax drops the newline.
+    let expected = Some("Basic YWxpY2U6czNjcjN0".to_owned());
+    assert!(seen.iter().all(|a| *a == expected), "{seen:?}");
+    let log = nbdkit.proc.output.snapshot().join("\n");
+    assert!(!log.contains("s3cr3t"), "the password was logged:\n{log}");
+}
