@@ -46,6 +46,9 @@ pub struct ScriptedPeer {
     /// The `Authorization` header of every request, in order (None when
     /// absent), so tests can check credentials reach every request.
     pub authorizations: Arc<Mutex<Vec<Option<String>>>>,
+    /// Requests that carried `Expect` or `Transfer-Encoding` (the old
+    /// server never answers `100 Continue`: each such PUT stalls there).
+    pub expect_or_chunked: Arc<AtomicUsize>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -62,13 +65,21 @@ impl ScriptedPeer {
         let authorizations = Arc::new(Mutex::new(Vec::new()));
         let (stop2, gets2, puts2) = (stop.clone(), gets.clone(), puts.clone());
         let auth2 = authorizations.clone();
+        let expect_or_chunked = Arc::new(AtomicUsize::new(0));
+        let framing2 = expect_or_chunked.clone();
         let thread = thread::spawn(move || {
             // Bounded by the stop flag set on drop; one connection at a
             // time is enough for the tests (and is what the old server did).
             while !stop2.load(Ordering::SeqCst) {
                 match listener.accept() {
                     Ok((stream, _)) => {
-                        let _ = serve(stream, &script, &gets2, &puts2, &auth2);
+                        let seen = Seen {
+                            gets: &gets2,
+                            puts: &puts2,
+                            authorizations: &auth2,
+                            expect_or_chunked: &framing2,
+                        };
+                        let _ = serve(stream, &script, &seen);
                     }
                     Err(_) => thread::sleep(Duration::from_millis(5)),
                 }
@@ -80,6 +91,7 @@ impl ScriptedPeer {
             gets,
             puts,
             authorizations,
+            expect_or_chunked,
             thread: Some(thread),
         }
     }
@@ -172,13 +184,15 @@ fn reply(stream: &mut TcpStream, version: &str, status: &str, headers: &[String]
 
 /// Serves one connection: keep-alive for the hostile scripts, one request
 /// then close for the old server.
-fn serve(
-    stream: TcpStream,
-    script: &Script,
-    gets: &AtomicUsize,
-    puts: &AtomicUsize,
-    authorizations: &Mutex<Vec<Option<String>>>,
-) -> std::io::Result<()> {
+/// What the peer's thread records about requests, for the tests.
+struct Seen<'a> {
+    gets: &'a AtomicUsize,
+    puts: &'a AtomicUsize,
+    authorizations: &'a Mutex<Vec<Option<String>>>,
+    expect_or_chunked: &'a AtomicUsize,
+}
+
+fn serve(stream: TcpStream, script: &Script, seen: &Seen) -> std::io::Result<()> {
     stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut writer = stream.try_clone()?;
@@ -189,12 +203,15 @@ fn serve(
             return Ok(());
         };
         match request.method.as_str() {
-            "GET" => gets.fetch_add(1, Ordering::SeqCst),
-            "PUT" => puts.fetch_add(1, Ordering::SeqCst),
+            "GET" => seen.gets.fetch_add(1, Ordering::SeqCst),
+            "PUT" => seen.puts.fetch_add(1, Ordering::SeqCst),
             _ => 0,
         };
-        if let Ok(mut seen) = authorizations.lock() {
-            seen.push(request.header("Authorization").map(str::to_owned));
+        if let Ok(mut list) = seen.authorizations.lock() {
+            list.push(request.header("Authorization").map(str::to_owned));
+        }
+        if request.header("Expect").is_some() || request.header("Transfer-Encoding").is_some() {
+            seen.expect_or_chunked.fetch_add(1, Ordering::SeqCst);
         }
         let body = read_body(&mut reader, &request);
         if let Script::OldServer { disk } = script {

@@ -421,6 +421,12 @@ fn the_new_plugin_works_with_the_old_server() {
     assert!(read_at(&disk, 50000, 3000).iter().all(|&b| b == 0));
     assert!(read_at(&disk, 90001, 700).iter().all(|&b| b == 0x44));
     assert!(old.puts.load(std::sync::atomic::Ordering::SeqCst) > 0);
+    // PUTs carry Content-Length: no chunked body, no Expect stall.
+    assert_eq!(
+        old.expect_or_chunked
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
 }
 
 #[test]
