@@ -750,3 +750,55 @@ fn user_and_password_from_a_file_reach_every_request_as_basic_auth() {
     let log = nbdkit.proc.output.snapshot().join("\n");
     assert!(!log.contains("s3cr3t"), "the password was logged:\n{log}");
 }
+
+#[test]
+fn without_device_size_the_first_servers_size_is_the_disk_size() {
+    // No device-size: the first server that answers fixes the size; a
+    // server of another size appearing later is never written, even when
+    // it is the only one left (EIO instead, nbdkit still serving).
+    let dir = TempDir::new().unwrap();
+    let first = pattern_file(dir.path(), "first.img", MIB, 51);
+    let other = pattern_file(dir.path(), "other.img", 2 * MIB, 52);
+    let mut server = DiskServer::start(&first, &[]);
+    let first_port = server.port;
+    let other_port = free_port();
+    let nbdkit = start(
+        &[server.url(), format!("http://127.0.0.1:{other_port}")],
+        &["connect-timeout=500ms", "failover-window=2s"],
+    );
+    assert_eq!(
+        nbdsh(&nbdkit.uri(), "print(h.get_size())").trim(),
+        MIB.to_string()
+    );
+    let _other = DiskServer::start_on_port(&other, other_port, &[])
+        .unwrap_or_else(|p| panic!("{:?}", p.output.snapshot()));
+    server.proc.kill();
+    let result = nbdsh(
+        &nbdkit.uri(),
+        "import errno, nbd\n\
+         try:\n\
+         \x20   h.pwrite(b'\\x13' * 4096, 0)\n\
+         \x20   print('no error')\n\
+         except nbd.Error as e:\n\
+         \x20   print('EIO' if e.errno == errno.EIO else e.errno)\n\
+         h.shutdown()",
+    );
+    assert_eq!(result.trim(), "EIO", "{result}");
+    assert_eq!(
+        fs::read(&other).unwrap(),
+        pattern(2 * MIB, 52),
+        "the wrong disk was written"
+    );
+    assert!(nbdkit.proc.output.snapshot().iter().any(|l| {
+        l.contains(&format!("127.0.0.1:{other_port}")) && l.contains("WRONG DISK SIZE")
+    }));
+    // The right server returns: the same nbdkit serves again.
+    let _back = DiskServer::start_on_port(&first, first_port, &[])
+        .unwrap_or_else(|p| panic!("{:?}", p.output.snapshot()));
+    let result = nbdsh(
+        &nbdkit.uri(),
+        "h.pwrite(b'\\x14' * 4096, 0)\nprint(h.pread(4096, 0) == b'\\x14' * 4096)",
+    );
+    assert_eq!(result.trim(), "True");
+    assert!(read_at(&first, 0, 4096).iter().all(|&b| b == 0x14));
+}
