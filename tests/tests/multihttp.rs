@@ -802,3 +802,35 @@ fn without_device_size_the_first_servers_size_is_the_disk_size() {
     assert_eq!(result.trim(), "True");
     assert!(read_at(&first, 0, 4096).iter().all(|&b| b == 0x14));
 }
+
+#[test]
+fn a_new_server_gets_trim_fast_zero_and_fua_through_its_extensions() {
+    let dir = TempDir::new().unwrap();
+    let disk = pattern_file(dir.path(), "disk.img", MIB, 61);
+    let server = DiskServer::start(&disk, &[]);
+    let nbdkit = start(&[server.url()], &["device-size=1M"]);
+    let result = nbdsh(
+        &nbdkit.uri(),
+        "assert h.can_trim() and h.can_zero() and h.can_fast_zero() and h.can_flush()\n\
+         assert h.can_fua() and h.can_multi_conn()\n\
+         h.pwrite(b'\\x21' * 777, 3001, nbd.CMD_FLAG_FUA)\n\
+         h.zero(12345, 20001, nbd.CMD_FLAG_FAST_ZERO)\n\
+         h.zero(5000, 70001, nbd.CMD_FLAG_NO_HOLE | nbd.CMD_FLAG_FUA)\n\
+         h.trim(65536, 131072)\n\
+         h.flush()\n\
+         assert h.pread(12345, 20001) == bytes(12345)\n\
+         assert h.pread(5000, 70001) == bytes(5000)\n\
+         print('ok')",
+    );
+    assert_eq!(result.trim(), "ok");
+    let now = fs::read(&disk).unwrap();
+    let before = pattern(MIB, 61);
+    assert!(now[3001..3778].iter().all(|&b| b == 0x21));
+    assert!(now[20001..32346].iter().all(|&b| b == 0));
+    assert!(now[70001..75001].iter().all(|&b| b == 0));
+    // Bytes around the zeroed and trimmed ranges are untouched.
+    assert_eq!(now[..3001], before[..3001]);
+    assert_eq!(now[32346..70001], before[32346..70001]);
+    assert_eq!(now[75001..131072], before[75001..131072]);
+    assert_eq!(now[196608..], before[196608..]);
+}
