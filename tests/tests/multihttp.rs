@@ -678,6 +678,37 @@ fn unknown_keys_and_bad_values_are_refused_by_name() {
     assert!(bad.contains("io-timeout"), "{bad}");
     let none = Nbdkit::refusal(&[], &plugin(), &["device-size=1M"]);
     assert!(none.contains("urls"), "{none}");
+    // Every key is documented in --help and listed with its default by
+    // --dump-plugin (scripts read that).
+    let mut help = Command::new("nbdkit");
+    help.arg(plugin()).arg("--help");
+    let help = run_ok(help, Duration::from_secs(10));
+    let mut dump = Command::new("nbdkit");
+    dump.arg(plugin()).arg("--dump-plugin");
+    let dump = run_ok(dump, Duration::from_secs(10));
+    for key in [
+        "urls",
+        "device-size",
+        "user",
+        "password",
+        "connect-timeout",
+        "io-timeout",
+        "failover-window",
+        "pool-size",
+    ] {
+        assert!(
+            help.contains(&format!("{key}=")),
+            "{key} missing from --help:\n{help}"
+        );
+        assert!(
+            dump.contains(key),
+            "{key} missing from --dump-plugin:\n{dump}"
+        );
+    }
+    assert!(
+        dump.contains("multihttp_default_failover_window=60s"),
+        "{dump}"
+    );
 }
 
 #[test]
