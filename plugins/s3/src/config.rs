@@ -26,7 +26,11 @@ access-key=ID         Access key id (default: $AWS_ACCESS_KEY_ID).
 secret-key=SECRET     Secret key: -, +FILE or -FD as in nbdkit (default:
                       $AWS_SECRET_ACCESS_KEY). $AWS_SESSION_TOKEN is used
                       when set.
-pool-size=N           Idle keep-alive connections kept (default 16).
+pool-size=N           Idle keep-alive connections kept (default 16). 0: a
+                      new connection per request, faster with stores that
+                      answer reused connections slowly (Garage 2.5 on
+                      loopback: ~43 ms per request with keep-alive, ~1 ms
+                      without, from a Nagle/delayed-ACK interplay).
 connect-timeout=TIME  TCP connect timeout (default 5s).
 io-timeout=TIME       Deadline of one request, plus 1 s per MiB (default 30s).
 retry-window=TIME     How long network errors and 5xx replies are retried,
@@ -94,6 +98,8 @@ impl Builder for ConfigBuilder {
             "grow" => self.request.allow_grow = parse_bool(key, value)?,
             "access-key" => self.access_key = Some(value.to_owned()),
             "secret-key" => self.secret_key = Some(value.to_owned()),
+            // 0: a new connection per request (see HELP).
+            "pool-size" if value.trim() == "0" => self.pool_size = Some(0),
             "pool-size" => self.pool_size = Some(parse_count(key, value, 1024)?),
             "connect-timeout" => self.connect_timeout = Some(parse_duration(key, value)?),
             "io-timeout" => self.io_timeout = Some(parse_duration(key, value)?),
@@ -135,7 +141,7 @@ impl ConfigBuilder {
             request: self.request,
             access_key,
             secret_key,
-            pool_size: self.pool_size.unwrap_or(16).max(1),
+            pool_size: self.pool_size.unwrap_or(16),
             connect_timeout: nonzero(
                 "connect-timeout",
                 self.connect_timeout.unwrap_or(Duration::from_secs(5)),
