@@ -34,6 +34,11 @@ pub enum Script {
     IgnoreRange { size: u64 },
     /// The old Python server serving this file (see the module comment).
     OldServer { disk: PathBuf },
+    /// HEAD as above; GET gets a correct 206 filled with 0x5A. Only the
+    /// first request of each connection is answered: the second one is
+    /// read and the connection closed without a reply (a server closing a
+    /// kept-alive connection just as the client reuses it).
+    OneReplyPerConnection { size: u64 },
 }
 
 /// A running scripted peer; stops (and joins its thread) when dropped.
@@ -49,6 +54,8 @@ pub struct ScriptedPeer {
     /// Requests that carried `Expect` or `Transfer-Encoding` (the old
     /// server never answers `100 Continue`: each such PUT stalls there).
     pub expect_or_chunked: Arc<AtomicUsize>,
+    /// Connections accepted.
+    pub connections: Arc<AtomicUsize>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -67,12 +74,15 @@ impl ScriptedPeer {
         let auth2 = authorizations.clone();
         let expect_or_chunked = Arc::new(AtomicUsize::new(0));
         let framing2 = expect_or_chunked.clone();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let connections2 = connections.clone();
         let thread = thread::spawn(move || {
             // Bounded by the stop flag set on drop; one connection at a
             // time is enough for the tests (and is what the old server did).
             while !stop2.load(Ordering::SeqCst) {
                 match listener.accept() {
                     Ok((stream, _)) => {
+                        connections2.fetch_add(1, Ordering::SeqCst);
                         let seen = Seen {
                             gets: &gets2,
                             puts: &puts2,
@@ -92,6 +102,7 @@ impl ScriptedPeer {
             puts,
             authorizations,
             expect_or_chunked,
+            connections,
             thread: Some(thread),
         }
     }
@@ -198,7 +209,7 @@ fn serve(stream: TcpStream, script: &Script, seen: &Seen) -> std::io::Result<()>
     let mut writer = stream.try_clone()?;
     let mut reader = BufReader::new(stream);
     // At most a few hundred requests per connection: bounded either way.
-    for _ in 0..1000 {
+    for served in 0..1000 {
         let Some(request) = read_request(&mut reader) else {
             return Ok(());
         };
@@ -214,6 +225,9 @@ fn serve(stream: TcpStream, script: &Script, seen: &Seen) -> std::io::Result<()>
             seen.expect_or_chunked.fetch_add(1, Ordering::SeqCst);
         }
         let body = read_body(&mut reader, &request);
+        if served == 1 && matches!(script, Script::OneReplyPerConnection { .. }) {
+            return Ok(());
+        }
         if let Script::OldServer { disk } = script {
             old_server(&mut writer, disk, &request, &body);
             return Ok(());
@@ -226,7 +240,8 @@ fn serve(stream: TcpStream, script: &Script, seen: &Seen) -> std::io::Result<()>
 fn hostile(stream: &mut TcpStream, script: &Script, request: &Request) {
     let (Script::FailWith { size, .. }
     | Script::WrongStart { size, .. }
-    | Script::IgnoreRange { size }) = script
+    | Script::IgnoreRange { size }
+    | Script::OneReplyPerConnection { size }) = script
     else {
         return;
     };
@@ -258,6 +273,17 @@ fn hostile(stream: &mut TcpStream, script: &Script, request: &Request) {
                     last + shift
                 )],
                 &vec![0xEE; len],
+            )
+        }
+        (Script::OneReplyPerConnection { size }, Some((first, last))) => {
+            let len = (last - first + 1) as usize;
+            let header = format!("Content-Range: bytes {first}-{last}/{size}");
+            reply(
+                stream,
+                v,
+                "206 Partial Content",
+                &[header],
+                &vec![0x5A; len],
             )
         }
         (Script::IgnoreRange { .. }, Some((first, last))) => {

@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use crate::endpoint::Address;
 use plugin_glue::config::{parse_count, parse_duration, parse_size, Builder, ConfigError};
 
 /// Every key the plugin accepts, for the "unknown key" error.
@@ -28,7 +29,7 @@ pub const DEFAULT_IO_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default of `failover-window=`: long enough to ride through a DRBD
 /// Primary moving to another host.
 pub const DEFAULT_FAILOVER_WINDOW: Duration = Duration::from_secs(60);
-/// Default of `pool-size=`: idle keep-alive connections kept per server.
+/// Default of `pool-size=`: connections open to one server at most.
 pub const DEFAULT_POOL_SIZE: usize = 16;
 /// Pools have up to 64 hosts; leave room, but refuse absurd lists.
 pub const MAX_URLS: usize = 1024;
@@ -51,7 +52,8 @@ io-timeout=TIME        How long a request may take, plus 1 s per MiB it
                        the request fails over (default 30s).
 failover-window=TIME   How long a request keeps trying the servers before
                        it fails with EIO (default 60s).
-pool-size=N            Idle keep-alive connections kept per server (default 16).";
+pool-size=N            Connections open to one server at most, kept alive
+                       between requests (default 16).";
 
 /// A validated plugin configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -163,37 +165,10 @@ pub fn parse_urls(value: &str) -> Result<Vec<String>, ConfigError> {
     Ok(urls)
 }
 
-/// Accepts `http://HOST[:PORT][/PATH]`: the servers speak plain HTTP (this
-/// build has no TLS), and a typo should fail at start-up, not at failover.
+/// Accepts `http://HOST[:PORT][/PATH]` (see [`Address::parse`]): a typo
+/// should fail at start-up, not at failover.
 fn check_url(url: &str) -> Result<(), String> {
-    let rest = url
-        .get(..7)
-        .filter(|scheme| scheme.eq_ignore_ascii_case("http://"))
-        .map(|_| &url[7..])
-        .ok_or("only http:// URLs are supported")?;
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    if authority.contains('@') {
-        return Err("put credentials in user=/password=, not in the URL".into());
-    }
-    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-        let (host, after) = v6.split_once(']').ok_or("unclosed '[' in the host")?;
-        (host, after.strip_prefix(':'))
-    } else {
-        match authority.rsplit_once(':') {
-            Some((host, port)) => (host, Some(port)),
-            None => (authority, None),
-        }
-    };
-    if host.is_empty() {
-        return Err("no host".into());
-    }
-    if let Some(port) = port {
-        match port.parse::<u16>() {
-            Ok(p) if p > 0 => {}
-            _ => return Err(format!("bad port {port:?}")),
-        }
-    }
-    Ok(())
+    Address::parse(url).map(|_| ())
 }
 
 #[cfg(test)]

@@ -6,7 +6,9 @@
 //! [`plugin_glue::guard`] (a panic becomes EIO, never an abort) and calls
 //! into the modules that do the work:
 //! - [`config`]: keys, defaults, validation, help text;
-//! - [`transport`]: HTTP requests over keep-alive connections;
+//! - [`transport`]: the HTTP requests the plugin sends, over
+//!   [`endpoint`] (a URL and its idle connections), [`connection`] (one
+//!   keep-alive connection under a deadline) and [`response`] (reply heads);
 //! - [`reply`]: which replies are trusted;
 //! - [`discovery`]: parallel HEAD probes of all URLs;
 //! - [`cluster`]: the shared server choice and the failover loop;
@@ -15,10 +17,13 @@
 
 pub mod cluster;
 pub mod config;
+pub mod connection;
 pub mod discovery;
+pub mod endpoint;
 pub mod error;
 pub mod ops;
 pub mod reply;
+pub mod response;
 pub mod transport;
 
 #[cfg(not(test))]

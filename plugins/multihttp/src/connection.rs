@@ -1,0 +1,396 @@
+//! One keep-alive HTTP/1.1 connection: sends a request in as few writes as
+//! possible, reads the reply head through a small buffer and the body
+//! straight into the caller's buffer, all under a per-request deadline.
+//!
+//! Cost per request is the point of this module (see `transport.rs` for
+//! why it replaced ureq): a healthy 4 KiB read is one send and one or two
+//! recvs, with no setsockopt. Socket timeouts are set once per connection
+//! to the request's step timeout (`io-timeout` for data) and lowered only
+//! when the deadline is closer than that, so a request ends at most
+//! [`DEADLINE_SLACK`] after its deadline.
+
+use std::io::{self, Read};
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use crate::response::{self, ResponseHead};
+
+/// Largest reply head accepted (status line and headers). Our server's
+/// are ~200 bytes; a peer sending endless headers is cut off here.
+pub const MAX_HEAD: usize = 16 * 1024;
+/// Interim (1xx) replies skipped before the real one.
+const MAX_INTERIM_REPLIES: usize = 4;
+/// Request bodies up to this size go out in the same write as the head.
+pub const COALESCE_BODY: usize = 64 * 1024;
+/// How far past its deadline a request may end: a socket timeout is only
+/// lowered when the time left is this much shorter than it.
+pub const DEADLINE_SLACK: Duration = Duration::from_millis(250);
+
+/// When a request must be over, and the timeout of each blocking call
+/// while the deadline is further away than that.
+#[derive(Clone, Copy, Debug)]
+pub struct Deadline {
+    at: Instant,
+    step: Duration,
+}
+
+impl Deadline {
+    pub fn new(total: Duration, step: Duration) -> Deadline {
+        Deadline {
+            at: Instant::now() + total,
+            step: step.min(total),
+        }
+    }
+
+    pub fn at(&self) -> Instant {
+        self.at
+    }
+
+    /// Timeout for the next blocking call; `TimedOut` once the deadline
+    /// has passed.
+    fn next_timeout(&self) -> io::Result<Duration> {
+        let left = self.at.saturating_duration_since(Instant::now());
+        if left < Duration::from_millis(1) {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "deadline passed"));
+        }
+        Ok(left.min(self.step))
+    }
+}
+
+/// Why a request on a connection failed.
+#[derive(Debug)]
+pub enum Failure {
+    /// The connection was closed or reset before a single byte of the
+    /// reply arrived: on a reused connection, the server had dropped it
+    /// while idle; the request can be sent again on a new one.
+    ClosedBeforeReply(String),
+    /// Anything else: timeout, reset mid-reply, malformed reply.
+    Other(String),
+}
+
+impl Failure {
+    pub fn into_message(self) -> String {
+        match self {
+            Failure::ClosedBeforeReply(m) | Failure::Other(m) => m,
+        }
+    }
+}
+
+pub struct Connection {
+    stream: TcpStream,
+    /// Reply bytes received but not consumed yet: `buf[start..end]`.
+    buf: Box<[u8]>,
+    start: usize,
+    end: usize,
+    read_timeout: Duration,
+    write_timeout: Duration,
+}
+
+impl Connection {
+    pub fn connect(
+        address: SocketAddr,
+        connect_timeout: Duration,
+        deadline: &Deadline,
+    ) -> io::Result<Connection> {
+        let timeout = deadline.next_timeout()?.min(connect_timeout);
+        let stream = TcpStream::connect_timeout(&address, timeout)?;
+        // Requests are single writes already; never let Nagle hold one
+        // back waiting for the ACK of the previous one.
+        stream.set_nodelay(true)?;
+        let step = deadline.next_timeout()?;
+        stream.set_read_timeout(Some(step))?;
+        stream.set_write_timeout(Some(step))?;
+        Ok(Connection {
+            stream,
+            buf: vec![0; MAX_HEAD].into_boxed_slice(),
+            start: 0,
+            end: 0,
+            read_timeout: step,
+            write_timeout: step,
+        })
+    }
+
+    /// Whether an idle connection can carry a request: nothing unread is
+    /// buffered and the server has neither closed it nor sent anything
+    /// (one non-blocking peek, no mode switch).
+    pub fn is_reusable_now(&self) -> bool {
+        if self.start != self.end {
+            return false;
+        }
+        let mut byte = 0u8;
+        // SAFETY: a valid socket fd and a 1-byte buffer we own.
+        let n = unsafe {
+            libc::recv(
+                self.stream.as_raw_fd(),
+                (&mut byte as *mut u8).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
+    }
+
+    /// Sends a request (`request`, then `tail` when the body was too large
+    /// to copy after the head), then reads the reply head.
+    pub fn exchange(
+        &mut self,
+        request: &[u8],
+        tail: &[u8],
+        deadline: &Deadline,
+    ) -> Result<ResponseHead, Failure> {
+        let sent = if tail.is_empty() {
+            self.send_all(request, 0, deadline)
+        } else {
+            self.send_all(request, libc::MSG_MORE, deadline)
+                .and_then(|()| self.send_all(tail, 0, deadline))
+        };
+        if let Err(e) = sent {
+            return Err(match e.kind() {
+                io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset => {
+                    Failure::ClosedBeforeReply(format!("sending the request: {e}"))
+                }
+                _ => Failure::Other(format!("sending the request: {}", describe(&e))),
+            });
+        }
+        self.read_head(deadline)
+    }
+
+    fn send_all(
+        &mut self,
+        mut data: &[u8],
+        flags: libc::c_int,
+        deadline: &Deadline,
+    ) -> io::Result<()> {
+        while !data.is_empty() {
+            self.arm_write(deadline)?;
+            // SAFETY: a valid socket fd and a buffer of data.len() bytes.
+            // MSG_NOSIGNAL: a closed peer is an EPIPE error, never a
+            // SIGPIPE that nbdkit did not ask for.
+            let n = unsafe {
+                libc::send(
+                    self.stream.as_raw_fd(),
+                    data.as_ptr().cast(),
+                    data.len(),
+                    flags | libc::MSG_NOSIGNAL,
+                )
+            };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                match e.kind() {
+                    io::ErrorKind::Interrupted => continue,
+                    io::ErrorKind::WouldBlock => return Err(timed_out("send")),
+                    _ => return Err(e),
+                }
+            }
+            data = &data[n as usize..];
+        }
+        Ok(())
+    }
+
+    /// Reads until a complete final (non-1xx) reply head is buffered.
+    fn read_head(&mut self, deadline: &Deadline) -> Result<ResponseHead, Failure> {
+        let mut received_any = false;
+        let mut interim = 0;
+        loop {
+            match response::parse_head(&self.buf[self.start..self.end]) {
+                Ok(Some((head, len))) => {
+                    self.start += len;
+                    if !(100..200).contains(&head.status) {
+                        return Ok(head);
+                    }
+                    interim += 1;
+                    if interim > MAX_INTERIM_REPLIES {
+                        return Err(Failure::Other(format!(
+                            "more than {MAX_INTERIM_REPLIES} interim (1xx) replies"
+                        )));
+                    }
+                    continue;
+                }
+                Ok(None) => {}
+                Err(why) => return Err(Failure::Other(format!("malformed reply: {why}"))),
+            }
+            if self.end - self.start == self.buf.len() {
+                return Err(Failure::Other(format!(
+                    "reply head larger than {MAX_HEAD} bytes"
+                )));
+            }
+            self.compact();
+            match self.fill(deadline) {
+                Ok(0) if !received_any => {
+                    return Err(Failure::ClosedBeforeReply(
+                        "connection closed before any reply".into(),
+                    ))
+                }
+                Ok(0) => return Err(Failure::Other("connection closed mid reply head".into())),
+                Ok(_) => received_any = true,
+                Err(e) if !received_any && e.kind() == io::ErrorKind::ConnectionReset => {
+                    return Err(Failure::ClosedBeforeReply(format!("before any reply: {e}")))
+                }
+                Err(e) => {
+                    return Err(Failure::Other(format!(
+                        "reading the reply: {}",
+                        describe(&e)
+                    )))
+                }
+            }
+        }
+    }
+
+    /// Fills `dest` with the next body bytes: first what is buffered, then
+    /// straight from the socket (no intermediate copy for large bodies).
+    pub fn read_body(&mut self, dest: &mut [u8], deadline: &Deadline) -> Result<(), String> {
+        let buffered = (self.end - self.start).min(dest.len());
+        dest[..buffered].copy_from_slice(&self.buf[self.start..self.start + buffered]);
+        self.start += buffered;
+        let mut filled = buffered;
+        while filled < dest.len() {
+            self.arm_read(deadline).map_err(|e| describe(&e))?;
+            match self.stream.read(&mut dest[filled..]) {
+                Ok(0) => {
+                    return Err(format!(
+                        "body cut short: {filled} of {} bytes, then the connection closed",
+                        dest.len()
+                    ))
+                }
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    return Err(format!(
+                        "body cut short at {filled} of {} bytes: {}",
+                        dest.len(),
+                        describe(&e)
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads and drops `len` body bytes.
+    pub fn skip_body(&mut self, mut len: u64, deadline: &Deadline) -> Result<(), String> {
+        loop {
+            let buffered = ((self.end - self.start) as u64).min(len);
+            self.start += buffered as usize;
+            len -= buffered;
+            if len == 0 {
+                return Ok(());
+            }
+            self.compact();
+            match self.fill(deadline) {
+                Ok(0) => return Err(format!("body cut short: {len} bytes missing")),
+                Ok(_) => {}
+                Err(e) => return Err(describe(&e)),
+            }
+        }
+    }
+
+    /// Whether the peer closes the connection with nothing more sent (for
+    /// bodies delimited by the connection's end).
+    pub fn at_end(&mut self, deadline: &Deadline) -> Result<bool, String> {
+        if self.start != self.end {
+            return Ok(false);
+        }
+        self.compact();
+        match self.fill(deadline) {
+            Ok(0) => Ok(true),
+            Ok(_) => Ok(false),
+            Err(e) => Err(describe(&e)),
+        }
+    }
+
+    fn compact(&mut self) {
+        if self.start == self.end {
+            (self.start, self.end) = (0, 0);
+        } else if self.start > 0 && self.end == self.buf.len() {
+            self.buf.copy_within(self.start..self.end, 0);
+            (self.start, self.end) = (0, self.end - self.start);
+        }
+    }
+
+    /// One read into the free end of the buffer.
+    fn fill(&mut self, deadline: &Deadline) -> io::Result<usize> {
+        loop {
+            self.arm_read(deadline)?;
+            match self.stream.read(&mut self.buf[self.end..]) {
+                Ok(n) => {
+                    self.end += n;
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if is_timeout(&e) => return Err(timed_out("receive")),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn arm_read(&mut self, deadline: &Deadline) -> io::Result<()> {
+        let want = deadline.next_timeout()?;
+        if needs_change(self.read_timeout, want) {
+            self.stream.set_read_timeout(Some(want))?;
+            self.read_timeout = want;
+        }
+        Ok(())
+    }
+
+    fn arm_write(&mut self, deadline: &Deadline) -> io::Result<()> {
+        let want = deadline.next_timeout()?;
+        if needs_change(self.write_timeout, want) {
+            self.stream.set_write_timeout(Some(want))?;
+            self.write_timeout = want;
+        }
+        Ok(())
+    }
+}
+
+/// Raise a socket timeout back to the step timeout; lower it only when the
+/// deadline is more than the slack closer (keeps healthy requests free of
+/// setsockopt calls).
+fn needs_change(current: Duration, want: Duration) -> bool {
+    want > current || want + DEADLINE_SLACK < current
+}
+
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
+fn timed_out(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, format!("{what} timed out"))
+}
+
+/// An I/O error for the log, with the plain words for a timeout.
+fn describe(e: &io::Error) -> String {
+    if is_timeout(e) {
+        format!("timed out ({e})")
+    } else {
+        e.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeouts_change_only_when_needed() {
+        let step = Duration::from_secs(30);
+        assert!(!needs_change(step, step));
+        assert!(!needs_change(step, step - Duration::from_millis(100)));
+        assert!(needs_change(step, Duration::from_secs(2)));
+        assert!(needs_change(Duration::from_secs(2), step));
+    }
+
+    #[test]
+    fn a_passed_deadline_is_a_timeout() {
+        let d = Deadline::new(Duration::ZERO, Duration::from_secs(1));
+        assert_eq!(
+            d.next_timeout().unwrap_err().kind(),
+            io::ErrorKind::TimedOut
+        );
+        let d = Deadline::new(Duration::from_secs(60), Duration::from_secs(5));
+        assert_eq!(d.next_timeout().unwrap(), Duration::from_secs(5));
+    }
+}

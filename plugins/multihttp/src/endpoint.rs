@@ -1,0 +1,316 @@
+//! One server URL: where to connect, what to put in `Host` and the request
+//! line, and its connections: at most `pool-size` open at once, idle ones
+//! kept for the next request.
+//!
+//! Why a bound on open connections and not only on idle ones: nbdkit runs
+//! 16 threads per NBD connection, so a few clients could keep 64 requests
+//! in flight; with only the idle count bounded, every request beyond it
+//! opened a connection and closed it after one reply (2,200 connects in a
+//! 4-second benchmark), and each one holds a worker thread of the server,
+//! which serves a whole pool of hosts with a bounded number of workers.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::ops::{Deref, DerefMut};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::connection::{Connection, Deadline};
+
+/// The parts of `http://HOST[:PORT][/PATH][?QUERY]` a request needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Address {
+    /// `HOST[:PORT]` as written, for the `Host` header.
+    pub authority: String,
+    /// Host name or address (IPv6 without brackets), for resolving.
+    pub host: String,
+    pub port: u16,
+    /// Path and query for the request line (`/` when the URL has none).
+    pub target: String,
+}
+
+impl Address {
+    /// Parses a URL; only plain `http://` (this build has no TLS), and no
+    /// credentials in it (they belong in `user=`/`password=`, which are
+    /// never logged, while URLs are).
+    pub fn parse(url: &str) -> Result<Address, String> {
+        let rest = url
+            .get(..7)
+            .filter(|scheme| scheme.eq_ignore_ascii_case("http://"))
+            .map(|_| &url[7..])
+            .ok_or("only http:// URLs are supported")?;
+        let split = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        let (authority, after) = rest.split_at(split);
+        if authority.contains('@') {
+            return Err("put credentials in user=/password=, not in the URL".into());
+        }
+        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+            let (host, after) = v6.split_once(']').ok_or("unclosed '[' in the host")?;
+            match after {
+                "" => (host, None),
+                _ => (
+                    host,
+                    Some(
+                        after
+                            .strip_prefix(':')
+                            .ok_or("junk after ']' in the host")?,
+                    ),
+                ),
+            }
+        } else {
+            match authority.rsplit_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (authority, None),
+            }
+        };
+        if host.is_empty() {
+            return Err("no host".into());
+        }
+        let port = match port {
+            None => 80,
+            Some(port) => match port.parse::<u16>() {
+                Ok(p) if p > 0 => p,
+                _ => return Err(format!("bad port {port:?}")),
+            },
+        };
+        // A fragment is never sent; a bare query gets the root path.
+        let target = after.split('#').next().unwrap_or("");
+        let target = match target.chars().next() {
+            None => "/".to_owned(),
+            Some('?') => format!("/{target}"),
+            Some(_) => target.to_owned(),
+        };
+        if target.bytes().any(|b| b <= b' ' || b == 0x7f) {
+            return Err("spaces or control characters in the path".into());
+        }
+        Ok(Address {
+            authority: authority.to_owned(),
+            host: host.to_owned(),
+            port,
+            target,
+        })
+    }
+}
+
+/// A server and its connections.
+pub struct Endpoint {
+    pub address: Address,
+    pool: Mutex<Pool>,
+    /// Signalled when a connection goes idle or is closed.
+    freed: Condvar,
+    max_open: usize,
+}
+
+#[derive(Default)]
+struct Pool {
+    /// Open and unused, most recently used last.
+    idle: Vec<Connection>,
+    /// Open: idle, in use, or being connected.
+    open: usize,
+}
+
+/// What [`Endpoint::acquire`] hands out: a connection to use, or the right
+/// to open a new one.
+pub enum Slot<'a> {
+    Pooled(Lease<'a>),
+    New(NewSlot<'a>),
+}
+
+/// A connection in use. [`Lease::keep`] returns it to the idle list after
+/// a fully read reply; dropped otherwise, it is closed and its slot freed
+/// (also when a request panics).
+pub struct Lease<'a> {
+    endpoint: &'a Endpoint,
+    connection: Option<Connection>,
+}
+
+/// A reserved place for a connection being opened.
+pub struct NewSlot<'a> {
+    endpoint: &'a Endpoint,
+}
+
+impl Endpoint {
+    /// `max_open` (`pool-size`) is at least 1.
+    pub fn new(address: Address, max_open: usize) -> Endpoint {
+        Endpoint {
+            address,
+            pool: Mutex::new(Pool::default()),
+            freed: Condvar::new(),
+            max_open: max_open.max(1),
+        }
+    }
+
+    /// An idle connection that is still open, or a slot for a new one;
+    /// waits for one of them until `until`.
+    pub fn acquire(&self, until: Instant) -> Result<Slot<'_>, String> {
+        let mut pool = self.lock_pool();
+        loop {
+            while let Some(connection) = pool.idle.pop() {
+                if connection.is_reusable_now() {
+                    return Ok(Slot::Pooled(Lease {
+                        endpoint: self,
+                        connection: Some(connection),
+                    }));
+                }
+                pool.open -= 1;
+            }
+            if pool.open < self.max_open {
+                pool.open += 1;
+                return Ok(Slot::New(NewSlot { endpoint: self }));
+            }
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(format!(
+                    "all {} connections (pool-size) stayed busy until the deadline",
+                    self.max_open
+                ));
+            }
+            pool = self
+                .freed
+                .wait_timeout(pool, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Closes every idle connection (after one turned out stale: the
+    /// server probably restarted, and the others are stale too).
+    pub fn drop_idle(&self) {
+        let mut pool = self.lock_pool();
+        pool.open -= pool.idle.len();
+        pool.idle.clear();
+        self.freed.notify_all();
+    }
+
+    fn release(&self, connection: Option<Connection>) {
+        let mut pool = self.lock_pool();
+        match connection {
+            Some(connection) => pool.idle.push(connection),
+            None => pool.open -= 1,
+        }
+        self.freed.notify_one();
+    }
+
+    fn lock_pool(&self) -> MutexGuard<'_, Pool> {
+        // Every update of Pool is a single step: still valid after a panic.
+        self.pool.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl<'a> NewSlot<'a> {
+    /// Opens the connection, trying each address the host resolves to.
+    /// On failure the slot is freed (by drop).
+    pub fn connect(
+        self,
+        connect_timeout: Duration,
+        deadline: &Deadline,
+    ) -> Result<Lease<'a>, String> {
+        let Address { host, port, .. } = &self.endpoint.address;
+        let addresses: Vec<SocketAddr> = (host.as_str(), *port)
+            .to_socket_addrs()
+            .map_err(|e| format!("cannot resolve {host}: {e}"))?
+            .collect();
+        let mut last_error = format!("{host} resolves to no address");
+        for address in addresses {
+            match Connection::connect(address, connect_timeout, deadline) {
+                Ok(connection) => {
+                    let endpoint = self.endpoint;
+                    // The slot now belongs to the lease.
+                    std::mem::forget(self);
+                    return Ok(Lease {
+                        endpoint,
+                        connection: Some(connection),
+                    });
+                }
+                Err(e) => last_error = format!("connect to {address}: {e}"),
+            }
+        }
+        Err(last_error)
+    }
+}
+
+impl Drop for NewSlot<'_> {
+    fn drop(&mut self) {
+        self.endpoint.release(None);
+    }
+}
+
+impl Lease<'_> {
+    /// Returns the connection to the idle list (its reply was fully read
+    /// and the server keeps it open).
+    pub fn keep(mut self) {
+        let connection = self.connection.take();
+        self.endpoint.release(connection);
+    }
+}
+
+impl Deref for Lease<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        self.connection
+            .as_ref()
+            .expect("a lease holds its connection until kept")
+    }
+}
+
+impl DerefMut for Lease<'_> {
+    fn deref_mut(&mut self) -> &mut Connection {
+        self.connection
+            .as_mut()
+            .expect("a lease holds its connection until kept")
+    }
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        if self.connection.is_some() {
+            // Not kept: its state is unknown, close it.
+            self.connection = None;
+            self.endpoint.release(None);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(url: &str) -> Address {
+        Address::parse(url).unwrap_or_else(|e| panic!("{url}: {e}"))
+    }
+
+    #[test]
+    fn parts_of_urls() {
+        let a = parse("http://a:8076");
+        assert_eq!((a.authority.as_str(), a.host.as_str()), ("a:8076", "a"));
+        assert_eq!((a.port, a.target.as_str()), (8076, "/"));
+        let b = parse("HTTP://[::1]/disk/x?v=1#frag");
+        assert_eq!((b.host.as_str(), b.port), ("::1", 80));
+        assert_eq!(
+            (b.authority.as_str(), b.target.as_str()),
+            ("[::1]", "/disk/x?v=1")
+        );
+        assert_eq!(parse("http://h:1?q").target, "/?q");
+        assert_eq!(parse("http://[fe80::1]:9/").port, 9);
+    }
+
+    #[test]
+    fn refused_urls() {
+        for bad in [
+            "",
+            "https://a",
+            "ftp://a",
+            "a:8076",
+            "http://",
+            "http://:80",
+            "http://a:0",
+            "http://a:99999",
+            "http://a:x",
+            "http://u:p@a",
+            "http://[::1",
+            "http://[::1]x",
+            "http://a/b c",
+        ] {
+            assert!(Address::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+}
