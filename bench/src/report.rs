@@ -132,6 +132,9 @@ pub fn markdown(results: &Results, facts: &[String], mode: &str, chart: Option<&
             );
         }
     }
+    // The analysis of each missed goal is written by hand (it comes from
+    // profiling, not from this run), kept next to the code that measures.
+    let _ = writeln!(md, "\n{}", include_str!("../ANALYSIS.md").trim_end());
     if !results.skipped.is_empty() {
         let _ = writeln!(md, "\n## Not run\n");
         for (group, why) in &results.skipped {
