@@ -201,20 +201,9 @@ mod tests {
         let mut b = ConfigBuilder::default();
         b.set("urls", &many.join(",")).unwrap();
         assert_eq!(b.build().unwrap().urls.len(), 70);
-        for bad in [
-            "",
-            ",",
-            "https://a",
-            "ftp://a",
-            "a:8076",
-            "http://",
-            "http://:80",
-            "http://a:0",
-            "http://a:99999",
-            "http://a:x",
-            "http://u:p@a",
-            "http://[::1",
-        ] {
+        // Empty lists, and one bad URL among good ones (each URL's own
+        // rules are tested with `Address::parse`).
+        for bad in ["", ",", "http://a:8076,https://b", "http://a,http://u:p@b"] {
             assert!(parse_urls(bad).is_err(), "{bad:?} accepted");
         }
     }
