@@ -39,6 +39,31 @@ pub enum Script {
     /// read and the connection closed without a reply (a server closing a
     /// kept-alive connection just as the client reuses it).
     OneReplyPerConnection { size: u64 },
+    /// HEAD as above; every GET gets `how`, then the connection ends.
+    Misbehave { size: u64, how: Misbehaviour },
+}
+
+/// Broken or hostile ways to answer a GET (the hostile-server matrix).
+#[derive(Clone, Copy, Debug)]
+pub enum Misbehaviour {
+    /// A correct 206 head, then half the body, then close.
+    TruncatedBody,
+    /// A 206 whose `Content-Length` (and body) is one byte short.
+    ShortContentLength,
+    /// A 206 without `Content-Length`, 16 bytes longer than asked, then close.
+    UnframedLongerBody,
+    /// Bytes that are not HTTP at all.
+    GarbageHead,
+    /// A status line followed by header lines without end (up to 1 MiB).
+    EndlessHeaders,
+    /// A correct reply, one byte every 250 ms (slowloris).
+    Slowloris,
+    /// The connection reset (RST) after the request, before any reply.
+    ResetBeforeReply,
+    /// Half of the reply head, then a reset.
+    ResetMidHead,
+    /// The head and half the body, then a reset.
+    ResetMidBody,
 }
 
 /// A running scripted peer; stops (and joins its thread) when dropped.
@@ -228,6 +253,14 @@ fn serve(stream: TcpStream, script: &Script, seen: &Seen) -> std::io::Result<()>
         if served == 1 && matches!(script, Script::OneReplyPerConnection { .. }) {
             return Ok(());
         }
+        if let Script::Misbehave { size, how } = script {
+            if request.method == "HEAD" {
+                healthy_head(&mut writer, *size);
+                continue;
+            }
+            misbehave(&mut writer, *how, *size, &request);
+            return Ok(());
+        }
         if let Script::OldServer { disk } = script {
             old_server(&mut writer, disk, &request, &body);
             return Ok(());
@@ -247,10 +280,7 @@ fn hostile(stream: &mut TcpStream, script: &Script, request: &Request) {
     };
     let v = "HTTP/1.1";
     if request.method == "HEAD" {
-        // Content-Length of a HEAD announces the size, with no body.
-        let head = format!("{v} 200 OK\r\nAccept-Ranges: bytes\r\nContent-Length: {size}\r\n\r\n");
-        let _ = stream.write_all(head.as_bytes());
-        return;
+        return healthy_head(stream, *size);
     }
     let range = request.header("Range").and_then(range_of);
     match (script, range) {
@@ -333,5 +363,96 @@ fn old_server(stream: &mut TcpStream, disk: &PathBuf, request: &Request, body: &
             _ => reply(stream, v, "400 Bad Request", &[], b""),
         },
         _ => reply(stream, v, "501 Not Implemented", &[], b""),
+    }
+}
+
+/// A HEAD reply of a usable server of `size` bytes (Content-Length of a
+/// HEAD announces the size, with no body).
+fn healthy_head(stream: &mut TcpStream, size: u64) {
+    let head = format!("HTTP/1.1 200 OK\r\nAccept-Ranges: bytes\r\nContent-Length: {size}\r\n\r\n");
+    let _ = stream.write_all(head.as_bytes());
+}
+
+/// Answers a GET the way `how` says; the caller ends the connection.
+/// Every loop is bounded and stops when the client goes away.
+fn misbehave(stream: &mut TcpStream, how: Misbehaviour, size: u64, request: &Request) {
+    let (first, last) = request.header("Range").and_then(range_of).unwrap_or((0, 0));
+    let len = (last - first + 1) as usize;
+    let body = vec![0xEE; len];
+    let head = |length: Option<usize>| {
+        let mut head = format!(
+            "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {first}-{last}/{size}\r\n"
+        );
+        match length {
+            Some(length) => head.push_str(&format!("Content-Length: {length}\r\n")),
+            None => head.push_str("Connection: close\r\n"),
+        }
+        head.push_str("\r\n");
+        head.into_bytes()
+    };
+    let _ = match how {
+        Misbehaviour::TruncatedBody => stream
+            .write_all(&head(Some(len)))
+            .and_then(|()| stream.write_all(&body[..len / 2])),
+        Misbehaviour::ShortContentLength => stream
+            .write_all(&head(Some(len - 1)))
+            .and_then(|()| stream.write_all(&body[..len - 1])),
+        Misbehaviour::UnframedLongerBody => stream
+            .write_all(&head(None))
+            .and_then(|()| stream.write_all(&vec![0xEE; len + 16])),
+        Misbehaviour::GarbageHead => {
+            stream.write_all(b"\x16\x03\x01\x02\x00 not http at all\r\n\r\n")
+        }
+        Misbehaviour::EndlessHeaders => {
+            let line = format!("X-Pad: {}\r\n", "a".repeat(1000));
+            stream
+                .write_all(b"HTTP/1.1 206 Partial Content\r\n")
+                .and_then(|()| (0..1000).try_for_each(|_| stream.write_all(line.as_bytes())))
+        }
+        Misbehaviour::Slowloris => {
+            let mut reply = head(Some(len));
+            reply.extend_from_slice(&body);
+            // At most 240 bytes (a minute); a write error ends it early.
+            reply.iter().take(240).try_for_each(|byte| {
+                thread::sleep(Duration::from_millis(250));
+                stream.write_all(&[*byte])
+            })
+        }
+        Misbehaviour::ResetBeforeReply => {
+            reset(stream);
+            Ok(())
+        }
+        Misbehaviour::ResetMidHead => {
+            let head = head(Some(len));
+            let _ = stream.write_all(&head[..head.len() / 2]);
+            reset(stream);
+            Ok(())
+        }
+        Misbehaviour::ResetMidBody => {
+            let _ = stream.write_all(&head(Some(len)));
+            let _ = stream.write_all(&body[..len / 2]);
+            reset(stream);
+            Ok(())
+        }
+    };
+}
+
+/// Makes the close of this connection (when `serve` returns and drops
+/// it) a reset (RST) instead of a FIN: SO_LINGER with a zero timeout.
+fn reset(stream: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a valid socket fd and a correctly sized linger struct.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
     }
 }

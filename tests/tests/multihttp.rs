@@ -13,7 +13,7 @@ use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use harness::scripted_peer::{Script, ScriptedPeer};
+use harness::scripted_peer::{Misbehaviour, Script, ScriptedPeer};
 use harness::{
     artifact, debian_tool, free_port, nbdsh, pattern_file, run_ok, DiskServer, Nbdkit, TempDir,
 };
@@ -337,22 +337,25 @@ fn a_server_of_another_size_is_never_used() {
     );
 }
 
-/// A hostile peer first in line, the good server arriving 1.5 s later:
-/// the plugin must use the peer (it is the only one answering), reject
-/// its reply, and serve the read from the good server.
+/// The peer is the only server at first, so the plugin picks it; a real
+/// server appears 1.5 s later. The read must return the real bytes (never
+/// the peer's 0xEE), within a bound (io-timeout 2 s: a peer that stalls is
+/// given up), with the peer left in the log, and nbdkit still serving.
 fn hostile_peer_is_failed_over(script: Script) {
     let dir = TempDir::new().unwrap();
     let disk = pattern_file(dir.path(), "disk.img", MIB, 11);
     let peer = ScriptedPeer::start(script.clone());
     let port = free_port();
-    let nbdkit = start(
+    let mut nbdkit = start(
         &[peer.url(), format!("http://127.0.0.1:{port}")],
         &[
             "device-size=1M",
             "connect-timeout=1s",
+            "io-timeout=2s",
             "failover-window=30s",
         ],
     );
+    let started = Instant::now();
     let disk2 = disk.clone();
     let good = thread::spawn(move || {
         thread::sleep(Duration::from_millis(1500));
@@ -372,6 +375,21 @@ fn hostile_peer_is_failed_over(script: Script) {
         hex(&read_at(&disk, 8192, 4096)),
         "{script:?}"
     );
+    // One io-timeout, the good server's 1.5 s start and probes, with
+    // room for a loaded CI machine; a hang would take the whole window.
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{script:?}: took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        nbdkit
+            .proc
+            .output
+            .contains(&format!("leaving {}", peer.url())),
+        "{script:?}: the peer was not left"
+    );
+    assert!(nbdkit.proc.exited().is_none(), "{script:?}: nbdkit died");
 }
 
 #[test]
@@ -393,6 +411,38 @@ fn a_206_with_the_wrong_start_or_a_200_is_never_taken_as_data() {
         shift: 512,
     });
     hostile_peer_is_failed_over(Script::IgnoreRange { size: MIB as u64 });
+}
+
+fn misbehaving(how: Misbehaviour) -> Script {
+    Script::Misbehave {
+        size: MIB as u64,
+        how,
+    }
+}
+
+#[test]
+fn truncated_short_or_overlong_bodies_are_never_taken_as_data() {
+    hostile_peer_is_failed_over(misbehaving(Misbehaviour::TruncatedBody));
+    hostile_peer_is_failed_over(misbehaving(Misbehaviour::ShortContentLength));
+    hostile_peer_is_failed_over(misbehaving(Misbehaviour::UnframedLongerBody));
+}
+
+#[test]
+fn garbage_and_endless_reply_heads_are_failed_over() {
+    hostile_peer_is_failed_over(misbehaving(Misbehaviour::GarbageHead));
+    hostile_peer_is_failed_over(misbehaving(Misbehaviour::EndlessHeaders));
+}
+
+#[test]
+fn a_slowloris_reply_is_cut_by_the_io_timeout() {
+    hostile_peer_is_failed_over(misbehaving(Misbehaviour::Slowloris));
+}
+
+#[test]
+fn resets_at_every_stage_of_a_reply_are_failed_over() {
+    hostile_peer_is_failed_over(misbehaving(Misbehaviour::ResetBeforeReply));
+    hostile_peer_is_failed_over(misbehaving(Misbehaviour::ResetMidHead));
+    hostile_peer_is_failed_over(misbehaving(Misbehaviour::ResetMidBody));
 }
 
 #[test]
