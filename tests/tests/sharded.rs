@@ -315,6 +315,10 @@ impl Drop for SmallFs {
     }
 }
 
+/// After ENOSPC: the data written before reads back, the failed write's
+/// range holds only old or new bytes, freeing space (a trim deletes chunk
+/// files) lets the same write succeed, and a restarted nbdkit on the same
+/// directory serves exactly that.
 #[test]
 fn a_full_filesystem_gives_enospc_and_nbdkit_keeps_serving() {
     let fs_ = SmallFs::mount("2m");
@@ -323,19 +327,55 @@ fn a_full_filesystem_gives_enospc_and_nbdkit_keeps_serving() {
     let result = nbdsh(
         &nbdkit.uri(),
         "import errno, nbd\n\
+         MIB = 1 << 20\n\
          h.pwrite(b'\\x01' * 4096, 0)\n\
+         written = 0\n\
          try:\n\
          \x20   for i in range(1, 16):\n\
-         \x20       h.pwrite(b'\\x02' * (1 << 20), i << 20)\n\
+         \x20       h.pwrite(b'\\x02' * MIB, i * MIB)\n\
+         \x20       written = i\n\
          \x20   print('no error')\n\
          except nbd.Error as e:\n\
-         \x20   print('write', errno.errorcode.get(e.errno, e.errno))\n\
-         print('still', h.pread(4096, 0) == b'\\x01' * 4096)",
+         \x20   print('write', errno.errorcode.get(e.errnum, e.errnum))\n\
+         failed = written + 1\n\
+         print('still', h.pread(4096, 0) == b'\\x01' * 4096)\n\
+         print('before intact', all(h.pread(MIB, i * MIB) == b'\\x02' * MIB for i in range(1, failed)))\n\
+         print('failed range old or new', set(h.pread(MIB, failed * MIB)) <= {0, 2})\n\
+         if written:\n\
+         \x20   h.trim(written * MIB, MIB)\n\
+         h.pwrite(b'\\x03' * MIB, failed * MIB)\n\
+         h.flush()\n\
+         print('recovered', h.pread(MIB, failed * MIB) == b'\\x03' * MIB)\n\
+         print('failed at', failed)",
     );
     assert!(result.contains("write ENOSPC"), "{result}");
-    assert!(result.contains("still True"), "{result}");
+    for line in [
+        "still True",
+        "before intact True",
+        "failed range old or new True",
+        "recovered True",
+    ] {
+        assert!(result.contains(line), "{line}: {result}");
+    }
     let later = nbdsh(&nbdkit.uri(), "print(len(h.pread(512, 0)))");
     assert_eq!(later.trim(), "512");
+    let failed: u64 = result
+        .lines()
+        .find_map(|l| l.strip_prefix("failed at "))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("the script names the failed MiB");
+    drop(nbdkit);
+    // Restarted: block 0, the trimmed MiBs as zeros, the rewritten MiB.
+    let nbdkit = start(&disk, &["size=16M", "chunk-size=1M"]);
+    let script = format!(
+        "MIB = 1 << 20\n\
+         model = bytearray(16 * MIB)\n\
+         model[0:4096] = b'\\x01' * 4096\n\
+         model[{failed} * MIB:{next} * MIB] = b'\\x03' * MIB\n\
+         print(b''.join(h.pread(MIB, i * MIB) for i in range(16)) == model)",
+        next = failed + 1
+    );
+    assert_eq!(nbdsh(&nbdkit.uri(), &script).trim(), "True");
     drop(nbdkit);
 }
 
