@@ -5,21 +5,45 @@
 //! real loop device, real http-disk-server and multihttp plugin).
 //! The guest prints `VM-RESULT: PASS|FAIL <scenario>`; this test asserts it.
 //!
-//! Needs: qemu-system-x86, busybox-static, cpio (scripts/install-deps), the
-//! release build, and apt access once to fetch the kernel (cached in
+//! The power-loss tests attach image files as virtio disks, let the guest
+//! write and flush through `/dev/nbdX`, then SIGKILL QEMU (the power cut:
+//! no shutdown, nothing more leaves the guest) and check on the host that
+//! the image holds every flushed byte.
+//!
+//! Needs: qemu-system-x86, busybox-static, cpio (scripts/install-deps),
+//! e2fsprogs (mkfs.ext4, e2fsck, debugfs), the release build, and apt
+//! access once to fetch the kernel (cached in
 //! /var/cache/http-nbd-transfer/vm-kernel).
 //! Run: `cargo test --release -p integration-tests --test vm`
 
+use std::fs;
+use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
-use harness::{artifact, workspace_root, Proc};
+use harness::{
+    artifact, bin_dir, debian_tool, pattern, run, run_ok, wait_until, workspace_root, Nbdkit, Proc,
+    TempDir,
+};
 
 /// Boot + both scenarios take ~30 s here; TCG on a loaded CI host is
 /// slower. QEMU itself is also bounded inside tests/vm/run.
 const VM_TIMEOUT: Duration = Duration::from_secs(280);
 
+/// One VM at a time: TCG keeps a core busy, and the bounds above assume
+/// the VM has one (the machine has two, shared).
+static ONE_VM_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn vm_slot() -> MutexGuard<'static, ()> {
+    // A test that panicked while holding it leaves nothing to protect.
+    ONE_VM_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn run_vm(scenarios: &str) -> (Option<i32>, Vec<String>) {
+    let _slot = vm_slot();
     let mut cmd = Command::new(workspace_root().join("tests/vm/run"));
     cmd.arg(scenarios).env("HND_VM_TIMEOUT", "260");
     let mut vm = Proc::spawn("vm", cmd);
@@ -63,4 +87,281 @@ fn kernel_attach_failover_and_concurrent_wrappers_in_a_vm() {
         "{console}"
     );
     assert_eq!(code, Some(0), "tests/vm/run failed:\n{console}");
+}
+
+// --- Power loss -----------------------------------------------------------
+
+/// Must match tests/vm/guest-test: generation g is the pattern's bytes
+/// [g*REGION, (g+1)*REGION), written at the same offset of the device.
+const REGION: u64 = 4 << 20;
+const GENERATIONS: u64 = 10;
+/// Generations the guest writes and flushes before the power cut.
+const FLUSHED_GENERATIONS: usize = 3;
+/// Unit of "bytes found": a sector is found when all its bytes are.
+const SECTOR: usize = 512;
+
+/// What the guest reported before the power cut, and when it came.
+struct PowerCut {
+    console: String,
+    /// (offset, length) written and flushed (`VM-FLUSHED`).
+    flushed: Vec<(u64, u64)>,
+    /// (offset, length) written, acknowledged, never flushed (`VM-UNFLUSHED`).
+    unflushed: Vec<(u64, u64)>,
+    boot_to_cut: Duration,
+}
+
+/// Images for one power-loss test, on a real disk under the build
+/// directory: QEMU opens them with O_DIRECT (cache=none), which a tmpfs
+/// /tmp may refuse.
+fn image_dir() -> TempDir {
+    tempfile::Builder::new()
+        .prefix("vm-powerloss-")
+        .tempdir_in(bin_dir())
+        .expect("temp dir for VM images")
+}
+
+/// The bytes the guest copies (its `hnd-pattern` disk), also kept here.
+fn pattern_disk(dir: &Path) -> (PathBuf, Vec<u8>) {
+    let bytes = pattern((GENERATIONS * REGION) as usize, 0x0901_55e5);
+    let path = dir.join("pattern.img");
+    fs::write(&path, &bytes).expect("write the pattern disk");
+    (path, bytes)
+}
+
+fn empty_image(dir: &Path, name: &str, size: u64) -> PathBuf {
+    let path = dir.join(name);
+    fs::File::create(&path)
+        .and_then(|f| f.set_len(size))
+        .expect("create an image file");
+    path
+}
+
+/// `VM-FLUSHED <offset> <length>`-style lines of the console.
+fn reported_ranges(lines: &[String], marker: &str) -> Vec<(u64, u64)> {
+    lines
+        .iter()
+        .filter_map(|line| line.split_once(marker).map(|(_, rest)| rest))
+        .map(|rest| {
+            let numbers: Vec<u64> = rest
+                .split_whitespace()
+                .map(|n| n.parse().expect("a number in a VM marker line"))
+                .collect();
+            assert_eq!(numbers.len(), 2, "bad marker line: {marker}{rest}");
+            (numbers[0], numbers[1])
+        })
+        .collect()
+}
+
+/// SIGKILL to QEMU, whose pid it wrote to `pidfile`; checks first that
+/// the pid is still QEMU's (never kill a recycled pid).
+fn cut_power(pidfile: &Path) {
+    let pid: i32 = fs::read_to_string(pidfile)
+        .expect("QEMU's pidfile")
+        .trim()
+        .parse()
+        .expect("a pid in QEMU's pidfile");
+    let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    assert!(
+        comm.starts_with("qemu"),
+        "pid {pid} from {} is not QEMU any more ({comm:?}): it ended before the power cut",
+        pidfile.display()
+    );
+    // SAFETY: kill(2) with a checked pid and a valid signal number.
+    let rc = unsafe { libc::kill(pid, libc::SIGKILL) };
+    assert_eq!(
+        rc,
+        0,
+        "kill -KILL {pid}: {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// Boots the VM on `scenario` with `disks` (tests/vm/run HND_VM_DISKS
+/// entries), waits until the guest has acknowledged a first unflushed
+/// write, then cuts the power. Panics (QEMU killed with its group by
+/// Proc) if the guest fails or never gets there.
+fn boot_and_cut_power(scenario: &str, disks: &[String]) -> PowerCut {
+    let _slot = vm_slot();
+    let pid_dir = TempDir::new().expect("temp dir");
+    let pidfile = pid_dir.path().join("qemu.pid");
+    let mut cmd = Command::new(workspace_root().join("tests/vm/run"));
+    cmd.arg(scenario)
+        .env("HND_VM_TIMEOUT", "260")
+        .env("HND_VM_DISKS", disks.join(" "))
+        .env("HND_VM_PIDFILE", &pidfile);
+    let started = Instant::now();
+    let mut vm = Proc::spawn("vm", cmd);
+    let mut ended = false;
+    wait_until(VM_TIMEOUT, || {
+        ended = vm.exited().is_some();
+        ended || vm.output.contains("VM-UNFLUSHED ") || vm.output.contains("VM-RESULT: FAIL")
+    });
+    if ended || !vm.output.contains("VM-UNFLUSHED ") {
+        vm.kill();
+        panic!(
+            "{scenario}: the guest never reached an unflushed write (ended: {ended}):\n{}",
+            vm.output_when_closed()
+        );
+    }
+    cut_power(&pidfile);
+    let boot_to_cut = started.elapsed();
+    let status = vm.wait_timeout(Duration::from_secs(60));
+    let console = vm.output_when_closed();
+    let Some(status) = status else {
+        vm.kill();
+        panic!("{scenario}: tests/vm/run did not end after the power cut:\n{console}");
+    };
+    assert!(
+        status.success(),
+        "{scenario}: tests/vm/run failed ({status}):\n{console}"
+    );
+    let lines: Vec<String> = console
+        .lines()
+        .map(|l| l.trim_end_matches('\r').to_owned())
+        .collect();
+    assert!(
+        !lines.iter().any(|l| l.contains("VM-DONE")),
+        "{scenario}: the guest got to its clean end before the power cut:\n{console}"
+    );
+    let flushed = reported_ranges(&lines, "VM-FLUSHED ");
+    assert_eq!(
+        flushed.len(),
+        FLUSHED_GENERATIONS,
+        "{scenario}: the guest reported {} flushed generations:\n{console}",
+        flushed.len()
+    );
+    PowerCut {
+        flushed,
+        unflushed: reported_ranges(&lines, "VM-UNFLUSHED "),
+        console,
+        boot_to_cut,
+    }
+}
+
+/// Bytes of `range` that `image` holds as the pattern has them, counted
+/// in whole sectors.
+fn bytes_found(image: &[u8], pattern: &[u8], (offset, length): (u64, u64)) -> u64 {
+    let (start, end) = (offset as usize, (offset + length) as usize);
+    let Some(held) = image.get(start..end) else {
+        return 0;
+    };
+    held.chunks(SECTOR)
+        .zip(pattern[start..end].chunks(SECTOR))
+        .filter(|(held, wanted)| held == wanted)
+        .map(|(held, _)| held.len() as u64)
+        .sum()
+}
+
+/// Every flushed byte must be in `image`; the unflushed ones are counted
+/// and reported, not judged (a power cut may keep or lose them).
+fn assert_flushed_bytes_survived(scenario: &str, cut: &PowerCut, image: &[u8], pattern: &[u8]) {
+    let total = |ranges: &[(u64, u64)]| ranges.iter().map(|r| r.1).sum::<u64>();
+    let found = |ranges: &[(u64, u64)]| {
+        ranges
+            .iter()
+            .map(|&r| bytes_found(image, pattern, r))
+            .sum::<u64>()
+    };
+    let (flushed, flushed_found) = (total(&cut.flushed), found(&cut.flushed));
+    let (unflushed, unflushed_found) = (total(&cut.unflushed), found(&cut.unflushed));
+    println!(
+        "{scenario}: power cut {:.1} s after start; flushed {flushed} bytes, found {flushed_found}; \
+         acknowledged unflushed {unflushed} bytes, found {unflushed_found}",
+        cut.boot_to_cut.as_secs_f64()
+    );
+    for &range in &cut.flushed {
+        let found = bytes_found(image, pattern, range);
+        assert_eq!(
+            found, range.1,
+            "{scenario}: flushed range {range:?}: only {found} bytes survived the power cut:\n{}",
+            cut.console
+        );
+    }
+}
+
+#[test]
+fn flushed_writes_through_multihttp_survive_a_vm_power_cut() {
+    artifact("http-disk-server");
+    artifact("libmultihttp.so");
+    let dir = image_dir();
+    let (pattern_path, pattern) = pattern_disk(dir.path());
+    // The "DRBD device" the guest's http-disk-server serves.
+    let data = empty_image(dir.path(), "data.img", 64 << 20);
+    let cut = boot_and_cut_power(
+        "powerloss-multihttp",
+        &[
+            format!("hnd-data={}", data.display()),
+            format!("hnd-pattern={}:ro", pattern_path.display()),
+        ],
+    );
+    let image = fs::read(&data).expect("read the data image");
+    assert_flushed_bytes_survived("powerloss-multihttp", &cut, &image, &pattern);
+}
+
+#[test]
+fn flushed_writes_through_sharded_on_ext4_survive_a_vm_power_cut() {
+    artifact("libsharded.so");
+    let dir = image_dir();
+    let (pattern_path, pattern) = pattern_disk(dir.path());
+    let fs_image = empty_image(dir.path(), "fs.img", 128 << 20);
+    make_ext4(&fs_image);
+    let cut = boot_and_cut_power(
+        "powerloss-sharded",
+        &[
+            format!("hnd-fs={}", fs_image.display()),
+            format!("hnd-pattern={}:ro", pattern_path.display()),
+        ],
+    );
+    let image = read_sharded_disk_from_ext4(&fs_image, dir.path());
+    assert_flushed_bytes_survived("powerloss-sharded", &cut, &image, &pattern);
+}
+
+/// Formats on the host, so the guest needs no mkfs. Inode tables and the
+/// journal are written now, not lazily by the guest in the background.
+fn make_ext4(image: &Path) {
+    let mut mkfs = Command::new("mkfs.ext4");
+    mkfs.args(["-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0"])
+        .arg(image);
+    run_ok(mkfs, Duration::from_secs(60));
+}
+
+/// Recovers the filesystem as a reboot would (journal replay, then the
+/// free counts a crash leaves stale: `e2fsck -p`, which refuses anything
+/// worse), copies the sharded directory out (debugfs: no mount, no root
+/// needed), and reads the disk through the real plugin with nbdcopy.
+fn read_sharded_disk_from_ext4(fs_image: &Path, work: &Path) -> Vec<u8> {
+    let mut fsck = Command::new("e2fsck");
+    fsck.arg("-fp").arg(fs_image);
+    let fsck = run(fsck, Duration::from_secs(120));
+    // 0: clean, 1: errors corrected; anything else is a damaged filesystem.
+    assert!(
+        matches!(fsck.status.code(), Some(0 | 1)),
+        "e2fsck after the power cut: {}\n{}{}",
+        fsck.status,
+        String::from_utf8_lossy(&fsck.stdout),
+        String::from_utf8_lossy(&fsck.stderr)
+    );
+    let extracted = work.join("extracted");
+    fs::create_dir(&extracted).expect("create the extraction directory");
+    let mut debugfs = Command::new("debugfs");
+    debugfs
+        .arg("-R")
+        .arg(format!("rdump /vol {}", extracted.display()))
+        .arg(fs_image);
+    run_ok(debugfs, Duration::from_secs(120));
+    let dir = extracted.join("vol");
+    assert!(
+        dir.join("chunk-store.meta").exists(),
+        "the sharded disk's metadata did not survive the power cut"
+    );
+    let nbdkit = Nbdkit::start(
+        &["-r"],
+        &artifact("libsharded.so"),
+        &[&format!("dir={}", dir.display())],
+    );
+    let copy = work.join("sharded-disk.img");
+    let mut nbdcopy = debian_tool("nbdcopy");
+    nbdcopy.arg(nbdkit.uri()).arg(&copy);
+    run_ok(nbdcopy, Duration::from_secs(120));
+    fs::read(&copy).expect("read the copied sharded disk")
 }
