@@ -182,36 +182,74 @@ fn credentials_from_the_environment_work() {
     assert_eq!(chunk_objects(&garage, "env/").len(), 1);
 }
 
+/// The disk this test expects after recovery, as a Python `model`: 0x0f
+/// at 0, 0x0e over 300,000 bytes at 50,000 (written before the outage),
+/// 0x1e over 200,000 bytes at 100,000 (failed during it, then redone).
+const OUTAGE_MODEL: &str = "model = bytearray(1 << 20)\n\
+     model[0:4096] = b'\\x0f' * 4096\n\
+     model[50000:350000] = b'\\x0e' * 300000\n\
+     model[100000:300000] = b'\\x1e' * 200000\n";
+
+/// A read and a write during the outage fail with EIO once the retry
+/// window has passed; after it, what was written before reads back, the
+/// failed write left each 64 KiB object wholly old or wholly new (a PUT
+/// replaces an object whole), the same write then succeeds, and a new
+/// nbdkit on the same prefix serves exactly that.
 #[test]
 fn a_stopped_store_gives_eio_after_the_retry_window_and_service_resumes() {
     let mut garage = Garage::start();
-    let nbdkit = start(
-        &garage,
-        "outage/",
-        &[
-            "size=1M",
-            "chunk-size=64K",
-            "retry-window=2s",
-            "connect-timeout=1s",
-        ],
+    let params = [
+        "size=1M",
+        "chunk-size=64K",
+        "retry-window=2s",
+        "connect-timeout=1s",
+    ];
+    let nbdkit = start(&garage, "outage/", &params);
+    nbdsh(
+        &nbdkit.uri(),
+        "h.pwrite(b'\\x0f' * 4096, 0)\nh.pwrite(b'\\x0e' * 300000, 50000)",
     );
-    nbdsh(&nbdkit.uri(), "h.pwrite(b'\\x0f' * 4096, 0)");
     garage.stop();
     let started = Instant::now();
     let result = nbdsh(
         &nbdkit.uri(),
         "import errno, nbd\n\
-         try:\n\
-         \x20   h.pread(4096, 0)\n\
-         \x20   print('no error')\n\
-         except nbd.Error as e:\n\
-         \x20   print('read', errno.errorcode.get(e.errno, e.errno))",
+         for name, call in [('read', lambda: h.pread(4096, 0)),\n\
+         \x20                  ('write', lambda: h.pwrite(b'\\x1e' * 200000, 100000))]:\n\
+         \x20   try:\n\
+         \x20       call()\n\
+         \x20       print(name, 'no error')\n\
+         \x20   except nbd.Error as e:\n\
+         \x20       print(name, errno.errorcode.get(e.errnum, e.errnum))",
     );
     assert!(result.contains("read EIO"), "{result}");
-    assert!(started.elapsed() < Duration::from_secs(30));
+    assert!(result.contains("write EIO"), "{result}");
+    assert!(started.elapsed() < Duration::from_secs(60));
     garage.start_again();
-    let result = nbdsh(&nbdkit.uri(), "print(h.pread(4096, 0) == b'\\x0f' * 4096)");
-    assert_eq!(result.trim(), "True");
+    let after = format!(
+        "{OUTAGE_MODEL}\
+         got = h.pread(1 << 20, 0)\n\
+         print('before intact', got[:100000] == model[:100000] and got[300000:] == model[300000:])\n\
+         old = bytearray(model)\n\
+         old[100000:300000] = b'\\x0e' * 200000\n\
+         print('objects old or new', all(got[o:o + 65536] in (old[o:o + 65536], model[o:o + 65536]) \
+                                       for o in range(0, 1 << 20, 65536)))\n\
+         h.pwrite(b'\\x1e' * 200000, 100000)\n\
+         h.flush()\n\
+         print('redone', h.pread(1 << 20, 0) == model)"
+    );
+    let result = nbdsh(&nbdkit.uri(), &after);
+    for line in [
+        "before intact True",
+        "objects old or new True",
+        "redone True",
+    ] {
+        assert!(result.contains(line), "{line}: {result}");
+    }
+    drop(nbdkit);
+    let reopened = start(&garage, "outage/", &[]);
+    let check = format!("{OUTAGE_MODEL}print(h.pread(1 << 20, 0) == model)");
+    assert_eq!(nbdsh(&reopened.uri(), &check).trim(), "True");
 }
 
 #[test]
