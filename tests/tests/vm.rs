@@ -5,10 +5,12 @@
 //! real loop device, real http-disk-server and multihttp plugin).
 //! The guest prints `VM-RESULT: PASS|FAIL <scenario>`; this test asserts it.
 //!
-//! The power-loss tests attach image files as virtio disks, let the guest
-//! write and flush through `/dev/nbdX`, then SIGKILL QEMU (the power cut:
-//! no shutdown, nothing more leaves the guest) and check on the host that
-//! the image holds every flushed byte.
+//! The power-loss tests attach image files as virtio disks with a volatile
+//! write cache (a host nbdkit with the cache filter: only a flush writes
+//! the image), let the guest write and flush through `/dev/nbdX`, then
+//! SIGKILL QEMU and that nbdkit (the power cut: no shutdown, nothing more
+//! leaves the guest or the disk's cache) and check on the host that the
+//! image holds every flushed byte.
 //!
 //! Needs: qemu-system-x86, busybox-static, cpio (scripts/install-deps),
 //! e2fsprogs (mkfs.ext4, e2fsck, debugfs), the release build, and apt
@@ -111,8 +113,8 @@ struct PowerCut {
 }
 
 /// Images for one power-loss test, on a real disk under the build
-/// directory: QEMU opens them with O_DIRECT (cache=none), which a tmpfs
-/// /tmp may refuse.
+/// directory: QEMU opens the pattern disk with O_DIRECT (cache=none),
+/// which a tmpfs /tmp may refuse.
 fn image_dir() -> TempDir {
     tempfile::Builder::new()
         .prefix("vm-powerloss-")
@@ -153,7 +155,8 @@ fn reported_ranges(lines: &[String], marker: &str) -> Vec<(u64, u64)> {
 }
 
 /// SIGKILL to QEMU, whose pid it wrote to `pidfile`; checks first that
-/// the pid is still QEMU's (never kill a recycled pid).
+/// the pid is still QEMU's (never kill a recycled pid). tests/vm/run then
+/// SIGKILLs the volatile disks' nbdkit, so their caches are lost too.
 fn cut_power(pidfile: &Path) {
     let pid: i32 = fs::read_to_string(pidfile)
         .expect("QEMU's pidfile")
@@ -285,12 +288,13 @@ fn flushed_writes_through_multihttp_survive_a_vm_power_cut() {
     artifact("libmultihttp.so");
     let dir = image_dir();
     let (pattern_path, pattern) = pattern_disk(dir.path());
-    // The "DRBD device" the guest's http-disk-server serves.
+    // The "DRBD device" the guest's http-disk-server serves; volatile: only
+    // what the server's fdatasync flushed out of the disk's cache counts.
     let data = empty_image(dir.path(), "data.img", 64 << 20);
     let cut = boot_and_cut_power(
         "powerloss-multihttp",
         &[
-            format!("hnd-data={}", data.display()),
+            format!("hnd-data={}:volatile", data.display()),
             format!("hnd-pattern={}:ro", pattern_path.display()),
         ],
     );
@@ -308,7 +312,7 @@ fn flushed_writes_through_sharded_on_ext4_survive_a_vm_power_cut() {
     let cut = boot_and_cut_power(
         "powerloss-sharded",
         &[
-            format!("hnd-fs={}", fs_image.display()),
+            format!("hnd-fs={}:volatile", fs_image.display()),
             format!("hnd-pattern={}:ro", pattern_path.display()),
         ],
     );
