@@ -6,16 +6,6 @@
 //! signals, getting hold of the disk (retrying while DRBD says no), the
 //! accept loop, and the orderly stop.
 
-mod access;
-mod budget;
-mod cli;
-mod disk;
-mod drbd;
-mod handlers;
-mod http;
-mod server;
-mod signals;
-
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
 use std::path::Path;
@@ -27,8 +17,9 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 
-use crate::access::AllowList;
-use crate::server::{Config, State};
+use http_disk_server::access::AllowList;
+use http_disk_server::server::{Config, State};
+use http_disk_server::{budget, cli, disk, drbd, server, signals};
 
 /// Longest wait for in-flight requests after SIGTERM before exiting anyway.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);

@@ -1,0 +1,15 @@
+//! The modules of `http-disk-server`, as a library so that they can be
+//! exercised without a socket: `src/main.rs` only wires them into the
+//! binary, and the request fuzzer (`fuzz/`, and its bounded replay in
+//! `tests/request_fuzz.rs`) drives the HTTP head parser and the request
+//! handlers directly. Nothing here is a stable API for other crates.
+
+pub mod access;
+pub mod budget;
+pub mod cli;
+pub mod disk;
+pub mod drbd;
+pub mod handlers;
+pub mod http;
+pub mod server;
+pub mod signals;
