@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 pub use tempfile::TempDir;
 
@@ -77,12 +77,20 @@ pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> boo
     }
 }
 
-/// Lines a child printed, collected by background reader threads.
+/// Lines a child printed, collected by background reader threads, each
+/// with the wall-clock time it arrived (to line a log up with events other
+/// processes timestamp, e.g. a client's requests).
 #[derive(Clone, Default)]
-pub struct Lines(Arc<Mutex<Vec<String>>>);
+pub struct Lines(Arc<Mutex<Vec<(SystemTime, String)>>>);
 
 impl Lines {
     pub fn snapshot(&self) -> Vec<String> {
+        self.timed().into_iter().map(|(_, line)| line).collect()
+    }
+
+    /// The lines with their arrival times (`SystemTime::now()` when the
+    /// reader thread got them, a few ms at most after they were written).
+    pub fn timed(&self) -> Vec<(SystemTime, String)> {
         self.0.lock().map(|l| l.clone()).unwrap_or_default()
     }
 
@@ -109,7 +117,7 @@ impl Lines {
                 // Shown by the test runner only when the test fails.
                 println!("[{label}] {line}");
                 if let Ok(mut all) = lines.0.lock() {
-                    all.push(line);
+                    all.push((SystemTime::now(), line));
                 }
             }
         });
