@@ -6,7 +6,7 @@
 //! back to what they were and its memory (RSS) is back near it.
 //!
 //! What an operator should expect, and why the server is started with
-//! `--workers 1100 --idle-timeout 20` here:
+//! `--workers 1100 --idle-timeout 30` here:
 //! - Every connection, idle or not, holds one worker thread and two file
 //!   descriptors (the socket and its write-side clone) until the client
 //!   closes it or it has been silent for `--idle-timeout` seconds: 1,000
@@ -50,7 +50,7 @@ const CYCLES_BOUND: Duration = Duration::from_secs(120);
 const SETTLE_BOUND: Duration = Duration::from_secs(30);
 /// `--idle-timeout` of the server: longer than the idle phase's own work,
 /// short enough to wait for it to drop the connections left open.
-const IDLE_TIMEOUT_SECS: u64 = 20;
+const IDLE_TIMEOUT_SECS: u64 = 30;
 /// How far above its baseline RSS may stay once the connections are
 /// gone: freed heap pages and thread stacks that glibc keeps for reuse
 /// (its per-thread malloc arenas and stack cache) are not a leak.
@@ -346,12 +346,16 @@ fn connection_churn_and_idle_connections_leave_nothing_behind() {
     );
     eprintln!("holding {IDLE} idle connections: {holding:?}");
     serve_other_client(&addr, &mut expected, 200);
-    let refused = idle.iter().filter(|s| !held_silently(s)).count();
-    assert_eq!(refused, 0, "idle connections answered or dropped early");
+    eprintln!("idle phase: {:?}", started.elapsed());
     assert!(
         started.elapsed() < Duration::from_secs(IDLE_TIMEOUT_SECS),
-        "the idle phase outlasted --idle-timeout, so its checks prove little"
+        "the idle phase took {:?}, longer than --idle-timeout: the server may \
+         have dropped idle connections for that reason; a machine this slow \
+         needs a longer IDLE_TIMEOUT_SECS",
+        started.elapsed()
     );
+    let refused = idle.iter().filter(|s| !held_silently(s)).count();
+    assert_eq!(refused, 0, "idle connections answered or dropped early");
 
     // Half closed by the clients (FIN and RST alternately), half left for
     // the server's idle timeout to drop.
