@@ -86,6 +86,10 @@ pub struct BodySource<'a> {
     pub expect_continue: bool,
     /// Set once the body has been read completely.
     pub consumed: bool,
+    /// Whether the client has closed (or reset) its connection since it
+    /// sent the request. Asked just before a write is applied: see
+    /// [`abandoned`].
+    pub client_gone: &'a dyn Fn() -> bool,
 }
 
 impl BodySource<'_> {
@@ -294,10 +298,40 @@ fn put(req: &Request, disk: &Disk, state: &State, body: &mut BodySource) -> Repl
             ),
         );
     }
+    if (body.client_gone)() {
+        return abandoned("write", range);
+    }
     if let Err(e) = disk.write_at(&data, range.start()) {
         return Reply::error(500, format!("write of {range} failed: {e}"));
     }
     durable(disk, writeback, "write")
+}
+
+/// A change whose client already closed the connection is not applied.
+///
+/// A client gives up on a request after its I/O timeout, closes the
+/// connection and sends the request again elsewhere (multihttp fails
+/// over), then goes on with newer writes. If this server was only stalled
+/// (SIGSTOP, a frozen VM, a long pause) and resumes, the abandoned request
+/// is still in its socket buffer: applying it now would put old data over
+/// the newer writes. Nobody can be told the outcome anyway, and an NBD
+/// write that was never acknowledged may or may not have happened, so
+/// dropping it is allowed. (A write already inside `pwrite` when the
+/// server stalled cannot be recalled: fencing a stalled Primary is DRBD's
+/// job.) A client that merely half-closes after its request is refused
+/// the same way; no HTTP client we know of does that.
+fn abandoned(what: &str, range: impl std::fmt::Display) -> Reply {
+    log::warn!(
+        "the client closed its connection before its {what} of {range} was applied: \
+         not applied (it may retry elsewhere; applying it late could overwrite newer data)"
+    );
+    Reply::error(
+        400,
+        format!(
+            "the connection was closed before the {what} of {range} was applied; nothing changed"
+        ),
+    )
+    .closing()
 }
 
 /// POST: `X-Disk-Op: flush | trim | zero`. No body allowed.
@@ -349,6 +383,9 @@ fn post(req: &Request, disk: &Disk, body: &mut BodySource) -> Reply {
         Err(e) => return Reply::error(400, format!("{} {value:?}: {e}", headers::RANGE)),
     };
     let deallocate = op == headers::OP_TRIM || may_trim;
+    if (body.client_gone)() {
+        return abandoned(&op, range);
+    }
     if let Err(e) = disk.zero(range.start(), range.len(), deallocate) {
         return Reply::error(500, format!("{op} of {range} failed: {e}"));
     }
@@ -398,6 +435,12 @@ mod tests {
     /// written to the client before it (100 Continue), and whether the
     /// body was consumed.
     fn call(state: &State, raw: &[u8]) -> (Reply, Vec<u8>, bool) {
+        call_from(state, raw, false)
+    }
+
+    /// [`call`] from a client that has (`gone`) or has not closed its
+    /// connection since sending the request.
+    fn call_from(state: &State, raw: &[u8], gone: bool) -> (Reply, Vec<u8>, bool) {
         let mut input = Cursor::new(raw.to_vec());
         let req = http::read_head(&mut input).unwrap().unwrap();
         let mut out = Vec::new();
@@ -407,6 +450,7 @@ mod tests {
             framing: req.framing().unwrap(),
             expect_continue: req.expects_continue().unwrap(),
             consumed: false,
+            client_gone: &move || gone,
         };
         let reply = handle(&req, state, &mut body);
         let consumed = body.consumed;
@@ -440,6 +484,25 @@ mod tests {
             assert_eq!(reply.status, status, "{}", String::from_utf8_lossy(raw));
             assert_eq!(content(&dir), before, "{}", String::from_utf8_lossy(raw));
         }
+    }
+
+    #[test]
+    fn changes_whose_client_has_gone_are_not_applied() {
+        let (dir, state) = state(false, true);
+        let before = content(&dir);
+        for raw in [
+            &b"PUT / HTTP/1.1\r\nContent-Range: bytes 0-2/-1\r\nContent-Length: 3\r\n\r\nabc"[..],
+            b"POST / HTTP/1.1\r\nX-Disk-Op: zero\r\nX-Disk-Range: bytes=0-9\r\n\r\n",
+            b"POST / HTTP/1.1\r\nX-Disk-Op: trim\r\nX-Disk-Range: bytes=0-9\r\n\r\n",
+        ] {
+            let (reply, _, _) = call_from(&state, raw, true);
+            assert_eq!(reply.status, 400, "{}", String::from_utf8_lossy(raw));
+            assert!(reply.close && reply.reason().contains("nothing changed"));
+            assert_eq!(content(&dir), before, "{}", String::from_utf8_lossy(raw));
+        }
+        // A flush changes nothing, so it is still done.
+        let flush = b"POST / HTTP/1.1\r\nX-Disk-Op: flush\r\n\r\n";
+        assert_eq!(call_from(&state, flush, true).0.status, 200);
     }
 
     #[test]

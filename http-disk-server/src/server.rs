@@ -248,12 +248,14 @@ fn serve_connection(stream: TcpStream, peer: SocketAddr, state: &State) {
         let (reply, framing, consumed) = match prelude {
             Err(e) => (Reply::error(e.status, e.reason).closing(), None, false),
             Ok((framing, expect_continue)) => {
+                let fd = reader.get_ref().stream.as_raw_fd();
                 let mut body = BodySource {
                     reader: &mut reader,
                     writer: &mut writer,
                     framing,
                     expect_continue,
                     consumed: false,
+                    client_gone: &|| client_closed(fd),
                 };
                 let reply = handlers::handle(&request, state, &mut body);
                 let consumed = body.consumed;
@@ -305,6 +307,32 @@ fn serve_connection(stream: TcpStream, peer: SocketAddr, state: &State) {
         linger_close(&mut reader);
     }
     log::debug!("{peer}: closed");
+}
+
+/// Whether the peer of `fd` has closed or reset the connection, without
+/// consuming anything: after a request, a waiting client sends nothing
+/// more, so the socket has no data (EAGAIN); end of stream or an error
+/// means it is gone. Bytes of a pipelined next request mean it is not.
+fn client_closed(fd: RawFd) -> bool {
+    let mut byte = 0u8;
+    // SAFETY: `fd` is the connection's open socket for the whole call and
+    // `byte` is a valid one-byte buffer; MSG_PEEK leaves the data queued.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            (&mut byte as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    match n {
+        0 => true,
+        n if n > 0 => false,
+        _ => !matches!(
+            io::Error::last_os_error().kind(),
+            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+        ),
+    }
 }
 
 /// Most time and bytes spent draining a refused request before closing.

@@ -238,6 +238,47 @@ fn a_stopped_server_is_left_after_the_io_timeout() {
     assert!(read_at(&disk, 4000, 5000).iter().all(|&b| b == 0x42));
 }
 
+/// The chaos test's finding, made deterministic: the plugin gives up on a
+/// write to a stopped server and sends it elsewhere, the client writes
+/// newer data to the same block, then the stopped server resumes with the
+/// abandoned write still in its socket buffer. Applying it then would put
+/// the old data back; the server must see that its client has gone and
+/// drop it (http-disk-server `handlers::abandoned`).
+#[test]
+fn a_stopped_server_that_resumes_does_not_apply_the_writes_it_was_left_with() {
+    let dir = TempDir::new().unwrap();
+    let disk = pattern_file(dir.path(), "disk.img", MIB, 7);
+    let servers = [DiskServer::start(&disk, &[]), DiskServer::start(&disk, &[])];
+    let urls: Vec<String> = servers.iter().map(DiskServer::url).collect();
+    let nbdkit = start(
+        &urls,
+        &["device-size=1M", "io-timeout=1s", "connect-timeout=1s"],
+    );
+    nbdsh(&nbdkit.uri(), "h.pread(512, 0)");
+    let active = active_port(&nbdkit).expect("the plugin logs the server it uses");
+    let stopped = servers.iter().find(|s| s.port == active).unwrap();
+    stopped.proc.signal(libc::SIGSTOP);
+    let result = nbdsh(
+        &nbdkit.uri(),
+        "h.pwrite(b'1' * 4096, 8192)\n\
+         h.pwrite(b'2' * 4096, 8192)\n\
+         print('served')",
+    );
+    stopped.proc.signal(libc::SIGCONT);
+    assert!(result.contains("served"), "{result}");
+    let reported = stopped
+        .proc
+        .output
+        .wait_for("was applied: not applied", Duration::from_secs(5));
+    // Give the resumed server time to (wrongly) apply anything else queued.
+    thread::sleep(Duration::from_millis(500));
+    assert!(
+        read_at(&disk, 8192, 4096).iter().all(|&b| b == b'2'),
+        "the resumed server put old data over the newer write"
+    );
+    assert!(reported, "the resumed server did not log the dropped write");
+}
+
 #[test]
 fn an_outage_shorter_than_the_failover_window_is_ridden_through() {
     let dir = TempDir::new().unwrap();

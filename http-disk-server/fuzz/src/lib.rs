@@ -398,6 +398,7 @@ pub fn check_handling(data: &[u8]) {
         framing,
         expect_continue,
         consumed: false,
+        client_gone: &|| false,
     };
     let reply = handlers::handle(&request, state, &mut body);
     let consumed = body.consumed;
