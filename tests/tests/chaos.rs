@@ -22,24 +22,23 @@
 //! is that deliberate one: an EIO the plugin logged as "flush cannot vouch
 //! for earlier writes".
 //!
-//! **Fencing.** A SIGSTOPped server keeps the requests the plugin sent
-//! it; when the plugin gives up on them (io-timeout), it retries them on
-//! another server and the client moves on, possibly rewriting the same
-//! blocks. Resumed, the stopped server then applies its stale copies over
-//! the newer data (seen under strace: its pwrite64 calls right after
-//! SIGCONT, and by hand with nbdsh: a block reads back the write before
-//! last). With `CHAOS_RESUME_LEFT_SERVERS=1` fio's `hot` job reports it
-//! as "bad header numberio", though only for a few resumes (4 of about 35
-//! here): the stale copy must land between a block's rewrite and its
-//! check. On a pool only the server holding the DRBD Primary role answers (the others
-//! answer 503), so the plugin can only fail over once DRBD has moved the
-//! Primary role away from the hung host, and DRBD then keeps that host
-//! from writing. Here all servers share one writable file and nothing
-//! fences, so the chaos loop plays the fence: a stopped server that was in
-//! use when stopped, or that the plugin left while it was stopped (a
-//! `leaving <its url>` line since), is SIGKILLed instead of continued.
-//! Other stopped servers (hung while the plugin used another one, so they
-//! hold no request) are continued with SIGCONT.
+//! **Stopped servers resume.** A SIGSTOPped server keeps the requests
+//! the plugin sent it; when the plugin gives up on them (io-timeout), it
+//! closes those connections, retries the requests on another server and
+//! the client moves on, possibly rewriting the same blocks. When the
+//! stopped server is continued it reads the abandoned requests from its
+//! socket buffers; it used to apply them, putting stale copies over the
+//! newer data (seen under strace: pwrite64 calls right after SIGCONT; fio's
+//! `hot` job reported "bad header numberio" for 4 of about 35 resumes).
+//! The server now drops a change whose client has closed the connection
+//! (http-disk-server `handlers::abandoned`; deterministic test:
+//! `a_stopped_server_that_resumes_does_not_apply_the_writes_it_was_left_with`
+//! in multihttp.rs), so here every stopped server is continued. What no
+//! server can recall is a write already past that check when the host
+//! froze; on a pool only the DRBD Primary's server answers, and DRBD
+//! fences a Primary that hung. `CHAOS_FENCE=1` plays that fence: a stopped
+//! server that was in use, or that the plugin left while it was stopped,
+//! is SIGKILLed instead of continued.
 //!
 //! **Failover pause.** A second NBD connection (the probe, an `nbdsh`
 //! script) does one small verified write+read every ~10 ms and records when
@@ -51,15 +50,15 @@
 //! servers plus the retry). Failovers that fall in the same gap count as
 //! one pause. They are also split by the reason logged: a timeout (a
 //! stopped server: about io-timeout) or a refused/reset connection (a
-//! killed server: milliseconds, unless it was a stopped server fenced
+//! killed server: milliseconds, unless it was a stopped server killed
 //! before its requests timed out, whose hang is then part of the pause).
 //! The probe's normal gap (the median of all gaps) is printed alongside,
 //! as the baseline to read the pauses against.
 //!
 //! Knobs: `CHAOS_SEED` replays the chaos loop's choices (not its timing:
 //! which server is in use when depends on the run), `CHAOS_SECONDS`
-//! changes the 60 s duration, `CHAOS_RESUME_LEFT_SERVERS=1` turns the
-//! fence off. The summary is printed; see it with `-- --nocapture`.
+//! changes the 60 s duration, `CHAOS_FENCE=1` kills instead of continuing
+//! stopped servers that may hold abandoned requests. The summary is printed; see it with `-- --nocapture`.
 //!
 //! Run (about 65 s): `cargo test --release -p integration-tests --test chaos -- --nocapture`
 
@@ -184,7 +183,7 @@ struct ActionCounts {
     /// Kills and stops aimed at the server the plugin was using.
     on_the_server_in_use: usize,
     /// Stopped servers that may hold requests the plugin gave up on,
-    /// killed instead of continued (see the module doc, "Fencing").
+    /// killed instead of continued (`CHAOS_FENCE=1`; module doc).
     fenced: usize,
     /// Restarts that failed (the server's output is printed); the slot
     /// stays dead and a later action may restart it.
@@ -196,13 +195,13 @@ struct ActionCounts {
 struct Fleet {
     disk: PathBuf,
     slots: Vec<Slot>,
-    /// Continue stopped servers even when they may hold requests the
-    /// plugin gave up on (no fence: shows the stale writes).
-    resume_left_servers: bool,
+    /// Kill, instead of continuing, stopped servers that may hold
+    /// requests the plugin gave up on (the fence DRBD provides on a pool).
+    fence_left_servers: bool,
 }
 
 impl Fleet {
-    fn start(disk: &Path, rng: &mut Rng, resume_left_servers: bool) -> Fleet {
+    fn start(disk: &Path, rng: &mut Rng, fence_left_servers: bool) -> Fleet {
         let slots = (0..SERVERS)
             .map(|_| {
                 let port = port_outside_ephemeral_range(rng);
@@ -216,7 +215,7 @@ impl Fleet {
         Fleet {
             disk: disk.to_path_buf(),
             slots,
-            resume_left_servers,
+            fence_left_servers,
         }
     }
 
@@ -319,10 +318,9 @@ impl Fleet {
         }
     }
 
-    /// SIGCONTs stopped server `i`, or kills it if it may hold requests
-    /// the plugin gave up on and retried elsewhere (it was in use when
-    /// stopped, or the plugin left it since): a fenced host never applies
-    /// them.
+    /// SIGCONTs stopped server `i`; with the fence on, kills it instead if
+    /// it may hold requests the plugin gave up on and retried elsewhere (it
+    /// was in use when stopped, or the plugin left it since).
     fn continue_or_fence(&mut self, i: usize, log: &Lines, counts: &mut ActionCounts) {
         let ServerState::Stopped {
             since, was_in_use, ..
@@ -335,7 +333,7 @@ impl Fleet {
             .timed()
             .iter()
             .any(|(at, line)| at >= since && line.contains(&leaving));
-        if (*was_in_use || left) && !self.resume_left_servers {
+        if (*was_in_use || left) && self.fence_left_servers {
             self.kill(i);
             counts.fenced += 1;
             return;
@@ -722,13 +720,13 @@ fn sixty_seconds_of_server_kills_stops_and_restarts_under_fio_verify() {
         now.subsec_nanos().into()
     });
     let chaos = env_u64("CHAOS_SECONDS").map_or(DEFAULT_CHAOS, Duration::from_secs);
-    let resume_left_servers = std::env::var_os("CHAOS_RESUME_LEFT_SERVERS").is_some();
+    let fence_left_servers = std::env::var_os("CHAOS_FENCE").is_some();
     println!("chaos seed {seed} for {chaos:?} (replay the choices with CHAOS_SEED={seed})");
     let mut rng = Rng::new(seed);
 
     let dir = TempDir::new().unwrap();
     let disk = create_disk(dir.path());
-    let mut fleet = Fleet::start(&disk, &mut rng, resume_left_servers);
+    let mut fleet = Fleet::start(&disk, &mut rng, fence_left_servers);
     let urls = format!("urls={}", fleet.urls());
     let mut params = vec![urls.as_str()];
     params.extend(PLUGIN_KEYS);
