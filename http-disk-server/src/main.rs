@@ -145,7 +145,53 @@ fn announce_ready() {
     let _ = out.flush();
 }
 
+/// File descriptors needed besides the two of each connection (the disk,
+/// the listener, logging, DRBD status pipes...).
+const SPARE_FDS: u64 = 64;
+
+/// Raises the soft open-file limit to what `workers` connections need (two
+/// descriptors each), up to the hard limit. The usual soft limit of 1024
+/// would otherwise cut the server off near 500 connections, with accepts
+/// failing (EMFILE) while workers are free. If the hard limit is too low
+/// too, says so: the operator raises it (systemd `LimitNOFILE=`).
+fn raise_open_file_limit(workers: u64) {
+    let needed = workers.saturating_mul(2).saturating_add(SPARE_FDS);
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a pointer to a live rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    if limit.rlim_cur >= needed {
+        return;
+    }
+    let raised = libc::rlimit {
+        rlim_cur: needed.min(limit.rlim_max),
+        rlim_max: limit.rlim_max,
+    };
+    // SAFETY: as above.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+        log::warn!(
+            "cannot raise the open file limit from {}: {}",
+            limit.rlim_cur,
+            std::io::Error::last_os_error()
+        );
+        return;
+    }
+    if raised.rlim_cur < needed {
+        log::warn!(
+            "the open file limit ({}) allows about {} connections, fewer than --workers {workers}: \
+             raise it (systemd LimitNOFILE=) or lower --workers",
+            raised.rlim_cur,
+            raised.rlim_cur.saturating_sub(SPARE_FDS) / 2
+        );
+    }
+}
+
 fn run(args: cli::Args) -> Result<(), String> {
+    raise_open_file_limit(args.workers);
     let listener = bind(args.ip, args.port)?;
     let stop_fd = signals::install().map_err(|e| format!("cannot install signal handlers: {e}"))?;
     let workers = usize::try_from(args.workers).unwrap_or(usize::MAX);

@@ -35,9 +35,10 @@
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::os::unix::io::AsRawFd;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use harness::{pattern, pattern_file, wait_until, DiskServer, TempDir};
+use harness::{artifact, free_port, pattern, pattern_file, wait_until, DiskServer, Proc, TempDir};
 
 const SIZE: usize = 1 << 20;
 /// Connect/disconnect cycles, cycling through the four ways to end one.
@@ -377,4 +378,59 @@ fn connection_churn_and_idle_connections_leave_nothing_behind() {
     assert_back_to(pid, baseline, IDLE_RSS_TOLERANCE_KB, "the idle connections");
     serve_other_client(&addr, &mut expected, 20);
     assert_eq!(std::fs::read(&disk).unwrap(), expected, "disk content");
+}
+
+/// Kept-alive connections of a whole pool: each made a request and stays
+/// open and idle, as multihttp's connection pools keep them (up to
+/// `pool-size` 16 per host, up to 64 hosts).
+const POOL_CONNECTIONS: usize = 700;
+
+/// With the server's defaults, a pool's worth of kept-alive connections
+/// must all be served and leave room for others. The old default of 128
+/// workers answered the 129th connection with 503 while the others sat
+/// idle. The server is started with the usual soft open-file limit of 1024
+/// (`prlimit`), which by itself would cut it off near 500 connections (two
+/// descriptors each) unless the server raises it to what --workers needs.
+#[test]
+fn a_pools_worth_of_kept_alive_connections_leaves_room_for_other_clients() {
+    raise_fd_limit(4 * POOL_CONNECTIONS as u64);
+    let dir = TempDir::new().unwrap();
+    let disk = pattern_file(dir.path(), "disk.img", SIZE, 52);
+    let mut expected = pattern(SIZE, 52);
+    let port = free_port();
+    let mut cmd = Command::new("prlimit");
+    cmd.arg("--nofile=1024:")
+        .arg("--")
+        .arg(artifact("http-disk-server"))
+        .arg("--disk")
+        .arg(&disk)
+        .args(["--ip", "127.0.0.1", "--port", &port.to_string()]);
+    let server = Proc::spawn("http-disk-server", cmd);
+    assert!(
+        server
+            .output
+            .wait_for("Server ready!", Duration::from_secs(10)),
+        "the server did not start: {:?}",
+        server.output.snapshot()
+    );
+    let addr = format!("127.0.0.1:{port}");
+    let mut pool: Vec<Client> = (0..POOL_CONNECTIONS)
+        .map(|i| {
+            let mut client = Client::open(&addr);
+            let raw = b"GET / HTTP/1.1\r\nRange: bytes=0-0\r\n\r\n";
+            let (status, body) = client.request(raw);
+            assert_eq!(
+                status,
+                206,
+                "kept-alive connection {i}: {}",
+                String::from_utf8_lossy(&body)
+            );
+            client
+        })
+        .collect();
+    serve_other_client(&addr, &mut expected, 20);
+    for (i, client) in pool.iter_mut().enumerate().step_by(70) {
+        assert_eq!(client.get(0, 512), expected[..512], "pooled connection {i}");
+    }
+    assert!(!server.output.contains("workers busy"));
 }
