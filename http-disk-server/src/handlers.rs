@@ -427,6 +427,7 @@ mod tests {
                 disk,
                 active,
                 bodies: crate::budget::Budget::new(1 << 20),
+                idle: Default::default(),
             },
         )
     }

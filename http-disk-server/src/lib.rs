@@ -11,5 +11,6 @@ pub mod disk;
 pub mod drbd;
 pub mod handlers;
 pub mod http;
+pub mod idle;
 pub mod server;
 pub mod signals;

@@ -206,6 +206,7 @@ fn run(args: cli::Args) -> Result<(), String> {
         disk: OnceLock::new(),
         active: AtomicUsize::new(0),
         bodies: budget::Budget::new(body_budget(args.max_request_size)),
+        idle: Default::default(),
     });
     let local = listener
         .local_addr()

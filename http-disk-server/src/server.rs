@@ -17,6 +17,7 @@ use crate::budget::Budget;
 use crate::disk::{Disk, IO_CHUNK};
 use crate::handlers::{self, Body, BodySource, Reply};
 use crate::http::{self, HeadError};
+use crate::idle::IdleConnections;
 use crate::signals;
 
 /// Settings from the command line that requests depend on.
@@ -38,6 +39,8 @@ pub struct State {
     pub active: AtomicUsize,
     /// Memory held by write bodies being received, server-wide.
     pub bodies: Budget,
+    /// Connections waiting for their next request.
+    pub idle: IdleConnections,
 }
 
 /// The read side of a connection: every read waits at most the idle
@@ -118,7 +121,13 @@ pub fn accept_loop(listener: &TcpListener, stop_fd: RawFd, state: &Arc<State>) -
                 continue;
             }
         };
-        if state.active.load(Ordering::SeqCst) >= state.config.workers {
+        // Every worker taken: the longest-idle connection makes room (its
+        // worker ends within moments, so for that while one thread more
+        // than --workers runs); only when all are busy with requests does
+        // the newcomer get 503.
+        if state.active.load(Ordering::SeqCst) >= state.config.workers
+            && !state.idle.close_longest_idle()
+        {
             refuse_busy(stream, peer, state.config.workers);
             continue;
         }
@@ -214,11 +223,16 @@ fn serve_connection(stream: TcpStream, peer: SocketAddr, state: &State) {
         },
     );
     let mut writer = BufWriter::with_capacity(64 * 1024, write_half);
+    let fd = reader.get_ref().stream.as_raw_fd();
     log::debug!("{peer}: connected");
     // Set when the server closes while the client may still be sending.
     let mut linger = false;
     loop {
-        if !wait_for_request(&reader, idle) {
+        let ticket = state.idle.begin_wait(fd, peer);
+        let request_came = wait_for_request(&reader, idle);
+        if !state.idle.end_wait(ticket) || !request_came {
+            // Closed to make room for a new client, silent past the idle
+            // timeout, gone, or the server stops.
             break;
         }
         let started = Instant::now();
@@ -248,7 +262,6 @@ fn serve_connection(stream: TcpStream, peer: SocketAddr, state: &State) {
         let (reply, framing, consumed) = match prelude {
             Err(e) => (Reply::error(e.status, e.reason).closing(), None, false),
             Ok((framing, expect_continue)) => {
-                let fd = reader.get_ref().stream.as_raw_fd();
                 let mut body = BodySource {
                     reader: &mut reader,
                     writer: &mut writer,

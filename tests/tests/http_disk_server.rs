@@ -528,14 +528,66 @@ fn busy_server_answers_503_beyond_its_workers() {
     let dir = TempDir::new().unwrap();
     let disk = pattern_file(dir.path(), "disk.img", SIZE, 43);
     let server = DiskServer::start(&disk, &["--workers", "2"]);
-    let _a = TcpStream::connect(server.addr()).unwrap();
-    let _b = TcpStream::connect(server.addr()).unwrap();
+    // Two requests in progress (heads not finished): busy, not idle, so
+    // neither can be closed to make room.
+    let in_progress = || {
+        let mut stream = TcpStream::connect(server.addr()).unwrap();
+        stream.write_all(b"HEAD / HT").unwrap();
+        stream
+    };
+    let (a, b) = (in_progress(), in_progress());
+    // Let both workers read their first bytes (and so stop being idle).
+    std::thread::sleep(Duration::from_millis(300));
     assert!(wait_until(Duration::from_secs(5), || {
         let reply = raw_exchange(&server.addr(), b"HEAD / HTTP/1.1\r\n\r\n", false);
         status_of(&reply) == 503 && String::from_utf8_lossy(&reply).contains("Retry-After: 1")
     }));
-    drop((_a, _b));
+    drop((a, b));
     assert!(wait_until(Duration::from_secs(5), || server.answers()));
+}
+
+/// Kept-alive and silent connections hold a worker each while idle; when
+/// all are taken, the one idle the longest is closed for a new client
+/// instead of refusing it (http-disk-server `idle.rs`).
+#[test]
+fn idle_connections_make_room_for_new_clients() {
+    let dir = TempDir::new().unwrap();
+    let disk = pattern_file(dir.path(), "disk.img", SIZE, 44);
+    let server = DiskServer::start(&disk, &["--workers", "2"]);
+    let addr = server.addr();
+    let head = b"HEAD / HTTP/1.1\r\n\r\n";
+    let mut older = Conn::open(&addr);
+    assert_eq!(older.request(head).status, 200);
+    std::thread::sleep(Duration::from_millis(50));
+    let mut newer = Conn::open(&addr);
+    assert_eq!(newer.request(head).status, 200);
+    // Both workers are taken by idle kept-alive connections: a newcomer
+    // is served, and the one idle the longest closed.
+    let mut third = Conn::open(&addr);
+    assert_eq!(third.request(head).status, 200, "the newcomer was refused");
+    assert!(older.closed_by_server(), "the longest idle was not closed");
+    // Each newcomer takes the place of the longest idle: `newer`, then
+    // `third`, then a silent connection that never sent a request.
+    let mut silent = TcpStream::connect(&addr).unwrap();
+    assert!(newer.closed_by_server());
+    std::thread::sleep(Duration::from_millis(50));
+    let mut fourth = Conn::open(&addr);
+    assert_eq!(fourth.request(head).status, 200);
+    assert!(third.closed_by_server());
+    std::thread::sleep(Duration::from_millis(50));
+    let mut fifth = Conn::open(&addr);
+    assert_eq!(fifth.request(head).status, 200);
+    silent
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    assert_eq!(
+        silent.read(&mut [0u8; 1]).unwrap(),
+        0,
+        "silent one not closed"
+    );
+    assert_eq!(fourth.request(head).status, 200);
+    assert_eq!(fifth.request(head).status, 200);
+    assert!(!server.proc.output.contains("workers busy"));
 }
 
 // ------------------------------------------------- readonly, allow, limits

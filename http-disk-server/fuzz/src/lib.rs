@@ -364,6 +364,7 @@ fn new_state() -> State {
         disk: held,
         active: AtomicUsize::new(0),
         bodies: Budget::new(1 << 20),
+        idle: Default::default(),
     }
 }
 
