@@ -41,6 +41,12 @@ pub struct Args {
     #[arg(long = "allow", value_name = "CIDR", value_parser = parse_cidr)]
     pub allow: Vec<IpNet>,
 
+    /// Require HTTP Basic credentials listed in this file (lines
+    /// `user:salt:sha256hex`, the hash of salt + password; see README);
+    /// others get 401 before any body is read.
+    #[arg(long, value_name = "PATH")]
+    pub auth_file: Option<std::path::PathBuf>,
+
     /// Largest request body accepted, in bytes (K, M, G suffixes allowed);
     /// larger writes get 413 before their body is read.
     #[arg(long, default_value = "32M", value_name = "BYTES", value_parser = parse_size)]

@@ -117,6 +117,17 @@ pub fn check_peer(peer: IpAddr, state: &State) -> Result<(), HttpError> {
     }
 }
 
+/// The `--auth-file` check, right after the peer check: a request without
+/// the right credentials gets 401 and none of its body is read.
+pub fn check_credentials(req: &Request, state: &State) -> Result<(), HttpError> {
+    match &state.config.auth {
+        Some(credentials) if !credentials.permits(req.header("Authorization").as_deref()) => Err(
+            HttpError::new(401, "missing or wrong credentials (--auth-file)"),
+        ),
+        _ => Ok(()),
+    }
+}
+
 /// Handles one request whose head was read and whose peer is allowed.
 pub fn handle(req: &Request, state: &State, body: &mut BodySource) -> Reply {
     let config = &state.config;
@@ -415,6 +426,7 @@ mod tests {
         let config = Config {
             readonly,
             allow: AllowList::default(),
+            auth: None,
             max_request_size: 4096,
             idle_timeout: Duration::from_secs(5),
             workers: 4,

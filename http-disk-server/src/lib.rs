@@ -5,6 +5,7 @@
 //! handlers directly. Nothing here is a stable API for other crates.
 
 pub mod access;
+pub mod auth;
 pub mod budget;
 pub mod cli;
 pub mod disk;

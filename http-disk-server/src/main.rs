@@ -19,7 +19,7 @@ use clap::Parser;
 
 use http_disk_server::access::AllowList;
 use http_disk_server::server::{Config, State};
-use http_disk_server::{budget, cli, disk, drbd, server, signals};
+use http_disk_server::{auth, budget, cli, disk, drbd, server, signals};
 
 /// Longest wait for in-flight requests after SIGTERM before exiting anyway.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -192,6 +192,11 @@ fn raise_open_file_limit(workers: u64) {
 
 fn run(args: cli::Args) -> Result<(), String> {
     raise_open_file_limit(args.workers);
+    let auth = args
+        .auth_file
+        .as_deref()
+        .map(auth::Credentials::load)
+        .transpose()?;
     let listener = bind(args.ip, args.port)?;
     let stop_fd = signals::install().map_err(|e| format!("cannot install signal handlers: {e}"))?;
     let workers = usize::try_from(args.workers).unwrap_or(usize::MAX);
@@ -199,6 +204,7 @@ fn run(args: cli::Args) -> Result<(), String> {
         config: Config {
             readonly: args.readonly,
             allow: AllowList::new(args.allow.clone()),
+            auth,
             max_request_size: args.max_request_size,
             idle_timeout: Duration::from_secs(args.idle_timeout),
             workers,

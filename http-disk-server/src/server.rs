@@ -13,6 +13,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::access::AllowList;
+use crate::auth::{self, Credentials};
 use crate::budget::Budget;
 use crate::disk::{Disk, IO_CHUNK};
 use crate::handlers::{self, Body, BodySource, Reply};
@@ -25,6 +26,8 @@ use crate::signals;
 pub struct Config {
     pub readonly: bool,
     pub allow: AllowList,
+    /// `--auth-file`: when set, every request needs these credentials.
+    pub auth: Option<Credentials>,
     pub max_request_size: u64,
     pub idle_timeout: Duration,
     pub workers: usize,
@@ -257,9 +260,14 @@ fn serve_connection(stream: TcpStream, peer: SocketAddr, state: &State) {
         // The peer is checked first, so a refused peer learns nothing
         // else about the server and none of its body is read.
         let prelude = handlers::check_peer(peer.ip(), state)
+            .and_then(|_| handlers::check_credentials(&request, state))
             .and_then(|_| request.framing())
             .and_then(|framing| Ok((framing, request.expects_continue()?)));
         let (reply, framing, consumed) = match prelude {
+            Err(e) if e.status == 401 => {
+                let reply = Reply::error(e.status, e.reason).closing();
+                (reply.with("WWW-Authenticate", auth::CHALLENGE), None, false)
+            }
             Err(e) => (Reply::error(e.status, e.reason).closing(), None, false),
             Ok((framing, expect_continue)) => {
                 let mut body = BodySource {

@@ -126,3 +126,17 @@ pub fn status_of(reply: &[u8]) -> u16 {
         .and_then(|code| code.parse().ok())
         .unwrap_or(0)
 }
+
+/// Writes `dir/auth`, an `--auth-file` with one line for `user` and
+/// `password`, made by the shell recipe README gives (openssl salt,
+/// sha256sum), so the recipe is tested too.
+pub fn auth_file(dir: &Path, user: &str, password: &str) -> PathBuf {
+    let file = dir.join("auth");
+    let script = r#"salt=$(openssl rand -hex 16)
+printf '%s:%s:%s\n' "$1" "$salt" "$(printf '%s%s' "$salt" "$2" | sha256sum | cut -d' ' -f1)""#;
+    let mut cmd = Command::new("bash");
+    cmd.args(["-c", script, "auth", user, password]);
+    let line = crate::run_ok(cmd, Duration::from_secs(10));
+    std::fs::write(&file, format!("# test\n{line}")).unwrap();
+    file
+}

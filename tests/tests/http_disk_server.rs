@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use harness::disk_server::{raw_exchange, status_of};
+use harness::disk_server::{auth_file, raw_exchange, status_of};
 use harness::{pattern, pattern_file, run, run_ok, wait_until, DiskServer, TempDir};
 
 const SIZE: usize = 1 << 20;
@@ -591,6 +591,63 @@ fn idle_connections_make_room_for_new_clients() {
 }
 
 // ------------------------------------------------- readonly, allow, limits
+
+#[test]
+fn with_an_auth_file_only_the_right_credentials_read_or_write() {
+    let dir = TempDir::new().unwrap();
+    let disk = pattern_file(dir.path(), "disk.img", SIZE, 45);
+    let original = read_disk(&disk);
+    let auth = auth_file(dir.path(), "host1", "0123456789abcdef");
+    let server = DiskServer::start(&disk, &["--auth-file", auth.to_str().unwrap()]);
+    let body = dir.path().join("body");
+    std::fs::write(&body, b"written").unwrap();
+    let attempt = |method: &str, credentials: Option<&str>| {
+        let mut cmd = curl();
+        cmd.args(["-i", "-X", method, "-H", "Range: bytes=0-6"]);
+        if method == "PUT" {
+            cmd.args(["-H", "Content-Range: bytes 0-6/-1"])
+                .arg("--data-binary")
+                .arg(format!("@{}", body.display()));
+        }
+        if let Some(credentials) = credentials {
+            cmd.args(["-u", credentials]);
+        }
+        cmd.arg(server.url());
+        let output = run(cmd, Duration::from_secs(30));
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    for credentials in [
+        None,
+        Some("host1:0123456789abcdeF"),
+        Some("host2:0123456789abcdef"),
+    ] {
+        for method in ["HEAD", "GET", "PUT"] {
+            let reply = attempt(method, credentials);
+            assert!(
+                reply.starts_with("HTTP/1.1 401 "),
+                "{method} {credentials:?}: {reply}"
+            );
+            assert!(reply.contains("WWW-Authenticate: Basic realm=\"http-disk-server\""));
+        }
+    }
+    assert_eq!(read_disk(&disk), original, "a refused PUT wrote");
+    let right = Some("host1:0123456789abcdef");
+    assert!(attempt("PUT", right).starts_with("HTTP/1.1 200 "));
+    assert!(attempt("GET", right).ends_with("written"));
+    assert!(
+        !server.proc.output.contains("0123456789abcdef"),
+        "a secret was logged"
+    );
+    // A bad file is refused at start, naming it.
+    let bad = dir.path().join("bad-auth");
+    std::fs::write(&bad, "host1:only-two-fields\n").unwrap();
+    let refused = DiskServer::try_start(&disk, &["--auth-file", bad.to_str().unwrap()])
+        .err()
+        .expect("a server with a bad --auth-file started");
+    assert!(refused
+        .output_when_closed()
+        .contains("line 1: expected user:salt:sha256hex"));
+}
 
 #[test]
 fn readonly_server_refuses_writes() {

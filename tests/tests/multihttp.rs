@@ -13,6 +13,7 @@ use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use harness::disk_server::auth_file;
 use harness::scripted_peer::{Misbehaviour, Script, ScriptedPeer};
 use harness::{
     artifact, debian_tool, free_port, nbdsh, pattern_file, run_ok, DiskServer, Nbdkit, TempDir,
@@ -871,6 +872,52 @@ fn user_and_password_from_a_file_reach_every_request_as_basic_auth() {
     assert!(seen.iter().all(|a| *a == expected), "{seen:?}");
     let log = nbdkit.proc.output.snapshot().join("\n");
     assert!(!log.contains("s3cr3t"), "the password was logged:\n{log}");
+}
+
+/// Against a real server with `--auth-file`: the right `user=` and
+/// `password=+FILE` read and write; a wrong password is never served (the
+/// server answers 401, which the plugin treats as "not this server").
+#[test]
+fn user_and_password_open_a_server_that_requires_them() {
+    let dir = TempDir::new().unwrap();
+    let disk = pattern_file(dir.path(), "disk.img", MIB, 42);
+    let auth = auth_file(dir.path(), "host1", "0123456789abcdef");
+    let server = DiskServer::start(&disk, &["--auth-file", auth.to_str().unwrap()]);
+    let right = dir.path().join("right");
+    fs::write(&right, "0123456789abcdef\n").unwrap();
+    let password = format!("password=+{}", right.display());
+    let nbdkit = start(
+        &[server.url()],
+        &["device-size=1M", "user=host1", &password],
+    );
+    let result = nbdsh(
+        &nbdkit.uri(),
+        "h.pwrite(b'\\x72' * 999, 5000)\nprint(h.pread(999, 5000) == b'\\x72' * 999)",
+    );
+    assert_eq!(result.trim(), "True");
+    assert!(read_at(&disk, 5000, 999).iter().all(|&b| b == 0x72));
+    drop(nbdkit);
+
+    let wrong = dir.path().join("wrong");
+    fs::write(&wrong, "0123456789abcdeF\n").unwrap();
+    let password = format!("password=+{}", wrong.display());
+    let nbdkit = start(
+        &[server.url()],
+        &[
+            "device-size=1M",
+            "user=host1",
+            &password,
+            "failover-window=2s",
+        ],
+    );
+    let result = nbdsh(
+        &nbdkit.uri(),
+        "try:\n    h.pwrite(b'\\x73' * 999, 5000)\n    print('written')\n\
+         except nbd.Error as e:\n    print('refused', e.errno)",
+    );
+    assert!(result.contains("refused"), "{result}");
+    assert!(read_at(&disk, 5000, 999).iter().all(|&b| b == 0x72));
+    assert!(nbdkit.proc.output.contains("401"), "the 401 was not logged");
 }
 
 #[test]

@@ -357,6 +357,7 @@ fn new_state() -> State {
         config: Config {
             readonly: false,
             allow: AllowList::default(),
+            auth: None,
             max_request_size: MAX_REQUEST,
             idle_timeout: Duration::from_millis(10),
             workers: 4,
