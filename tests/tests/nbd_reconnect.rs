@@ -266,6 +266,19 @@ fn check_reconnects(plugin: &str, nbdkit: &Nbdkit, model: &Path, dir: &Path) {
     );
 }
 
+/// nbdkit options for these tests: one worker thread per connection.
+/// nbdkit 1.32 (Debian bookworm) has a race of its own: when a client hangs
+/// up while one worker thread of its connection still sends a reply and
+/// another has already seen the hang-up and closed the socket, nbdkit
+/// aborts (`connections.c:402: raw_send_socket: Assertion 'sock >= 0'
+/// failed`; seen once in CI in the sharded run, the plugin not involved;
+/// newer nbdkit has no such assertion). These cycles hang up with requests
+/// in flight on purpose, so with several threads per connection they hit
+/// it now and then. With one thread the same hang-ups are made and our
+/// plugins' per-connection clean-up is measured; their parallel paths are
+/// covered by the other tests.
+const NBDKIT_OPTIONS: &[&str] = &["--threads", "1"];
+
 #[test]
 fn multihttp_returns_to_baseline_after_10000_connections() {
     let dir = TempDir::new().unwrap();
@@ -274,7 +287,7 @@ fn multihttp_returns_to_baseline_after_10000_connections() {
     fs::copy(&backing, &model).unwrap();
     let server = DiskServer::start(&backing, &[]);
     let urls = format!("urls={}", server.url());
-    let nbdkit = Nbdkit::start(&[], &artifact("libmultihttp.so"), &[&urls]);
+    let nbdkit = Nbdkit::start(NBDKIT_OPTIONS, &artifact("libmultihttp.so"), &[&urls]);
     check_reconnects("multihttp", &nbdkit, &model, dir.path());
     assert!(
         fs::read(&backing).unwrap() == fs::read(&model).unwrap(),
@@ -288,7 +301,7 @@ fn sharded_returns_to_baseline_after_10000_connections() {
     let chunks = format!("dir={}", dir.path().join("disk").display());
     let size = format!("size={DISK_SIZE}");
     let nbdkit = Nbdkit::start(
-        &[],
+        NBDKIT_OPTIONS,
         &artifact("libsharded.so"),
         &[&chunks, &size, "chunk-size=64K"],
     );
@@ -311,7 +324,7 @@ fn s3_returns_to_baseline_after_10000_connections() {
         "pool-size=0".to_owned(),
     ]);
     let params: Vec<&str> = params.iter().map(String::as_str).collect();
-    let nbdkit = Nbdkit::start(&[], &artifact("libs3.so"), &params);
+    let nbdkit = Nbdkit::start(NBDKIT_OPTIONS, &artifact("libs3.so"), &params);
     let model = fill_with_pattern(&nbdkit, dir.path());
     check_reconnects("s3", &nbdkit, &model, dir.path());
 }
