@@ -207,22 +207,56 @@ fn sigkill_of_servers_during_a_write_read_loop_is_invisible_to_the_client() {
     assert!(fs::read(&out).unwrap() == fs::read(&disk).unwrap());
 }
 
+/// Two servers on one disk, the plugin in front (io-timeout 1 s), and the
+/// server it uses SIGSTOPped: the socket stays open and the kernel still
+/// accepts connections, but nothing answers — like a hung host.
+struct OneServerStopped {
+    _dir: TempDir,
+    disk: PathBuf,
+    servers: [DiskServer; 2],
+    stopped: usize,
+    active_port: u16,
+    nbdkit: Nbdkit,
+}
+
+impl OneServerStopped {
+    fn start(seed: u64) -> OneServerStopped {
+        let dir = TempDir::new().unwrap();
+        let disk = pattern_file(dir.path(), "disk.img", MIB, seed);
+        let servers = [DiskServer::start(&disk, &[]), DiskServer::start(&disk, &[])];
+        let urls: Vec<String> = servers.iter().map(DiskServer::url).collect();
+        let nbdkit = start(
+            &urls,
+            &["device-size=1M", "io-timeout=1s", "connect-timeout=1s"],
+        );
+        nbdsh(&nbdkit.uri(), "h.pread(512, 0)");
+        let active_port = active_port(&nbdkit).expect("the plugin logs the server it uses");
+        let stopped = servers.iter().position(|s| s.port == active_port).unwrap();
+        servers[stopped].proc.signal(libc::SIGSTOP);
+        OneServerStopped {
+            _dir: dir,
+            disk,
+            servers,
+            stopped,
+            active_port,
+            nbdkit,
+        }
+    }
+
+    fn stopped(&self) -> &DiskServer {
+        &self.servers[self.stopped]
+    }
+}
+
 #[test]
 fn a_stopped_server_is_left_after_the_io_timeout() {
-    let dir = TempDir::new().unwrap();
-    let disk = pattern_file(dir.path(), "disk.img", MIB, 6);
-    let servers = [DiskServer::start(&disk, &[]), DiskServer::start(&disk, &[])];
-    let urls: Vec<String> = servers.iter().map(DiskServer::url).collect();
-    let nbdkit = start(
-        &urls,
-        &["device-size=1M", "io-timeout=1s", "connect-timeout=1s"],
+    let setup = OneServerStopped::start(6);
+    let (nbdkit, disk, stopped, active) = (
+        &setup.nbdkit,
+        &setup.disk,
+        setup.stopped(),
+        setup.active_port,
     );
-    nbdsh(&nbdkit.uri(), "h.pread(512, 0)");
-    let active = active_port(&nbdkit).expect("the plugin logs the server it uses");
-    let stopped = servers.iter().find(|s| s.port == active).unwrap();
-    // SIGSTOP: the socket stays open and the kernel still accepts
-    // connections, but nothing answers — like a hung host.
-    stopped.proc.signal(libc::SIGSTOP);
     let started = Instant::now();
     let result = nbdsh(
         &nbdkit.uri(),
@@ -233,10 +267,10 @@ fn a_stopped_server_is_left_after_the_io_timeout() {
     stopped.proc.signal(libc::SIGCONT);
     assert!(result.contains("served"), "{result}");
     assert!(nbdkit.proc.output.contains("multihttp: leaving "));
-    assert_ne!(active_port(&nbdkit), Some(active));
+    assert_ne!(active_port(nbdkit), Some(active));
     // One I/O timeout plus one probe, not a hang (generous for loaded CI).
     assert!(started.elapsed() < Duration::from_secs(20));
-    assert!(read_at(&disk, 4000, 5000).iter().all(|&b| b == 0x42));
+    assert!(read_at(disk, 4000, 5000).iter().all(|&b| b == 0x42));
 }
 
 /// The chaos test's finding, made deterministic: the plugin gives up on a
@@ -247,18 +281,8 @@ fn a_stopped_server_is_left_after_the_io_timeout() {
 /// drop it (http-disk-server `handlers::abandoned`).
 #[test]
 fn a_stopped_server_that_resumes_does_not_apply_the_writes_it_was_left_with() {
-    let dir = TempDir::new().unwrap();
-    let disk = pattern_file(dir.path(), "disk.img", MIB, 7);
-    let servers = [DiskServer::start(&disk, &[]), DiskServer::start(&disk, &[])];
-    let urls: Vec<String> = servers.iter().map(DiskServer::url).collect();
-    let nbdkit = start(
-        &urls,
-        &["device-size=1M", "io-timeout=1s", "connect-timeout=1s"],
-    );
-    nbdsh(&nbdkit.uri(), "h.pread(512, 0)");
-    let active = active_port(&nbdkit).expect("the plugin logs the server it uses");
-    let stopped = servers.iter().find(|s| s.port == active).unwrap();
-    stopped.proc.signal(libc::SIGSTOP);
+    let setup = OneServerStopped::start(7);
+    let (nbdkit, disk, stopped) = (&setup.nbdkit, &setup.disk, setup.stopped());
     let result = nbdsh(
         &nbdkit.uri(),
         "h.pwrite(b'1' * 4096, 8192)\n\
@@ -274,7 +298,7 @@ fn a_stopped_server_that_resumes_does_not_apply_the_writes_it_was_left_with() {
     // Give the resumed server time to (wrongly) apply anything else queued.
     thread::sleep(Duration::from_millis(500));
     assert!(
-        read_at(&disk, 8192, 4096).iter().all(|&b| b == b'2'),
+        read_at(disk, 8192, 4096).iter().all(|&b| b == b'2'),
         "the resumed server put old data over the newer write"
     );
     assert!(reported, "the resumed server did not log the dropped write");
