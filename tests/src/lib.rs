@@ -383,3 +383,54 @@ pub fn pattern(size: usize, seed: u64) -> Vec<u8> {
         })
         .collect()
 }
+
+/// What the kernel says a process holds (from /proc/PID/status and fd/).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProcessUsage {
+    pub rss_kib: u64,
+    pub threads: u64,
+    pub fds: usize,
+}
+
+/// Reads [`ProcessUsage`] of `pid`; panics if the process is gone.
+pub fn process_usage(pid: i32) -> ProcessUsage {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/status: {e}"));
+    let field = |name: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"))
+    };
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/fd: {e}"))
+        .count();
+    ProcessUsage {
+        rss_kib: field("VmRSS:"),
+        threads: field("Threads:"),
+        fds,
+    }
+}
+
+/// Makes the close of `stream` (when it is dropped) a reset (RST) instead
+/// of a FIN: SO_LINGER with a zero timeout.
+pub fn reset_on_close(stream: &std::net::TcpStream) {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt on a live socket with a pointer to a live linger.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "SO_LINGER: {}", std::io::Error::last_os_error());
+}

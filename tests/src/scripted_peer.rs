@@ -419,40 +419,20 @@ fn misbehave(stream: &mut TcpStream, how: Misbehaviour, size: u64, request: &Req
             })
         }
         Misbehaviour::ResetBeforeReply => {
-            reset(stream);
+            crate::reset_on_close(stream);
             Ok(())
         }
         Misbehaviour::ResetMidHead => {
             let head = head(Some(len));
             let _ = stream.write_all(&head[..head.len() / 2]);
-            reset(stream);
+            crate::reset_on_close(stream);
             Ok(())
         }
         Misbehaviour::ResetMidBody => {
             let _ = stream.write_all(&head(Some(len)));
             let _ = stream.write_all(&body[..len / 2]);
-            reset(stream);
+            crate::reset_on_close(stream);
             Ok(())
         }
     };
-}
-
-/// Makes the close of this connection (when `serve` returns and drops
-/// it) a reset (RST) instead of a FIN: SO_LINGER with a zero timeout.
-fn reset(stream: &TcpStream) {
-    use std::os::fd::AsRawFd;
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: a valid socket fd and a correctly sized linger struct.
-    unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&linger as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        );
-    }
 }

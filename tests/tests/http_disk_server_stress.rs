@@ -34,11 +34,13 @@
 
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::TcpStream;
-use std::os::unix::io::AsRawFd;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use harness::{artifact, free_port, pattern, pattern_file, wait_until, DiskServer, Proc, TempDir};
+use harness::{
+    artifact, free_port, pattern, pattern_file, process_usage, reset_on_close, wait_until,
+    DiskServer, Proc, ProcessUsage, TempDir,
+};
 
 const SIZE: usize = 1 << 20;
 /// Connect/disconnect cycles, cycling through the four ways to end one.
@@ -65,48 +67,20 @@ const IDLE_RSS_TOLERANCE_KB: u64 = 16 * 1024;
 
 // ------------------------------------------------------------ measurements
 
-/// What the server process holds, from /proc.
-#[derive(Debug, Clone, Copy)]
-struct Usage {
-    fds: usize,
-    threads: u64,
-    rss_kb: u64,
-}
-
-fn usage(pid: i32) -> Usage {
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .expect("the server's /proc/PID/fd")
-        .count();
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    let field = |name: &str| -> u64 {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("{name} in /proc/{pid}/status"))
-    };
-    Usage {
-        fds,
-        threads: field("Threads:"),
-        rss_kb: field("VmRSS:"),
-    }
-}
-
 /// Waits until the server holds no more fds and threads than `baseline`,
 /// then checks that its RSS is at most `rss_tolerance_kb` above it.
-fn assert_back_to(pid: i32, baseline: Usage, rss_tolerance_kb: u64, after: &str) {
-    let mut now = usage(pid);
+fn assert_back_to(pid: i32, baseline: ProcessUsage, rss_tolerance_kb: u64, after: &str) {
+    let mut now = process_usage(pid);
     let settled = wait_until(SETTLE_BOUND, || {
-        now = usage(pid);
+        now = process_usage(pid);
         now.fds <= baseline.fds && now.threads <= baseline.threads
     });
     assert!(settled, "after {after}: {now:?}, baseline {baseline:?}");
     assert!(
-        now.rss_kb <= baseline.rss_kb + rss_tolerance_kb,
+        now.rss_kib <= baseline.rss_kib + rss_tolerance_kb,
         "after {after}: RSS {} KiB, baseline {} KiB",
-        now.rss_kb,
-        baseline.rss_kb
+        now.rss_kib,
+        baseline.rss_kib
     );
     eprintln!("after {after}: {now:?} (baseline {baseline:?})");
 }
@@ -133,24 +107,9 @@ fn raise_fd_limit(needed: u64) {
 
 // ------------------------------------------------------------------ clients
 
-/// Closes `stream` with a reset (SO_LINGER 0) instead of a FIN.
+/// Closes `stream` with a reset (RST) instead of a FIN.
 fn reset(stream: TcpStream) {
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: setsockopt on a live socket with a pointer to a live linger.
-    let rc = unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            &linger as *const libc::linger as *const libc::c_void,
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0, "SO_LINGER");
-    drop(stream);
+    reset_on_close(&stream);
 }
 
 fn connect(addr: &str) -> TcpStream {
@@ -305,10 +264,10 @@ fn connection_churn_and_idle_connections_leave_nothing_behind() {
     // Baseline after some traffic, so first-use allocations are in it,
     // once only the accept loop's thread is left.
     serve_other_client(&addr, &mut expected, 20);
-    let mut baseline = usage(pid);
+    let mut baseline = process_usage(pid);
     assert!(
         wait_until(SETTLE_BOUND, || {
-            baseline = usage(pid);
+            baseline = process_usage(pid);
             baseline.threads == 1
         }),
         "connection threads left after the warm-up: {baseline:?}"
@@ -337,10 +296,10 @@ fn connection_churn_and_idle_connections_leave_nothing_behind() {
     // client keeps writing and reading.
     let started = Instant::now();
     let idle: Vec<TcpStream> = (0..IDLE).map(|_| connect(&addr)).collect();
-    let mut holding = usage(pid);
+    let mut holding = process_usage(pid);
     assert!(
         wait_until(SETTLE_BOUND, || {
-            holding = usage(pid);
+            holding = process_usage(pid);
             holding.threads >= baseline.threads + IDLE as u64
         }),
         "idle connections not all held: {holding:?}"

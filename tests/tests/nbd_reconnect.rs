@@ -20,7 +20,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use harness::garage::Garage;
-use harness::{artifact, debian_tool, pattern_file, run_ok, DiskServer, Nbdkit, TempDir};
+use harness::{
+    artifact, debian_tool, pattern_file, process_usage, run_ok, DiskServer, Nbdkit, ProcessUsage,
+    TempDir,
+};
 
 /// Connections made after the warm-up, per plugin.
 const CYCLES: u32 = 10_000;
@@ -132,51 +135,23 @@ open(MODEL, 'wb').write(model)
 print(f'seconds {seconds:.3f}')
 "#;
 
-/// What the kernel says nbdkit holds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Usage {
-    rss_kib: u64,
-    threads: u64,
-    fds: usize,
-}
-
-fn usage(pid: i32) -> Usage {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("nbdkit is running");
-    let field = |name: &str| -> u64 {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"))
-    };
-    let fds = fs::read_dir(format!("/proc/{pid}/fd"))
-        .expect("nbdkit's fd table")
-        .count();
-    Usage {
-        rss_kib: field("VmRSS:"),
-        threads: field("Threads:"),
-        fds,
-    }
-}
-
 /// nbdkit's usage once the connections just closed are gone: nbdkit
 /// tears a connection down (joins its worker threads, calls close) after
 /// the client has left, so wait until threads and fds are back to `at_most`
 /// (fds within [`FD_TOLERANCE`]) and stop changing, then sample once more
 /// for RSS.
-fn settled(pid: i32, at_most: Option<Usage>) -> Usage {
-    let mut last = usage(pid);
+fn settled(pid: i32, at_most: Option<ProcessUsage>) -> ProcessUsage {
+    let mut last = process_usage(pid);
     harness::wait_until(Duration::from_secs(30), || {
         std::thread::sleep(Duration::from_millis(200));
-        let now = usage(pid);
+        let now = process_usage(pid);
         let stable = now.threads == last.threads && now.fds == last.fds;
         let back =
             at_most.is_none_or(|b| now.threads <= b.threads && now.fds <= b.fds + FD_TOLERANCE);
         last = now;
         stable && back
     });
-    usage(pid)
+    process_usage(pid)
 }
 
 /// Runs cycles `first..first + count` of [`CYCLES_SCRIPT`]; returns the
@@ -218,7 +193,7 @@ fn fill_with_pattern(nbdkit: &Nbdkit, dir: &Path) -> PathBuf {
 
 /// Threads and fds back to the baseline (checked after every batch, so a
 /// leak fails the test early).
-fn assert_nothing_left_behind(plugin: &str, baseline: Usage, now: Usage) {
+fn assert_nothing_left_behind(plugin: &str, baseline: ProcessUsage, now: ProcessUsage) {
     assert!(
         now.threads <= baseline.threads,
         "{plugin}: threads left behind: {baseline:?} -> {now:?}"
