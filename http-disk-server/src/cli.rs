@@ -58,11 +58,13 @@ pub struct Args {
           value_parser = clap::value_parser!(u64).range(1..=86400))]
     pub idle_timeout: u64,
 
-    /// Connections served at once, each by its own worker thread; one more
-    /// gets 503 with Retry-After so it tries again or fails over. A
-    /// kept-alive connection holds its worker while idle (until
-    /// --idle-timeout), so this must cover every client's pool: multihttp
-    /// keeps up to pool-size (16) per host, and a pool has up to 64 hosts.
+    /// Connections served at once, each by its own worker thread. When all
+    /// are taken, the longest-idle connection is closed for a newcomer;
+    /// only when every worker is busy with a request does one more get 503
+    /// with Retry-After. A kept-alive connection holds its worker while
+    /// idle (until --idle-timeout), so this should cover every client's
+    /// pool: multihttp keeps up to pool-size (16) per host, and a pool has
+    /// up to 64 hosts.
     /// An idle worker costs ~80 KiB of memory and two file descriptors.
     #[arg(long, default_value_t = 1024, value_name = "N",
           value_parser = clap::value_parser!(u64).range(1..=4096))]

@@ -92,8 +92,9 @@ impl IdleConnections {
         true
     }
 
-    /// How many connections are idle now.
-    pub fn count(&self) -> usize {
+    /// How many connections are idle now (for tests).
+    #[cfg(test)]
+    fn count(&self) -> usize {
         self.lock().by_age.len()
     }
 
