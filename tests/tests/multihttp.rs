@@ -602,6 +602,45 @@ fn a_readonly_server_makes_a_readonly_export_and_writes_get_eperm() {
     assert_eq!(fs::read(&disk).unwrap(), pattern(MIB, 14));
 }
 
+/// `nbdkit -r` on a read-write server: a read-only export, writes, trims
+/// and zeroes refused before any request reaches the server.
+#[test]
+fn nbdkit_readonly_never_sends_a_write_to_a_writable_server() {
+    let dir = TempDir::new().unwrap();
+    let disk = pattern_file(dir.path(), "disk.img", MIB, 15);
+    let server = DiskServer::start(&disk, &["-v"]);
+    let urls = format!("urls={}", server.url());
+    let nbdkit = Nbdkit::start(&["-r"], &plugin(), &[urls.as_str()]);
+    let result = nbdsh(
+        &nbdkit.uri(),
+        "import errno, nbd\n\
+         print('read_only', h.is_read_only())\n\
+         print(len(h.pread(4096, 0)))\n\
+         for name, op in [('write', lambda: h.pwrite(b'x' * 512, 0)),\n\
+         \x20                ('trim', lambda: h.trim(4096, 0)),\n\
+         \x20                ('zero', lambda: h.zero(4096, 0))]:\n\
+         \x20   try:\n\
+         \x20       op()\n\
+         \x20       print(name, 'accepted')\n\
+         \x20   except nbd.Error as e:\n\
+         \x20       print(name, errno.errorcode.get(e.errno, e.errno))",
+    );
+    // libnbd itself refuses trim and zero (EINVAL): a read-only export
+    // does not advertise them.
+    for line in ["read_only True", "4096", "write EPERM"] {
+        assert!(result.contains(line), "{line}: {result}");
+    }
+    assert!(!result.contains("accepted"), "{result}");
+    drop(nbdkit);
+    assert_eq!(fs::read(&disk).unwrap(), pattern(MIB, 15));
+    let log = server.proc.output.snapshot().join("\n");
+    assert!(log.contains("GET"), "the server saw no read at all: {log}");
+    assert!(
+        !log.contains("PUT") && !log.contains("POST"),
+        "a read-only export sent a write: {log}"
+    );
+}
+
 /// A network namespace of the test's own (loopback only), deleted on drop.
 struct Netns {
     name: String,

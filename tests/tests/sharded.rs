@@ -315,6 +315,69 @@ impl Drop for SmallFs {
     }
 }
 
+/// A read-only bind mount of a directory, unmounted on drop: root ignores
+/// permission bits, so only a read-only mount really forbids writes.
+struct ReadOnlyView {
+    dir: TempDir,
+}
+
+impl ReadOnlyView {
+    fn of(source: &Path) -> ReadOnlyView {
+        let dir = TempDir::new().unwrap();
+        let mut bind = Command::new("mount");
+        bind.args(["--bind"]).arg(source).arg(dir.path());
+        run_ok(bind, Duration::from_secs(10));
+        let view = ReadOnlyView { dir };
+        let mut remount = Command::new("mount");
+        remount.args(["-o", "remount,bind,ro"]).arg(view.dir.path());
+        run_ok(remount, Duration::from_secs(10));
+        view
+    }
+}
+
+impl Drop for ReadOnlyView {
+    fn drop(&mut self) {
+        let mut umount = Command::new("umount");
+        umount.args(["-l"]).arg(self.dir.path());
+        let _ = harness::run(umount, Duration::from_secs(10));
+    }
+}
+
+/// `nbdkit -r` serves a disk whose directory cannot be written at all (a
+/// read-only mount, e.g. a snapshot or a replica): the plugin opens and
+/// reads without writing anything, and writes are refused with EPERM.
+#[test]
+fn nbdkit_readonly_serves_a_disk_on_a_readonly_mount() {
+    let dir = TempDir::new().unwrap();
+    let disk = dir.path().join("disk");
+    {
+        let nbdkit = start(&disk, &["size=4M", "chunk-size=64K"]);
+        nbdsh(
+            &nbdkit.uri(),
+            "h.pwrite(b'\\x07' * 100000, 12345)\nh.flush()",
+        );
+    }
+    let view = ReadOnlyView::of(dir.path());
+    let params = [format!("dir={}", view.dir.path().join("disk").display())];
+    let params: Vec<&str> = params.iter().map(String::as_str).collect();
+    let nbdkit = Nbdkit::start(&["-r"], &plugin(), &params);
+    let result = nbdsh(
+        &nbdkit.uri(),
+        "import errno, nbd\n\
+         print('read_only', h.is_read_only())\n\
+         print('data', h.pread(100000, 12345) == b'\\x07' * 100000)\n\
+         print('zeros', h.pread(4096, 0) == bytes(4096))\n\
+         try:\n\
+         \x20   h.pwrite(b'x' * 512, 0)\n\
+         except nbd.Error as e:\n\
+         \x20   print('write', errno.errorcode.get(e.errno, e.errno))",
+    );
+    for line in ["read_only True", "data True", "zeros True", "write EPERM"] {
+        assert!(result.contains(line), "{line}: {result}");
+    }
+    drop(nbdkit);
+}
+
 /// After ENOSPC: the data written before reads back, the failed write's
 /// range holds only old or new bytes, freeing space (a trim deletes chunk
 /// files) lets the same write succeed, and a restarted nbdkit on the same
