@@ -152,6 +152,46 @@ impl Garage {
         ]
     }
 
+    /// The plugin keys for this server with a second key that may only
+    /// read the bucket (made on first use through the `garage` CLI).
+    pub fn read_only_params(&self, prefix: &str) -> Vec<String> {
+        let config = self.dir.path().join("garage.toml");
+        let access_key = format!("GK{}", &self.secret_key[..24]);
+        let secret_key: String = self.secret_key.chars().rev().collect();
+        let secret_file = self.dir.path().join("read-only-secret");
+        if !secret_file.exists() {
+            cli(
+                &config,
+                &[
+                    "key",
+                    "import",
+                    "--yes",
+                    "-n",
+                    "reader",
+                    &access_key,
+                    &secret_key,
+                ],
+            );
+            cli(
+                &config,
+                &[
+                    "bucket",
+                    "allow",
+                    "--read",
+                    &self.bucket,
+                    "--key",
+                    &access_key,
+                ],
+            );
+            fs::write(&secret_file, &secret_key).expect("write secret file");
+        }
+        let mut params = self.params(prefix);
+        params.retain(|p| !p.starts_with("access-key=") && !p.starts_with("secret-key="));
+        params.push(format!("access-key={access_key}"));
+        params.push(format!("secret-key=+{}", secret_file.display()));
+        params
+    }
+
     fn curl(&self, method: &str, query: &str) -> String {
         let url = format!("{}/{}{query}", self.endpoint(), self.bucket);
         signed_curl(&self.access_key, &self.secret_key, method, &url)

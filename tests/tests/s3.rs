@@ -155,6 +155,39 @@ fn conflicting_parameters_wrong_credentials_and_missing_buckets_are_refused_clea
     );
 }
 
+/// A reader with a key that may only read the bucket: `nbdkit -r` serves
+/// the disk (nothing is written at open), and without `-r` a write is
+/// refused by the store with EPERM, not retried as an outage.
+#[test]
+fn a_read_only_key_serves_the_disk_with_nbdkit_readonly() {
+    let garage = Garage::start();
+    {
+        let nbdkit = start(&garage, "vol1/", &["size=1M", "chunk-size=64K"]);
+        nbdsh(&nbdkit.uri(), "h.pwrite(b'\\x09' * 70000, 1000)");
+    }
+    let params = garage.read_only_params("vol1/");
+    let params: Vec<&str> = params.iter().map(String::as_str).collect();
+    let script = "import errno, nbd\n\
+                  print('read_only', h.is_read_only())\n\
+                  print('data', h.pread(70000, 1000) == b'\\x09' * 70000)\n\
+                  try:\n\
+                  \x20   h.pwrite(b'x' * 512, 0)\n\
+                  \x20   print('write accepted')\n\
+                  except nbd.Error as e:\n\
+                  \x20   print('write', errno.errorcode.get(e.errno, e.errno))";
+    let readonly = Nbdkit::start(&["-r"], &plugin(), &params);
+    let result = nbdsh(&readonly.uri(), script);
+    for line in ["read_only True", "data True", "write EPERM"] {
+        assert!(result.contains(line), "{line}: {result}");
+    }
+    drop(readonly);
+    let writable = Nbdkit::start(&[], &plugin(), &params);
+    let result = nbdsh(&writable.uri(), script);
+    for line in ["read_only False", "data True", "write EPERM"] {
+        assert!(result.contains(line), "{line}: {result}");
+    }
+}
+
 #[test]
 fn credentials_from_the_environment_work() {
     let garage = Garage::start();
