@@ -387,3 +387,199 @@ fn silent_scrapers_take_no_more_than_four_slots_and_only_for_two_seconds() {
     }));
     drop(silent);
 }
+
+// ------------------------------------------------------- multihttp plugin
+
+fn multihttp() -> std::path::PathBuf {
+    harness::artifact("libmultihttp.so")
+}
+
+/// The `key=value` lines of a plugin status file.
+fn status_file(path: &std::path::Path) -> BTreeMap<String, String> {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("status file {}: {e}", path.display()));
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| {
+            let (key, value) = l.split_once('=').unwrap_or_else(|| panic!("line {l:?}"));
+            (key.to_owned(), value.to_owned())
+        })
+        .collect()
+}
+
+#[test]
+fn the_plugin_status_file_follows_a_failover_from_a_to_b() {
+    let dir = TempDir::new().unwrap();
+    let disk = pattern_file(dir.path(), "disk.img", 1 << 20, 7);
+    let mut servers = [DiskServer::start(&disk, &[]), DiskServer::start(&disk, &[])];
+    let urls = format!("urls={},{}", servers[0].url(), servers[1].url());
+    let file = dir.path().join("multihttp.status");
+    let status_key = format!("status-file={}", file.display());
+    let nbdkit = harness::Nbdkit::start(
+        &["-v"],
+        &multihttp(),
+        &[&urls, "device-size=1M", &status_key],
+    );
+    // Written at start-up, before any server was probed.
+    let start = status_file(&file);
+    assert_eq!(start["current"], "");
+    assert_eq!(start["failovers"], "0");
+    assert_eq!(start["urls"], "2");
+
+    harness::nbdsh(&nbdkit.uri(), "h.pread(4096, 0)");
+    let before = status_file(&file);
+    // Whichever server answered the probes first is in use.
+    let first = servers
+        .iter()
+        .position(|s| before["current"] == s.url())
+        .unwrap_or_else(|| panic!("current is no server: {before:?}"));
+    let (other, n_first, n_other) = (1 - first, first + 1, 2 - first);
+    assert_eq!(before["failovers"], "0");
+    assert_eq!(before[&format!("url.{n_first}.state")], "ok");
+    assert_ne!(before[&format!("url.{n_first}.last_success")], "0");
+
+    servers[first].proc.kill();
+    harness::nbdsh(&nbdkit.uri(), "h.pread(4096, 0); h.pwrite(b'x' * 512, 0)");
+    let after = status_file(&file);
+    assert_eq!(after["current"], servers[other].url(), "{after:?}");
+    assert_eq!(after["failovers"], "1", "{after:?}");
+    assert_eq!(after[&format!("url.{n_first}.state")], "failing");
+    assert!(!after[&format!("url.{n_first}.last_error")].is_empty());
+    assert_ne!(after[&format!("url.{n_first}.last_error_time")], "0");
+    assert_eq!(after[&format!("url.{n_other}.state")], "ok");
+    // The debug line (-v) names the new server and the count.
+    let line = format!(
+        "current server is now {} (failovers so far: 1)",
+        servers[other].url()
+    );
+    assert!(nbdkit.proc.output.wait_for(&line, Duration::from_secs(5)));
+    // No temporary file is left behind.
+    assert!(!dir.path().join("multihttp.status.tmp").exists());
+}
+
+#[test]
+fn an_unwritable_status_file_stops_nbdkit_at_start() {
+    let urls = "urls=http://127.0.0.1:1";
+    let output = harness::Nbdkit::refusal(
+        &[],
+        &multihttp(),
+        &[
+            urls,
+            "device-size=1M",
+            "status-file=/nonexistent/dir/status",
+        ],
+    );
+    assert!(
+        output.contains("status-file") && output.contains("/nonexistent/dir/status"),
+        "{output}"
+    );
+}
+
+#[test]
+fn dump_plugin_lists_the_status_facts() {
+    let mut cmd = Command::new("nbdkit");
+    cmd.arg(multihttp()).arg("--dump-plugin");
+    let dump = harness::run_ok(cmd, Duration::from_secs(30));
+    for fact in [
+        "multihttp_version=",
+        "multihttp_url_schemes=http",
+        "multihttp_status_file=yes",
+        "multihttp_status_file_refresh=10s",
+    ] {
+        assert!(dump.contains(fact), "{fact} missing:\n{dump}");
+    }
+    let keys = dump
+        .lines()
+        .find_map(|l| l.strip_prefix("multihttp_keys="))
+        .expect("multihttp_keys");
+    assert!(keys.split(',').any(|k| k == "status-file"), "{keys}");
+}
+
+/// `read: 10 ops, 0.001 s, 40.00 KiB, ...` of nbdkit's stats filter:
+/// the op count and the bytes (exact for whole KiB).
+fn stats_line(stats: &str, op: &str) -> (u64, u64) {
+    let line = stats
+        .lines()
+        .find(|l| l.starts_with(&format!("{op}: ")))
+        .unwrap_or_else(|| panic!("no {op} line in:\n{stats}"));
+    let fields: Vec<&str> = line.split(", ").collect();
+    let ops = fields[0]
+        .trim_start_matches(&format!("{op}: "))
+        .trim_end_matches(" ops")
+        .parse()
+        .unwrap();
+    let (amount, unit) = fields[2].split_once(' ').unwrap();
+    let scale = match unit {
+        "bytes" => 1.0,
+        "KiB" => 1024.0,
+        "MiB" => 1024.0 * 1024.0,
+        other => panic!("unit {other} in {line}"),
+    };
+    (ops, (amount.parse::<f64>().unwrap() * scale).round() as u64)
+}
+
+#[test]
+fn nbdkit_stats_filter_and_the_server_count_the_same_workload() {
+    let dir = TempDir::new().unwrap();
+    let disk = pattern_file(dir.path(), "disk.img", 1 << 20, 8);
+    let server = DiskServer::start_with_metrics(&disk, &[]);
+    let stats = dir.path().join("nbdkit.stats");
+    let mut nbdkit = harness::Nbdkit::start(
+        &["--filter=stats"],
+        &multihttp(),
+        &[
+            &format!("statsfile={}", stats.display()),
+            &format!("urls={}", server.url()),
+        ],
+    );
+    const NBD_READS: u64 = 10;
+    const NBD_READ: u64 = 4096;
+    const NBD_WRITES: u64 = 5;
+    const NBD_WRITE: u64 = 12288;
+    let before = scrape(&server);
+    harness::nbdsh(
+        &nbdkit.uri(),
+        &format!(
+            "for i in range({NBD_READS}): h.pread({NBD_READ}, i * {NBD_READ})\n\
+             for i in range({NBD_WRITES}): h.pwrite(b'w' * {NBD_WRITE}, i * {NBD_WRITE})\n"
+        ),
+    );
+    let after = scrape(&server);
+    // The stats filter writes its file when nbdkit exits.
+    nbdkit.proc.signal(libc::SIGTERM);
+    assert!(nbdkit.proc.wait_timeout(Duration::from_secs(20)).is_some());
+    let text = std::fs::read_to_string(&stats).expect("stats file written at exit");
+    assert_eq!(stats_line(&text, "read"), (NBD_READS, NBD_READS * NBD_READ));
+    assert_eq!(
+        stats_line(&text, "write"),
+        (NBD_WRITES, NBD_WRITES * NBD_WRITE)
+    );
+    assert_eq!(
+        stats_line(&text, "total"),
+        (
+            NBD_READS + NBD_WRITES,
+            NBD_READS * NBD_READ + NBD_WRITES * NBD_WRITE
+        )
+    );
+    // And the server saw one HTTP request per NBD request.
+    let moved = |name: &str, labels: &[(&str, &str)]| {
+        (after.value(name, labels) - before.value(name, labels)) as u64
+    };
+    let requests = "http_disk_server_requests_total";
+    assert_eq!(
+        moved(requests, &[("op", "read"), ("code", "206")]),
+        NBD_READS
+    );
+    assert_eq!(
+        moved(requests, &[("op", "write"), ("code", "200")]),
+        NBD_WRITES
+    );
+    assert_eq!(
+        moved("http_disk_server_bytes_read_total", &[]),
+        NBD_READS * NBD_READ
+    );
+    assert_eq!(
+        moved("http_disk_server_bytes_written_total", &[]),
+        NBD_WRITES * NBD_WRITE
+    );
+}
