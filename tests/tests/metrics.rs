@@ -7,6 +7,7 @@
 //! Run: `cargo test --release -p integration-tests --test metrics`
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -291,6 +292,42 @@ fn a_server_waiting_for_its_device_says_so() {
         ),
         1.0
     );
+}
+
+#[test]
+fn a_request_in_flight_and_a_client_turned_away_busy_are_seen() {
+    let dir = TempDir::new().unwrap();
+    let disk = pattern_file(dir.path(), "disk.img", 64 * KIB, 9);
+    let server = DiskServer::start_with_metrics(&disk, &["--workers", "1"]);
+    // The only worker is busy receiving a write body that stalls.
+    let mut writer = TcpStream::connect(server.addr()).unwrap();
+    writer
+        .write_all(
+            b"PUT / HTTP/1.1\r\nContent-Range: bytes 0-9/*\r\nContent-Length: 10\r\n\r\n01234",
+        )
+        .unwrap();
+    let busy = harness::wait_until(Duration::from_secs(5), || {
+        scrape(&server).value("http_disk_server_requests_in_flight", &[]) == 1.0
+    });
+    assert!(busy, "the stalled write is not in flight");
+    assert_eq!(curl(&["-r", "0-9", &server.url()]).0, 503);
+    let during = scrape(&server);
+    assert_eq!(during.value("http_disk_server_connections_open", &[]), 1.0);
+    assert_eq!(
+        during.value("http_disk_server_refused_total", &[("reason", "busy")]),
+        1.0
+    );
+    // Turned away at accept: no request of it was read, so none counted.
+    assert_eq!(during.sum("http_disk_server_requests_total"), 0.0);
+    writer.write_all(b"56789").unwrap();
+    assert!(harness::wait_until(Duration::from_secs(5), || {
+        let after = scrape(&server);
+        after.value("http_disk_server_requests_in_flight", &[]) == 0.0
+            && after.value(
+                "http_disk_server_requests_total",
+                &[("op", "write"), ("code", "200")],
+            ) == 1.0
+    }));
 }
 
 #[test]
