@@ -116,13 +116,20 @@ impl Health {
         failovers
     }
 
-    /// A request or probe succeeded on `index`: the hot path.
+    /// A request or probe succeeded on `index`: the hot path. In the
+    /// steady state (URL already ok, same second) it only reads shared
+    /// atomics, so parallel requests do not bounce a cache line.
     pub fn success(&self, index: usize) {
         if self.file.is_none() {
             return;
         }
-        let was = self.mark_ok(index);
-        if was != OK || self.refresh_due() {
+        let now = now();
+        if self.last_success[index].load(Ordering::Relaxed) != now {
+            self.last_success[index].store(now, Ordering::Relaxed);
+        }
+        let turned_ok = self.states[index].load(Ordering::Relaxed) != OK
+            && self.states[index].swap(OK, Ordering::Relaxed) != OK;
+        if turned_ok || self.refresh_due(now) {
             self.write(&self.board());
         }
     }
@@ -132,15 +139,15 @@ impl Health {
     pub fn failure(&self, index: usize, why: &str) {
         let mut board = self.board();
         let changed = self.note_error(&mut board, index, why);
-        if changed || self.refresh_due() {
+        if changed || self.refresh_due(now()) {
             self.write(&board);
         }
     }
 
-    /// Sets `index` OK with a success now; returns its previous state.
-    fn mark_ok(&self, index: usize) -> u8 {
+    /// Sets `index` OK with a success now.
+    fn mark_ok(&self, index: usize) {
         self.last_success[index].store(now(), Ordering::Relaxed);
-        self.states[index].swap(OK, Ordering::Relaxed)
+        self.states[index].store(OK, Ordering::Relaxed);
     }
 
     /// Records an error; true when the URL's health changed (it was not
@@ -156,9 +163,9 @@ impl Health {
         changed
     }
 
-    /// True for one caller when the file is older than [`REFRESH`].
-    fn refresh_due(&self) -> bool {
-        let (now, last) = (now(), self.written_at.load(Ordering::Relaxed));
+    /// True for one caller when the file is older than [`REFRESH`] at `now`.
+    fn refresh_due(&self, now: u64) -> bool {
+        let last = self.written_at.load(Ordering::Relaxed);
         now >= last + REFRESH.as_secs()
             && self
                 .written_at
