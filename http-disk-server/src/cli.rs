@@ -2,7 +2,7 @@
 //! old Python server, which XCP-ng's storage manager passes verbatim; the
 //! others are new and all optional.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use clap::Parser;
@@ -69,6 +69,15 @@ pub struct Args {
     #[arg(long, default_value_t = 1024, value_name = "N",
           value_parser = clap::value_parser!(u64).range(1..=4096))]
     pub workers: u64,
+
+    /// Serve GET /metrics (Prometheus text) and GET /status (JSON) on this
+    /// address, e.g. 127.0.0.1:9100 or a management network address. A
+    /// listener of its own, never the data port: --allow and --auth-file
+    /// do NOT apply to it, so bind it where only monitoring can reach it.
+    /// It shows the disk path, size, DRBD role and traffic counts, never
+    /// disk data. Off when omitted.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Parses `10.0.0.0/8`, `::1/128`, or a bare address (a single host).

@@ -163,16 +163,27 @@ fn drbdsetup_status(resource: Option<&str>) -> Result<Vec<ResourceStatus>, Strin
     parse_status(&String::from_utf8_lossy(&output.stdout))
 }
 
+/// What drbdsetup says about the resource of the DRBD device at `path`
+/// (minor `minor`), or an error when that could not be found out.
+fn status_of(path: &Path, minor: u32) -> Result<ResourceStatus, String> {
+    let resource = resource_from_path(path);
+    let resources = drbdsetup_status(resource.as_deref())?;
+    resources
+        .into_iter()
+        .find(|r| Some(&r.name) == resource.as_ref() || r.minors.contains(&minor))
+        .ok_or_else(|| format!("drbdsetup knows no resource with minor {minor}"))
+}
+
 /// The peers that are Primary for the DRBD device at `path` (minor
 /// `minor`), or an error when that could not be found out.
 fn primary_peers(path: &Path, minor: u32) -> Result<Vec<String>, String> {
-    let resource = resource_from_path(path);
-    let resources = drbdsetup_status(resource.as_deref())?;
-    let found = resources
-        .into_iter()
-        .find(|r| Some(&r.name) == resource.as_ref() || r.minors.contains(&minor))
-        .ok_or_else(|| format!("drbdsetup knows no resource with minor {minor}"))?;
-    Ok(found.primary_peers)
+    status_of(path, minor).map(|found| found.primary_peers)
+}
+
+/// `None` when `path` is not a DRBD device; otherwise its resource as
+/// drbdsetup reports it (bounded in time), or why that failed.
+pub fn resource_status(path: &Path) -> Option<Result<ResourceStatus, String>> {
+    drbd_minor(path).map(|minor| status_of(path, minor))
 }
 
 /// Why the device cannot be served right now (retried), as a log line.

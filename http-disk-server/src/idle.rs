@@ -92,9 +92,9 @@ impl IdleConnections {
         true
     }
 
-    /// How many connections are idle now (for tests).
-    #[cfg(test)]
-    fn count(&self) -> usize {
+    /// How many connections are idle now (for tests and the metrics
+    /// listener; takes the lock, so never on the request path).
+    pub fn count(&self) -> usize {
         self.lock().by_age.len()
     }
 

@@ -19,7 +19,7 @@ use clap::Parser;
 
 use http_disk_server::access::AllowList;
 use http_disk_server::server::{Config, State};
-use http_disk_server::{auth, budget, cli, disk, drbd, server, signals};
+use http_disk_server::{auth, budget, cli, disk, drbd, metrics_listener, server, signals};
 
 /// Longest wait for in-flight requests after SIGTERM before exiting anyway.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -198,6 +198,10 @@ fn run(args: cli::Args) -> Result<(), String> {
         .map(auth::Credentials::load)
         .transpose()?;
     let listener = bind(args.ip, args.port)?;
+    let metrics_listener = args
+        .metrics_listen
+        .map(metrics_listener::bind)
+        .transpose()?;
     let stop_fd = signals::install().map_err(|e| format!("cannot install signal handlers: {e}"))?;
     let workers = usize::try_from(args.workers).unwrap_or(usize::MAX);
     let state = Arc::new(State {
@@ -213,11 +217,21 @@ fn run(args: cli::Args) -> Result<(), String> {
         active: AtomicUsize::new(0),
         bodies: budget::Budget::new(body_budget(args.max_request_size)),
         idle: Default::default(),
+        metrics: Default::default(),
     });
     let local = listener
         .local_addr()
         .map_err(|e| format!("listening socket: {e}"))?;
     let path = args.disk.clone();
+    if let Some(metrics) = metrics_listener {
+        log::info!(
+            "serving /metrics and /status on {} (no --allow or --auth-file there)",
+            metrics
+                .local_addr()
+                .map_err(|e| format!("metrics socket: {e}"))?
+        );
+        metrics_listener::spawn(metrics, Arc::clone(&state), path.clone())?;
+    }
 
     // First attempt in line, so the common case says "ready" only once it
     // really serves; a fatal error (not a disk, no permission) exits here.

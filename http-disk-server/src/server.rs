@@ -19,6 +19,7 @@ use crate::disk::{Disk, IO_CHUNK};
 use crate::handlers::{self, Body, BodySource, Reply};
 use crate::http::{self, HeadError};
 use crate::idle::IdleConnections;
+use crate::metrics::{Metrics, Op, Refusal};
 use crate::signals;
 
 /// Settings from the command line that requests depend on.
@@ -44,6 +45,8 @@ pub struct State {
     pub bodies: Budget,
     /// Connections waiting for their next request.
     pub idle: IdleConnections,
+    /// Request counters, for `--metrics-listen`.
+    pub metrics: Metrics,
 }
 
 /// The read side of a connection: every read waits at most the idle
@@ -131,6 +134,7 @@ pub fn accept_loop(listener: &TcpListener, stop_fd: RawFd, state: &Arc<State>) -
         if state.active.load(Ordering::SeqCst) >= state.config.workers
             && !state.idle.close_longest_idle()
         {
+            state.metrics.refused(Refusal::Busy);
             refuse_busy(stream, peer, state.config.workers);
             continue;
         }
@@ -250,6 +254,7 @@ fn serve_connection(stream: TcpStream, peer: SocketAddr, state: &State) {
                 break;
             }
             Err(HeadError::Bad(e)) => {
+                state.metrics.count_request(Op::Other, e.status);
                 let reply = Reply::error(e.status, e.reason).closing();
                 log::debug!("{peer}: bad request -> {} {}", reply.status, reply.reason());
                 let _ = send(&mut writer, &reply, false, false, false, None);
@@ -257,6 +262,7 @@ fn serve_connection(stream: TcpStream, peer: SocketAddr, state: &State) {
                 break;
             }
         };
+        let _in_flight = state.metrics.request_started();
         // The peer is checked first, so a refused peer learns nothing
         // else about the server and none of its body is read.
         let prelude = handlers::check_peer(peer.ip(), state)
@@ -296,6 +302,9 @@ fn serve_connection(stream: TcpStream, peer: SocketAddr, state: &State) {
             request.method == "HEAD",
             state.disk.get(),
         );
+        state
+            .metrics
+            .count_reply(&request, &reply, &result, state.disk.get().is_some());
         let line = format!(
             "{peer} {} {} {}-> {}{} ({} ms)",
             request.method,

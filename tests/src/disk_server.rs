@@ -18,6 +18,8 @@ pub struct DiskServer {
     pub proc: Proc,
     pub port: u16,
     pub disk: PathBuf,
+    /// Port of `--metrics-listen` on 127.0.0.1, when started with it.
+    pub metrics_port: Option<u16>,
 }
 
 impl DiskServer {
@@ -25,23 +27,29 @@ impl DiskServer {
     /// on a free port of 127.0.0.1, and waits for `Server ready!`.
     /// Panics with the server's output if it does not become ready.
     pub fn start(disk: &Path, args: &[&str]) -> DiskServer {
-        Self::try_start(disk, args).unwrap_or_else(|p| {
-            panic!(
-                "http-disk-server did not become ready; output:\n{}",
-                p.output.snapshot().join("\n")
-            )
-        })
+        Self::try_launch(disk, args, false).unwrap_or_else(not_ready)
+    }
+
+    /// As [`DiskServer::start`], with `--metrics-listen` on a second free
+    /// port of 127.0.0.1 ([`DiskServer::metrics_url`]).
+    pub fn start_with_metrics(disk: &Path, args: &[&str]) -> DiskServer {
+        Self::try_launch(disk, args, true).unwrap_or_else(not_ready)
     }
 
     /// As [`DiskServer::start`] but returns the process when it exits or
     /// does not print `Server ready!` in time, so tests can check refusals.
     /// Retries with another port if the free port was taken meanwhile.
     pub fn try_start(disk: &Path, args: &[&str]) -> Result<DiskServer, Proc> {
+        Self::try_launch(disk, args, false)
+    }
+
+    fn try_launch(disk: &Path, args: &[&str], metrics: bool) -> Result<DiskServer, Proc> {
         let mut attempt = 0;
         loop {
             attempt += 1;
             let port = free_port();
-            match Self::start_on_port(disk, port, args) {
+            let metrics_port = metrics.then(free_port);
+            match Self::launch(disk, port, metrics_port, args) {
                 Ok(server) => return Ok(server),
                 Err(proc) if attempt < 3 && proc.output.contains("already in use") => continue,
                 Err(proc) => return Err(proc),
@@ -51,11 +59,24 @@ impl DiskServer {
 
     /// Starts the server on a given port of 127.0.0.1 (no retry).
     pub fn start_on_port(disk: &Path, port: u16, args: &[&str]) -> Result<DiskServer, Proc> {
+        Self::launch(disk, port, None, args)
+    }
+
+    fn launch(
+        disk: &Path,
+        port: u16,
+        metrics_port: Option<u16>,
+        args: &[&str],
+    ) -> Result<DiskServer, Proc> {
         let mut cmd = Command::new(artifact("http-disk-server"));
         cmd.arg("--disk")
             .arg(disk)
-            .args(["--ip", "127.0.0.1", "--port", &port.to_string()])
-            .args(args);
+            .args(["--ip", "127.0.0.1", "--port", &port.to_string()]);
+        if let Some(metrics_port) = metrics_port {
+            cmd.arg("--metrics-listen")
+                .arg(format!("127.0.0.1:{metrics_port}"));
+        }
+        cmd.args(args);
         let mut proc = Proc::spawn("http-disk-server", cmd);
         let ready = crate::wait_until(READY_TIMEOUT, || {
             proc.output.contains("Server ready!") || proc.exited().is_some()
@@ -67,7 +88,16 @@ impl DiskServer {
             proc,
             port,
             disk: disk.to_path_buf(),
+            metrics_port,
         })
+    }
+
+    /// `http://127.0.0.1:METRICS_PORT`; panics if started without metrics.
+    pub fn metrics_url(&self) -> String {
+        let port = self
+            .metrics_port
+            .expect("server started without --metrics-listen (use start_with_metrics)");
+        format!("http://127.0.0.1:{port}")
     }
 
     /// `http://127.0.0.1:PORT`
@@ -95,6 +125,13 @@ impl DiskServer {
         );
         reply.starts_with(b"HTTP/1.1 200")
     }
+}
+
+fn not_ready(proc: Proc) -> DiskServer {
+    panic!(
+        "http-disk-server did not become ready; output:\n{}",
+        proc.output.snapshot().join("\n")
+    )
 }
 
 /// Sends `request` on a new connection to `addr` and reads until EOF (max

@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 use crate::config::Config;
 use crate::discovery::{self, NotFound};
 use crate::error::{Attempt, Error};
-use crate::reply::ServerInfo;
+use crate::health::Health;
+use crate::reply::{ServerInfo, WRONG_SIZE};
 use crate::transport::Transport;
 
 /// First pause between rounds when no server answers; doubles each round.
@@ -54,6 +55,8 @@ pub struct Cluster {
     /// A server holding unflushed write-back writes was left: the next
     /// successful flush must still fail once (see `ops::flush`).
     unflushed_elsewhere: AtomicBool,
+    /// Server in use, failovers and per-URL health, for `status-file=`.
+    health: Health,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -70,8 +73,10 @@ impl Cluster {
         if let Some(s) = config.device_size {
             let _ = size.set(s);
         }
+        let urls = Arc::new(config.urls.clone());
         Cluster {
-            urls: Arc::new(config.urls.clone()),
+            health: Health::new(Arc::clone(&urls), config.status_file.clone()),
+            urls,
             transport: Arc::new(Transport::new(&config)),
             config,
             size,
@@ -98,6 +103,10 @@ impl Cluster {
         &self.transport
     }
 
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+
     pub fn current(&self) -> Option<Active> {
         *lock(&self.active)
     }
@@ -110,9 +119,13 @@ impl Cluster {
         if let Some(active) = self.current() {
             return Ok(active);
         }
-        let on_wrong_size = |index: usize, why: &str| {
-            if lock(&self.wrong_size_logged).insert(index) {
-                log::error!("multihttp: {}: {why}", self.urls[index]);
+        let on_probe = |index: usize, result: &Result<ServerInfo, String>| match result {
+            Ok(_) => self.health.success(index),
+            Err(why) => {
+                if why.contains(WRONG_SIZE) && lock(&self.wrong_size_logged).insert(index) {
+                    log::error!("multihttp: {}: {why}", self.urls[index]);
+                }
+                self.health.failure(index, why);
             }
         };
         let found = discovery::discover(
@@ -121,7 +134,7 @@ impl Cluster {
             self.size(),
             avoid,
             limit,
-            &on_wrong_size,
+            &on_probe,
         );
         match found {
             Ok(found) => {
@@ -145,23 +158,33 @@ impl Cluster {
                 };
                 *lock(&self.active) = Some(active);
                 self.outage_logged.store(false, Ordering::SeqCst);
+                self.health.server_chosen(found.index);
                 let mut last = lock(&self.last_index);
                 let url = &self.urls[found.index];
+                let failovers = self.health.failovers();
+                log::debug!(
+                    "multihttp: current server is now {url} (failovers so far: {failovers})"
+                );
                 match *last {
                     Some(previous) if previous != found.index => log::error!(
-                        "multihttp: switched from {} to {url} ({})",
+                        "multihttp: switched from {} to {url} ({}; failovers so far: {failovers})",
                         self.urls[previous],
                         found.info.describe()
                     ),
-                    Some(_) => {
-                        log::error!("multihttp: using {url} again ({})", found.info.describe())
-                    }
+                    Some(_) => log::error!(
+                        "multihttp: using {url} again ({}; failovers so far: {failovers})",
+                        found.info.describe()
+                    ),
                     None => log::error!("multihttp: using {url} ({})", found.info.describe()),
                 }
                 *last = Some(found.index);
                 Ok(active)
             }
             Err(not_found) => {
+                // Probes that did not answer in time have no result yet.
+                for (index, why) in &not_found.reasons {
+                    self.health.failure(*index, why);
+                }
                 if !self.outage_logged.swap(true, Ordering::SeqCst) {
                     log::error!(
                         "multihttp: no server can serve the disk right now, will keep probing: {}",
@@ -179,10 +202,12 @@ impl Cluster {
         let mut active = lock(&self.active);
         if active.is_some_and(|a| a.epoch == failed.epoch) {
             *active = None;
+            let failovers = self.health.server_left(failed.index, why);
             log::error!(
-                "multihttp: leaving {}: {why}; looking for another server",
+                "multihttp: leaving {}: {why}; looking for another server (failover {failovers})",
                 self.url(failed)
             );
+            log::debug!("multihttp: no current server (failovers so far: {failovers})");
             if self.dirty_epoch.load(Ordering::SeqCst) == failed.epoch {
                 self.unflushed_elsewhere.store(true, Ordering::SeqCst);
                 log::error!(
@@ -250,6 +275,7 @@ impl Cluster {
             let failed_on_server = if let Some(active) = active {
                 match op(&active) {
                     Ok(value) => {
+                        self.health.success(active.index);
                         if attempt > 1 {
                             log::debug!("multihttp: {} succeeded on attempt {attempt}", what());
                         }
@@ -262,6 +288,7 @@ impl Cluster {
                             what(),
                             self.url(&active)
                         );
+                        self.health.failure(active.index, &why);
                         self.drop_server(&active, &why);
                         avoid.insert(active.index);
                         last_error = format!("{}: {why}", self.url(&active));

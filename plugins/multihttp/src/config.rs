@@ -4,6 +4,7 @@
 //! Pure Rust: everything except `password=` (which reads through nbdkit)
 //! is unit-tested with `cargo test`.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::endpoint::Address;
@@ -19,6 +20,7 @@ pub const KEYS: &[&str] = &[
     "io-timeout",
     "failover-window",
     "pool-size",
+    "status-file",
 ];
 
 /// Default of `connect-timeout=`: TCP connect and HEAD probe limit. Probes
@@ -53,7 +55,11 @@ io-timeout=TIME        How long a request may take, plus 1 s per MiB it
 failover-window=TIME   How long a request keeps trying the servers before
                        it fails with EIO (default 60s).
 pool-size=N            Connections open to one server at most, kept alive
-                       between requests (default 16).";
+                       between requests (default 16).
+status-file=PATH       Keep PATH (key=value lines) up to date with the
+                       server in use, the failover count and each URL's
+                       last error and last success; replaced atomically
+                       on every change. Default: none.";
 
 /// A validated plugin configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -66,6 +72,7 @@ pub struct Config {
     pub io_timeout: Duration,
     pub failover_window: Duration,
     pub pool_size: usize,
+    pub status_file: Option<PathBuf>,
 }
 
 /// Keys as nbdkit hands them over, before `config_complete` validates the
@@ -80,6 +87,7 @@ pub struct ConfigBuilder {
     io_timeout: Option<Duration>,
     failover_window: Option<Duration>,
     pool_size: Option<usize>,
+    status_file: Option<PathBuf>,
 }
 
 impl Builder for ConfigBuilder {
@@ -105,6 +113,12 @@ impl Builder for ConfigBuilder {
             "io-timeout" => self.io_timeout = Some(positive(key, value)?),
             "failover-window" => self.failover_window = Some(parse_duration(key, value)?),
             "pool-size" => self.pool_size = Some(parse_count(key, value, 1024)?),
+            "status-file" => {
+                if value.is_empty() {
+                    return Err(ConfigError::new(key, "needs a file path"));
+                }
+                self.status_file = Some(PathBuf::from(value));
+            }
             _ => return Err(ConfigError::unknown_key(key, KEYS)),
         }
         Ok(())
@@ -135,6 +149,7 @@ impl ConfigBuilder {
             io_timeout: self.io_timeout.unwrap_or(DEFAULT_IO_TIMEOUT),
             failover_window: self.failover_window.unwrap_or(DEFAULT_FAILOVER_WINDOW),
             pool_size: self.pool_size.unwrap_or(DEFAULT_POOL_SIZE),
+            status_file: self.status_file.clone(),
         })
     }
 }
@@ -186,6 +201,7 @@ mod tests {
         assert_eq!(c.io_timeout, DEFAULT_IO_TIMEOUT);
         assert_eq!(c.failover_window, DEFAULT_FAILOVER_WINDOW);
         assert_eq!(c.pool_size, DEFAULT_POOL_SIZE);
+        assert_eq!(c.status_file, None);
     }
 
     #[test]
@@ -217,7 +233,12 @@ mod tests {
         b.set("io-timeout", "5").unwrap();
         b.set("failover-window", "0").unwrap();
         b.set("pool-size", "4").unwrap();
+        b.set("status-file", "/run/multihttp/vol1.status").unwrap();
         let c = b.build().unwrap();
+        assert_eq!(
+            c.status_file.as_deref(),
+            Some(std::path::Path::new("/run/multihttp/vol1.status"))
+        );
         assert_eq!(c.device_size, Some(4 << 20));
         assert_eq!(c.connect_timeout, Duration::from_millis(500));
         assert_eq!(c.io_timeout, Duration::from_secs(5));
@@ -226,6 +247,7 @@ mod tests {
         assert!(b.set("device-size", "0").is_err());
         assert!(b.set("io-timeout", "0").is_err());
         assert!(b.set("pool-size", "0").is_err());
+        assert!(b.set("status-file", "").is_err());
         let e = b.set("timeout", "3").unwrap_err();
         assert!(e.to_string().contains("unknown parameter"), "{e}");
         let mut b = ConfigBuilder::default();

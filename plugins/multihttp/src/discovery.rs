@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::reply::{ServerInfo, WRONG_SIZE};
+use crate::reply::ServerInfo;
 use crate::transport::Transport;
 
 /// The outcome of one discovery round.
@@ -38,14 +38,15 @@ impl NotFound {
 /// Probes all `urls` in parallel and returns the first usable server,
 /// waiting at most `limit`. Servers in `avoid` (those that just failed
 /// this request) are used only when no other server answered by the
-/// time every probe finished or `limit` passed.
+/// time every probe finished or `limit` passed. `on_probe` sees every
+/// probe result that arrives in time.
 pub fn discover(
     transport: &Arc<Transport>,
     urls: &Arc<Vec<String>>,
     expected_size: Option<u64>,
     avoid: &HashSet<usize>,
     limit: Duration,
-    on_wrong_size: &dyn Fn(usize, &str),
+    on_probe: &dyn Fn(usize, &Result<ServerInfo, String>),
 ) -> Result<Found, NotFound> {
     let deadline = Instant::now() + limit;
     let (tx, rx) = mpsc::channel();
@@ -76,17 +77,13 @@ pub fn discover(
         match rx.recv_timeout(deadline - now) {
             Ok((index, result)) => {
                 pending -= 1;
+                on_probe(index, &result);
                 match result {
                     Ok(info) if !avoid.contains(&index) => return Ok(Found { index, info }),
                     Ok(info) => {
                         fallback.get_or_insert(Found { index, info });
                     }
-                    Err(why) => {
-                        if why.contains(WRONG_SIZE) {
-                            on_wrong_size(index, &why);
-                        }
-                        reasons.push((index, why));
-                    }
+                    Err(why) => reasons.push((index, why)),
                 }
             }
             Err(_) => break,

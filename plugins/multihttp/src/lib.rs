@@ -12,6 +12,8 @@
 //! - [`reply`]: which replies are trusted;
 //! - [`discovery`]: parallel HEAD probes of all URLs;
 //! - [`cluster`]: the shared server choice and the failover loop;
+//! - [`health`]: server in use, failover count, per-URL health, and the
+//!   `status-file=` that shows them;
 //! - [`ops`]: NBD semantics by server generation;
 //! - [`error`]: errors and their errno, in one place.
 
@@ -21,6 +23,7 @@ pub mod connection;
 pub mod discovery;
 pub mod endpoint;
 pub mod error;
+pub mod health;
 pub mod ops;
 pub mod reply;
 pub mod response;

@@ -103,6 +103,13 @@ impl Server for MultiHttp {
                 "multihttp_protocol_extensions=flush,trim,zero,writeback"
             );
             let _ = writeln!(out, "multihttp_old_server_compatible=yes");
+            let _ = writeln!(out, "multihttp_url_schemes=http");
+            let _ = writeln!(out, "multihttp_status_file=yes");
+            let _ = writeln!(
+                out,
+                "multihttp_status_file_refresh={:?}",
+                crate::health::REFRESH
+            );
             let _ = out.flush();
         });
     }
@@ -118,7 +125,18 @@ impl Server for MultiHttp {
                 let config = CONFIG.collected().build()?;
                 // Builds the HTTP agent only: no thread starts before nbdkit
                 // forks (probe threads start in open/requests).
-                let _ = CLUSTER.set(Arc::new(Cluster::new(config)));
+                let cluster = Cluster::new(config);
+                // Written now so that a wrong status-file= stops nbdkit at
+                // start-up instead of going unnoticed.
+                if let Some(path) = &cluster.config.status_file {
+                    cluster.health().write_now().map_err(|e| {
+                        ConfigError::new(
+                            "status-file",
+                            format!("cannot write {}: {e}", path.display()),
+                        )
+                    })?;
+                }
+                let _ = CLUSTER.set(Arc::new(cluster));
                 Ok(())
             },
         )
