@@ -5,6 +5,7 @@
 //! handlers directly. Nothing here is a stable API for other crates.
 
 pub mod access;
+pub mod admission;
 pub mod auth;
 pub mod budget;
 pub mod cli;
@@ -13,5 +14,7 @@ pub mod drbd;
 pub mod handlers;
 pub mod http;
 pub mod idle;
+pub mod policy;
+pub mod reload;
 pub mod server;
 pub mod signals;
