@@ -42,11 +42,11 @@ pub fn reload(state: &State) {
             } else {
                 "command line only, nothing to re-read"
             };
-            log::info!(
-                "SIGHUP: access policy reloaded ({origin}): {}",
-                policy.summary()
-            );
+            let summary = policy.summary();
+            // In force before it is said to be: whoever reads the log line
+            // (an operator, a test) can rely on it.
             state.policy.replace(policy);
+            log::info!("SIGHUP: access policy reloaded ({origin}): {summary}");
         }
         Err(e) => log::error!("SIGHUP: access policy NOT reloaded, the previous one stays: {e}"),
     }
