@@ -18,6 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 pub use tempfile::TempDir;
 
 pub mod disk_server;
+pub mod fio;
 pub mod garage;
 pub mod nbd_scripts;
 pub mod scripted_peer;
