@@ -267,10 +267,18 @@ impl KeptAlive {
         Some(ReplyHead { status, headers })
     }
 
-    /// Whether the server closed the connection (EOF or reset within 10 s).
+    /// Whether the server closed the connection (EOF or reset within
+    /// 10 s); false when it is still open after that (read timed out).
     pub fn closed_by_server(&mut self) -> bool {
         let mut byte = [0u8; 1];
-        matches!(self.reader.read(&mut byte), Ok(0) | Err(_))
+        match self.reader.read(&mut byte) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+        }
     }
 }
 

@@ -20,7 +20,9 @@ use harness::disk_server::{
     auth_line, basic_auth, connect_from, raw_exchange_from, replace_file, status_of, KeptAlive,
 };
 use harness::fio::assert_fio_clean;
-use harness::{artifact, debian_tool, pattern_file, run, DiskServer, Nbdkit, Proc, TempDir};
+use harness::{
+    artifact, cpu_ticks, debian_tool, pattern_file, run, DiskServer, Nbdkit, Proc, TempDir,
+};
 
 const SIZE: usize = 1 << 20;
 
@@ -149,6 +151,12 @@ fn sighup_with_only_command_line_lists_is_harmless() {
         assert!(line.contains("nothing to re-read"), "{line}");
     }
     assert!(server.proc.exited().is_none(), "SIGHUP killed the server");
+    // Back to sleep: the accept loop emptied its wake-up pipe (a byte left
+    // there would wake it again and again, spinning a core).
+    let before = cpu_ticks(server.proc.pid());
+    thread::sleep(Duration::from_secs(1));
+    let used = cpu_ticks(server.proc.pid()) - before;
+    assert!(used < 20, "{used} ticks of CPU in 1 s while idle");
     // The same connection, still served: no client was dropped.
     assert_eq!(kept.head("").map(|r| r.status), Some(200));
     assert_eq!(head_from(&server, OTHER).0, 200);
@@ -452,13 +460,20 @@ fn a_peer_at_its_cap_makes_room_with_its_own_idle_connection() {
     let disk = pattern_file(dir.path(), "disk.img", SIZE, 67);
     let server = DiskServer::start(&disk, &["--max-connections-per-peer", "2"]);
     let addr = server.addr();
+    // A worker goes back to waiting (idle) just after its reply is sent:
+    // give it a moment, so the idle order is the order of these requests.
+    let served_then_idle = |conn: &mut KeptAlive| {
+        let status = conn.head("").map(|r| r.status);
+        thread::sleep(Duration::from_millis(200));
+        status
+    };
     // The longest idle connection of all is another host's.
     let mut local = KeptAlive::open(LOCAL, &addr);
-    assert_eq!(local.head("").map(|r| r.status), Some(200));
+    assert_eq!(served_then_idle(&mut local), Some(200));
     let mut oldest = KeptAlive::open(OTHER, &addr);
-    assert_eq!(oldest.head("").map(|r| r.status), Some(200));
+    assert_eq!(served_then_idle(&mut oldest), Some(200));
     let mut second = KeptAlive::open(OTHER, &addr);
-    assert_eq!(second.head("").map(|r| r.status), Some(200));
+    assert_eq!(served_then_idle(&mut second), Some(200));
     // A third connection from 127.0.0.2: its own oldest idle one goes.
     let mut third = KeptAlive::open(OTHER, &addr);
     assert_eq!(third.head("").map(|r| r.status), Some(200));
