@@ -39,7 +39,7 @@ pub struct Args {
 
     /// Only serve peers in this network (repeatable, e.g. 10.0.0.0/24,
     /// 127.0.0.1/32, ::1/128); others get 403 before any body is read.
-    /// Every peer is served when omitted.
+    /// Every peer is served when neither this nor --allow-file is given.
     #[arg(long = "allow", value_name = "CIDR", value_parser = parse_cidr)]
     pub allow: Vec<IpNet>,
 

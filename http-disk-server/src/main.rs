@@ -191,13 +191,17 @@ fn raise_open_file_limit(workers: u64) {
 }
 
 fn run(args: cli::Args) -> Result<(), String> {
+    // First, so that a SIGHUP sent as soon as the process exists (systemd
+    // allows `reload` right after exec) never meets the default action,
+    // which would kill it. A stop or reload asked for meanwhile waits in
+    // the pipe for the accept loop.
+    let signal_fd =
+        signals::install().map_err(|e| format!("cannot install signal handlers: {e}"))?;
     raise_open_file_limit(args.workers);
     let policy_sources = args.policy_sources();
     let policy = policy_sources.load()?;
     log::info!("access policy: {}", policy.summary());
     let listener = bind(args.ip, args.port)?;
-    let signal_fd =
-        signals::install().map_err(|e| format!("cannot install signal handlers: {e}"))?;
     let workers = usize::try_from(args.workers).unwrap_or(usize::MAX);
     let state = Arc::new(State {
         config: Config {
