@@ -1,43 +1,104 @@
-//! Access control (`--allow CIDR`): which peers may talk to the server.
-//! Checked right after a request's headers, before any body is read.
+//! Access control by peer address: `--allow CIDR` / `--allow-file` (which
+//! peers may talk to the server) and `--deny CIDR` / `--deny-file` (which
+//! may not, whatever the allow list says). Checked right after a request's
+//! headers, before any body is read.
 
 use std::net::IpAddr;
+use std::path::Path;
 
 use ipnet::IpNet;
 
-/// The networks allowed to use the server; empty means everyone.
+use crate::cli::parse_cidr;
+
+/// The networks allowed and denied.
 #[derive(Clone, Debug, Default)]
-pub struct AllowList {
-    nets: Vec<IpNet>,
+pub struct AccessList {
+    /// `None`: no allow list was given, everyone not denied is served.
+    /// `Some` of an empty list (an allow file emptied) serves nobody: an
+    /// operator who removes every entry means "nobody", not "everyone".
+    allow: Option<Vec<IpNet>>,
+    deny: Vec<IpNet>,
 }
 
-impl AllowList {
-    pub fn new(nets: Vec<IpNet>) -> AllowList {
-        AllowList { nets }
+/// Why a peer is refused, for its 403 reason and the log.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refusal {
+    Denied,
+    NotAllowed,
+}
+
+impl AccessList {
+    pub fn new(allow: Option<Vec<IpNet>>, deny: Vec<IpNet>) -> AccessList {
+        AccessList { allow, deny }
     }
 
-    /// Whether `peer` may be served. An IPv4 peer reaching an IPv6 socket
-    /// shows up as `::ffff:a.b.c.d`: it is matched as the IPv4 address it
-    /// is, so `--allow 10.0.0.0/8` works whatever `--ip` is.
-    pub fn permits(&self, peer: IpAddr) -> bool {
-        if self.nets.is_empty() {
-            return true;
+    /// Whether `peer` may be served: not in a denied network (deny wins),
+    /// and in an allowed one when an allow list was given. An IPv4 peer reaching an
+    /// IPv6 socket shows up as `::ffff:a.b.c.d`: it is matched as the IPv4
+    /// address it is, so `--allow 10.0.0.0/8` works whatever `--ip` is.
+    pub fn check(&self, peer: IpAddr) -> Result<(), Refusal> {
+        let peer = canonical(peer);
+        if self.deny.iter().any(|net| net.contains(&peer)) {
+            return Err(Refusal::Denied);
         }
-        let peer = match peer {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(peer),
-            v4 => v4,
-        };
-        self.nets.iter().any(|net| net.contains(&peer))
+        match &self.allow {
+            Some(allow) if !allow.iter().any(|net| net.contains(&peer)) => Err(Refusal::NotAllowed),
+            _ => Ok(()),
+        }
     }
+
+    pub fn permits(&self, peer: IpAddr) -> bool {
+        self.check(peer).is_ok()
+    }
+
+    /// Networks allowed (`None`: everyone) and networks denied.
+    pub fn counts(&self) -> (Option<usize>, usize) {
+        (self.allow.as_ref().map(Vec::len), self.deny.len())
+    }
+}
+
+/// The address a peer really has: an IPv4-mapped IPv6 address (an IPv4
+/// client on a dual-stack socket) as the IPv4 address it is.
+pub fn canonical(peer: IpAddr) -> IpAddr {
+    match peer {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(peer),
+        v4 => v4,
+    }
+}
+
+/// Reads a list file (`--allow-file`, `--deny-file`): one network or
+/// address per line, `#` comments (whole line or after an entry) and blank
+/// lines ignored. An empty file is a valid, empty list. The error names
+/// the file and line, so a typo is found at once.
+pub fn load_list(path: &Path) -> Result<Vec<IpNet>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    parse_list(&text).map_err(|e| format!("{}:{e}", path.display()))
+}
+
+/// The lines of a list file; the error starts with the line number.
+fn parse_list(text: &str) -> Result<Vec<IpNet>, String> {
+    let mut nets = Vec::new();
+    for (number, line) in text.lines().enumerate().map(|(i, l)| (i + 1, l)) {
+        let entry = line.split('#').next().unwrap_or_default().trim();
+        if entry.is_empty() {
+            continue;
+        }
+        nets.push(parse_cidr(entry).map_err(|e| format!("{number}: {e}"))?);
+    }
+    Ok(nets)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::parse_cidr;
 
-    fn list(cidrs: &[&str]) -> AllowList {
-        AllowList::new(cidrs.iter().map(|c| parse_cidr(c).unwrap()).collect())
+    fn nets(cidrs: &[&str]) -> Vec<IpNet> {
+        cidrs.iter().map(|c| parse_cidr(c).unwrap()).collect()
+    }
+
+    fn list(cidrs: &[&str]) -> AccessList {
+        AccessList::new(Some(nets(cidrs)), Vec::new())
     }
 
     fn ip(text: &str) -> IpAddr {
@@ -45,9 +106,11 @@ mod tests {
     }
 
     #[test]
-    fn empty_list_allows_everyone() {
-        assert!(list(&[]).permits(ip("203.0.113.9")));
-        assert!(list(&[]).permits(ip("::1")));
+    fn no_list_allows_everyone_an_emptied_one_nobody() {
+        let open = AccessList::default();
+        assert!(open.permits(ip("203.0.113.9")));
+        assert!(open.permits(ip("::1")));
+        assert_eq!(list(&[]).check(ip("::1")), Err(Refusal::NotAllowed));
     }
 
     #[test]
@@ -77,5 +140,47 @@ mod tests {
         let allow = list(&["0.0.0.0/0"]);
         assert!(allow.permits(ip("8.8.8.8")));
         assert!(!allow.permits(ip("2001:db8::1")));
+    }
+
+    #[test]
+    fn deny_wins_over_allow() {
+        let access = AccessList::new(
+            Some(nets(&["10.0.0.0/8", "::1"])),
+            nets(&["10.1.0.0/16", "::1"]),
+        );
+        assert_eq!(access.check(ip("10.2.0.1")), Ok(()));
+        assert_eq!(access.check(ip("10.1.2.3")), Err(Refusal::Denied));
+        assert_eq!(access.check(ip("::ffff:10.1.2.3")), Err(Refusal::Denied));
+        assert_eq!(access.check(ip("::1")), Err(Refusal::Denied));
+        assert_eq!(access.check(ip("11.0.0.1")), Err(Refusal::NotAllowed));
+        // Deny alone: everyone else is served.
+        let deny_only = AccessList::new(None, nets(&["192.0.2.0/24"]));
+        assert!(deny_only.permits(ip("198.51.100.1")));
+        assert_eq!(deny_only.check(ip("192.0.2.9")), Err(Refusal::Denied));
+    }
+
+    #[test]
+    fn list_files_skip_comments_and_blank_lines() {
+        let text = "# pool hosts\n\n10.0.0.1\n  fd00::/8  # storage network\n192.168.0.0/16\n";
+        let parsed = parse_list(text).unwrap();
+        assert_eq!(parsed, nets(&["10.0.0.1", "fd00::/8", "192.168.0.0/16"]));
+        assert_eq!(parse_list("# nobody yet\n").unwrap(), Vec::new());
+    }
+
+    #[test]
+    fn a_bad_line_is_named() {
+        let error = parse_list("10.0.0.1\n\n10.0.0.0/33\n").unwrap_err();
+        assert!(error.starts_with("3: "), "{error}");
+        assert!(error.contains("10.0.0.0/33"), "{error}");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("allow");
+        std::fs::write(&file, "host.example\n").unwrap();
+        let error = load_list(&file).unwrap_err();
+        assert!(
+            error.starts_with(&format!("{}:1: ", file.display())),
+            "{error}"
+        );
+        let missing = load_list(&dir.path().join("missing")).unwrap_err();
+        assert!(missing.starts_with("cannot read "), "{missing}");
     }
 }

@@ -76,6 +76,11 @@ impl Credentials {
         Ok(Credentials { users })
     }
 
+    /// How many users the file lists (for the log; never who).
+    pub fn user_count(&self) -> usize {
+        self.users.len()
+    }
+
     /// Whether an `Authorization` header value carries a known user and
     /// the right password.
     pub fn permits(&self, authorization: Option<&str>) -> bool {

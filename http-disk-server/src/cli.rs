@@ -8,6 +8,8 @@ use std::path::PathBuf;
 use clap::Parser;
 use ipnet::IpNet;
 
+use crate::policy::PolicySources;
+
 /// Serves one block device or regular file over HTTP: HEAD gives the size,
 /// GET with Range reads, PUT with Content-Range writes (durable before the
 /// reply), POST X-Disk-Op flush/trim/zero.
@@ -37,15 +39,30 @@ pub struct Args {
 
     /// Only serve peers in this network (repeatable, e.g. 10.0.0.0/24,
     /// 127.0.0.1/32, ::1/128); others get 403 before any body is read.
-    /// Every peer is served when omitted.
+    /// Every peer is served when neither this nor --allow-file is given.
     #[arg(long = "allow", value_name = "CIDR", value_parser = parse_cidr)]
     pub allow: Vec<IpNet>,
 
+    /// Never serve peers in this network (repeatable), even when --allow
+    /// lists them: deny wins. They get 403 before any body is read.
+    #[arg(long = "deny", value_name = "CIDR", value_parser = parse_cidr)]
+    pub deny: Vec<IpNet>,
+
+    /// More --allow entries, from a file: one network or address per line,
+    /// `#` comments and blank lines ignored (repeatable). Re-read on
+    /// SIGHUP. An allow file left empty allows nobody, not everyone.
+    #[arg(long, value_name = "PATH")]
+    pub allow_file: Vec<PathBuf>,
+
+    /// More --deny entries, from a file (same format; re-read on SIGHUP).
+    #[arg(long, value_name = "PATH")]
+    pub deny_file: Vec<PathBuf>,
+
     /// Require HTTP Basic credentials listed in this file (lines
     /// `user:salt:sha256hex`, the hash of salt + password; see README);
-    /// others get 401 before any body is read.
+    /// others get 401 before any body is read. Re-read on SIGHUP.
     #[arg(long, value_name = "PATH")]
-    pub auth_file: Option<std::path::PathBuf>,
+    pub auth_file: Option<PathBuf>,
 
     /// Largest request body accepted, in bytes (K, M, G suffixes allowed);
     /// larger writes get 413 before their body is read.
@@ -78,6 +95,28 @@ pub struct Args {
     /// disk data. Off when omitted.
     #[arg(long, value_name = "ADDR:PORT")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Connections one peer address may hold at once, so that one client
+    /// cannot take every worker from the others. At the cap, that peer's
+    /// own longest-idle connection makes room; when all of its
+    /// connections are busy, its newcomer gets 503 with Retry-After.
+    /// 128 = 8 multihttp processes at their largest pool (pool-size 16)
+    /// on one host, e.g. a few readers of a volume during a migration.
+    #[arg(long, default_value_t = 128, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub max_connections_per_peer: u64,
+}
+
+impl Args {
+    /// Where the access policy comes from (command line and files).
+    pub fn policy_sources(&self) -> PolicySources {
+        PolicySources {
+            allow: self.allow.clone(),
+            deny: self.deny.clone(),
+            allow_files: self.allow_file.clone(),
+            deny_files: self.deny_file.clone(),
+            auth_file: self.auth_file.clone(),
+        }
+    }
 }
 
 /// Parses `10.0.0.0/8`, `::1/128`, or a bare address (a single host).
@@ -163,5 +202,37 @@ mod tests {
         assert_eq!(args.port, 8076);
         assert!(args.verbose && !args.readonly && args.allow.is_empty());
         assert_eq!(args.max_request_size, 32 << 20);
+        assert_eq!(args.max_connections_per_peer, 128);
+    }
+
+    #[test]
+    fn access_flags_repeat_and_add_up() {
+        let args = Args::try_parse_from([
+            "http-disk-server",
+            "--disk",
+            "d",
+            "--allow",
+            "10.0.0.0/8",
+            "--deny",
+            "10.1.0.0/16",
+            "--deny",
+            "10.2.0.1",
+            "--allow-file",
+            "/etc/a",
+            "--deny-file",
+            "/etc/d",
+            "--deny-file",
+            "/etc/d2",
+        ])
+        .unwrap();
+        let sources = args.policy_sources();
+        assert_eq!(sources.allow.len(), 1);
+        assert_eq!(sources.deny.len(), 2);
+        assert_eq!(sources.allow_files, [PathBuf::from("/etc/a")]);
+        assert_eq!(sources.deny_files.len(), 2);
+        assert!(Args::try_parse_from(["x", "--disk", "d", "--deny", "10.0.0.0/33"]).is_err());
+        assert!(
+            Args::try_parse_from(["x", "--disk", "d", "--max-connections-per-peer", "0"]).is_err()
+        );
     }
 }

@@ -11,8 +11,10 @@ use http_disk_protocol::{
     headers, ContentRange, ContentTotal, Feature, FeatureSet, RangeError, RangeSpec,
 };
 
+use crate::access::Refusal;
 use crate::disk::Disk;
 use crate::http::{self, BodyError, Framing, HttpError, Request};
+use crate::policy::Policy;
 use crate::server::State;
 
 /// What a reply carries after its head.
@@ -105,22 +107,23 @@ impl BodySource<'_> {
     }
 }
 
-/// The `--allow` check, done before anything else about a request.
-pub fn check_peer(peer: IpAddr, state: &State) -> Result<(), HttpError> {
-    if state.config.allow.permits(peer) {
-        Ok(())
-    } else {
-        Err(HttpError::new(
+/// The `--allow`/`--deny` check, done before anything else about a
+/// request, against the policy current when its head arrived.
+pub fn check_peer(peer: IpAddr, policy: &Policy) -> Result<(), HttpError> {
+    match policy.access.check(peer) {
+        Ok(()) => Ok(()),
+        Err(Refusal::Denied) => Err(HttpError::new(403, format!("{peer} is in the --deny list"))),
+        Err(Refusal::NotAllowed) => Err(HttpError::new(
             403,
             format!("{peer} is not in the --allow list"),
-        ))
+        )),
     }
 }
 
 /// The `--auth-file` check, right after the peer check: a request without
 /// the right credentials gets 401 and none of its body is read.
-pub fn check_credentials(req: &Request, state: &State) -> Result<(), HttpError> {
-    match &state.config.auth {
+pub fn check_credentials(req: &Request, policy: &Policy) -> Result<(), HttpError> {
+    match &policy.credentials {
         Some(credentials) if !credentials.permits(req.header("Authorization").as_deref()) => Err(
             HttpError::new(401, "missing or wrong credentials (--auth-file)"),
         ),
@@ -406,7 +409,6 @@ fn post(req: &Request, disk: &Disk, body: &mut BodySource) -> Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::access::AllowList;
     use crate::server::Config;
     use std::io::Cursor;
     use std::sync::atomic::AtomicUsize;
@@ -425,11 +427,11 @@ mod tests {
         }
         let config = Config {
             readonly,
-            allow: AllowList::default(),
-            auth: None,
+            policy_sources: Default::default(),
             max_request_size: 4096,
             idle_timeout: Duration::from_secs(5),
             workers: 4,
+            max_connections_per_peer: 4,
         };
         let active = AtomicUsize::new(0);
         (
@@ -437,7 +439,9 @@ mod tests {
             State {
                 config,
                 disk,
+                policy: Default::default(),
                 active,
+                peers: Default::default(),
                 bodies: crate::budget::Budget::new(1 << 20),
                 idle: Default::default(),
                 metrics: Default::default(),

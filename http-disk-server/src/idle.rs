@@ -15,10 +15,12 @@
 //! more from it.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::unix::io::RawFd;
 use std::sync::Mutex;
 use std::time::Instant;
+
+use crate::access::canonical;
 
 /// The idle connections, oldest first.
 #[derive(Default)]
@@ -76,8 +78,33 @@ impl IdleConnections {
     /// Shuts down the connection idle the longest, which wakes its worker
     /// to end it. False when no connection is idle.
     pub fn close_longest_idle(&self) -> bool {
+        self.close_first(|_| true, "all workers taken")
+    }
+
+    /// As [`close_longest_idle`], among the connections of one peer address
+    /// only (`--max-connections-per-peer`): a peer at its cap makes room
+    /// for its own newcomer, never at another peer's expense.
+    ///
+    /// [`close_longest_idle`]: IdleConnections::close_longest_idle
+    pub fn close_longest_idle_of(&self, peer: IpAddr) -> bool {
+        self.close_first(
+            |connection| canonical(connection.peer.ip()) == peer,
+            "its peer holds --max-connections-per-peer",
+        )
+    }
+
+    /// Closes the oldest idle connection that `chosen` accepts.
+    fn close_first(&self, chosen: impl Fn(&IdleConnection) -> bool, why: &str) -> bool {
         let mut waiting = self.lock();
-        let Some((_, oldest)) = waiting.by_age.pop_first() else {
+        let Some(id) = waiting
+            .by_age
+            .iter()
+            .find(|(_, connection)| chosen(connection))
+            .map(|(id, _)| *id)
+        else {
+            return false;
+        };
+        let Some(oldest) = waiting.by_age.remove(&id) else {
             return false;
         };
         // The worker cannot close `fd` before its `end_wait`, which waits
@@ -85,7 +112,7 @@ impl IdleConnections {
         // SAFETY: shutdown(2) on a live socket descriptor.
         unsafe { libc::shutdown(oldest.fd, libc::SHUT_RDWR) };
         log::debug!(
-            "{}: closed, idle for {} ms, to make room for a new connection (all workers taken)",
+            "{}: closed, idle for {} ms, to make room for a new connection ({why})",
             oldest.peer,
             oldest.since.elapsed().as_millis()
         );
@@ -137,5 +164,30 @@ mod tests {
         assert!(idle.end_wait(new), "the other connection goes on");
         assert_eq!(idle.count(), 0);
         assert!(!idle.close_longest_idle(), "nothing idle is left");
+    }
+
+    #[test]
+    fn a_peer_at_its_cap_only_closes_its_own_idle_connection() {
+        let idle = IdleConnections::default();
+        let (mut other_client, other_server) = pair();
+        let (mut own_client, own_server) = pair();
+        // Two peers; the other one has been idle the longest.
+        let other_peer: SocketAddr = "10.0.0.1:4000".parse().unwrap();
+        let own_peer: SocketAddr = "[::ffff:10.0.0.2]:4000".parse().unwrap();
+        let other = idle.begin_wait(other_server.as_raw_fd(), other_peer);
+        let own = idle.begin_wait(own_server.as_raw_fd(), own_peer);
+
+        assert!(!idle.close_longest_idle_of("10.0.0.3".parse().unwrap()));
+        assert!(idle.close_longest_idle_of("10.0.0.2".parse().unwrap()));
+        let mut byte = [0u8; 1];
+        assert_eq!(own_client.read(&mut byte).unwrap(), 0);
+        assert!(!idle.end_wait(own));
+        // The other peer's connection was left alone.
+        other_client.set_nonblocking(true).unwrap();
+        assert_eq!(
+            other_client.read(&mut byte).unwrap_err().kind(),
+            std::io::ErrorKind::WouldBlock
+        );
+        assert!(idle.end_wait(other));
     }
 }

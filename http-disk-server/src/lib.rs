@@ -5,6 +5,7 @@
 //! handlers directly. Nothing here is a stable API for other crates.
 
 pub mod access;
+pub mod admission;
 pub mod auth;
 pub mod budget;
 pub mod cli;
@@ -16,5 +17,7 @@ pub mod http;
 pub mod idle;
 pub mod metrics;
 pub mod metrics_listener;
+pub mod policy;
+pub mod reload;
 pub mod server;
 pub mod signals;

@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 
-use http_disk_server::access::AllowList;
+use http_disk_server::reload::Live;
 use http_disk_server::server::{Config, State};
-use http_disk_server::{auth, budget, cli, disk, drbd, metrics_listener, server, signals};
+use http_disk_server::{budget, cli, disk, drbd, metrics_listener, server, signals};
 
 /// Longest wait for in-flight requests after SIGTERM before exiting anyway.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -191,30 +191,36 @@ fn raise_open_file_limit(workers: u64) {
 }
 
 fn run(args: cli::Args) -> Result<(), String> {
+    // First, so that a SIGHUP sent as soon as the process exists (systemd
+    // allows `reload` right after exec) never meets the default action,
+    // which would kill it. A stop or reload asked for meanwhile waits in
+    // the pipe for the accept loop.
+    let signal_fd =
+        signals::install().map_err(|e| format!("cannot install signal handlers: {e}"))?;
     raise_open_file_limit(args.workers);
-    let auth = args
-        .auth_file
-        .as_deref()
-        .map(auth::Credentials::load)
-        .transpose()?;
+    let policy_sources = args.policy_sources();
+    let policy = policy_sources.load()?;
+    log::info!("access policy: {}", policy.summary());
     let listener = bind(args.ip, args.port)?;
     let metrics_listener = args
         .metrics_listen
         .map(metrics_listener::bind)
         .transpose()?;
-    let stop_fd = signals::install().map_err(|e| format!("cannot install signal handlers: {e}"))?;
     let workers = usize::try_from(args.workers).unwrap_or(usize::MAX);
     let state = Arc::new(State {
         config: Config {
             readonly: args.readonly,
-            allow: AllowList::new(args.allow.clone()),
-            auth,
+            policy_sources,
             max_request_size: args.max_request_size,
             idle_timeout: Duration::from_secs(args.idle_timeout),
             workers,
+            max_connections_per_peer: usize::try_from(args.max_connections_per_peer)
+                .unwrap_or(usize::MAX),
         },
         disk: OnceLock::new(),
+        policy: Live::new(policy),
         active: AtomicUsize::new(0),
+        peers: Default::default(),
         bodies: budget::Budget::new(body_budget(args.max_request_size)),
         idle: Default::default(),
         metrics: Default::default(),
@@ -284,7 +290,7 @@ fn run(args: cli::Args) -> Result<(), String> {
             .map_err(|e| format!("cannot start the open-disk thread: {e}"))?;
     }
 
-    server::accept_loop(&listener, stop_fd, &state)
+    server::accept_loop(&listener, signal_fd, &state)
         .map_err(|e| format!("accept loop failed: {e}"))?;
     drop(listener);
     log::info!("stopping: no new connections; finishing requests in flight");

@@ -85,6 +85,9 @@ pub enum Refusal {
     Unauthorized,
     /// 503 at accept: every worker busy with a request.
     Busy,
+    /// 503 at accept: the peer already holds `--max-connections-per-peer`
+    /// connections, all busy with requests.
+    PeerCap,
     /// 503: the disk is not held (DRBD peer Primary, device missing).
     NotHeld,
     /// 503: too much write-body memory in use already.
@@ -92,10 +95,11 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 5] = [
+    pub const ALL: [Refusal; 6] = [
         Refusal::NotAllowed,
         Refusal::Unauthorized,
         Refusal::Busy,
+        Refusal::PeerCap,
         Refusal::NotHeld,
         Refusal::Overloaded,
     ];
@@ -105,6 +109,7 @@ impl Refusal {
             Refusal::NotAllowed => "not_allowed",
             Refusal::Unauthorized => "unauthorized",
             Refusal::Busy => "busy",
+            Refusal::PeerCap => "peer_cap",
             Refusal::NotHeld => "not_held",
             Refusal::Overloaded => "overloaded",
         }
@@ -392,6 +397,7 @@ mod tests {
                 (Refusal::NotAllowed, 1),
                 (Refusal::Unauthorized, 1),
                 (Refusal::Busy, 1),
+                (Refusal::PeerCap, 0),
                 (Refusal::NotHeld, 1),
                 (Refusal::Overloaded, 1),
             ]

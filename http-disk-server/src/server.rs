@@ -7,31 +7,33 @@
 use std::io::{self, BufReader, BufWriter, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::io::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::access::AllowList;
-use crate::auth::{self, Credentials};
+use crate::admission::{self, PeerCounts};
+use crate::auth;
 use crate::budget::Budget;
 use crate::disk::{Disk, IO_CHUNK};
 use crate::handlers::{self, Body, BodySource, Reply};
 use crate::http::{self, HeadError};
 use crate::idle::IdleConnections;
-use crate::metrics::{Metrics, Op, Refusal};
+use crate::metrics::{Metrics, Op};
+use crate::policy::{Policy, PolicySources};
+use crate::reload::{self, Live};
 use crate::signals;
 
 /// Settings from the command line that requests depend on.
 #[derive(Debug)]
 pub struct Config {
     pub readonly: bool,
-    pub allow: AllowList,
-    /// `--auth-file`: when set, every request needs these credentials.
-    pub auth: Option<Credentials>,
+    /// Where the access policy comes from (re-read on SIGHUP).
+    pub policy_sources: PolicySources,
     pub max_request_size: u64,
     pub idle_timeout: Duration,
     pub workers: usize,
+    pub max_connections_per_peer: usize,
 }
 
 /// What every connection shares.
@@ -39,8 +41,12 @@ pub struct State {
     pub config: Config,
     /// Set once the disk is held; until then every request gets 503.
     pub disk: OnceLock<Disk>,
+    /// Who may use the server now: allow/deny lists and credentials.
+    pub policy: Live<Policy>,
     /// Connections being served right now.
     pub active: AtomicUsize,
+    /// Of those, how many each peer address holds.
+    pub peers: PeerCounts,
     /// Memory held by write bodies being received, server-wide.
     pub bodies: Budget,
     /// Connections waiting for their next request.
@@ -97,8 +103,9 @@ fn poll_in(fds: &mut [libc::pollfd], timeout: Duration) -> io::Result<usize> {
     Ok(n as usize)
 }
 
-/// Accepts connections until a stop is requested (`stop_fd` readable).
-pub fn accept_loop(listener: &TcpListener, stop_fd: RawFd, state: &Arc<State>) -> io::Result<()> {
+/// Accepts connections until a stop is requested (`signal_fd` readable,
+/// and the stop flag set); reloads when SIGHUP asked for it.
+pub fn accept_loop(listener: &TcpListener, signal_fd: RawFd, state: &Arc<State>) -> io::Result<()> {
     let mut fds = [
         libc::pollfd {
             fd: listener.as_raw_fd(),
@@ -106,7 +113,7 @@ pub fn accept_loop(listener: &TcpListener, stop_fd: RawFd, state: &Arc<State>) -
             revents: 0,
         },
         libc::pollfd {
-            fd: stop_fd,
+            fd: signal_fd,
             events: libc::POLLIN,
             revents: 0,
         },
@@ -114,7 +121,13 @@ pub fn accept_loop(listener: &TcpListener, stop_fd: RawFd, state: &Arc<State>) -
     while !signals::stopping() {
         fds[0].revents = 0;
         fds[1].revents = 0;
-        if poll_in(&mut fds, Duration::from_secs(1))? == 0 || fds[0].revents == 0 {
+        if poll_in(&mut fds, Duration::from_secs(1))? == 0 {
+            continue;
+        }
+        if fds[1].revents != 0 && signals::take_reload(signal_fd) {
+            reload::reload(state);
+        }
+        if fds[0].revents == 0 {
             continue;
         }
         let (stream, peer) = match listener.accept() {
@@ -127,48 +140,33 @@ pub fn accept_loop(listener: &TcpListener, stop_fd: RawFd, state: &Arc<State>) -
                 continue;
             }
         };
-        // Every worker taken: the longest-idle connection makes room (its
-        // worker ends within moments, so for that while one thread more
-        // than --workers runs); only when all are busy with requests does
-        // the newcomer get 503.
-        if state.active.load(Ordering::SeqCst) >= state.config.workers
-            && !state.idle.close_longest_idle()
-        {
-            state.metrics.refused(Refusal::Busy);
-            refuse_busy(stream, peer, state.config.workers);
-            continue;
-        }
-        state.active.fetch_add(1, Ordering::SeqCst);
-        let worker_state = Arc::clone(state);
+        let slot = match admission::admit(state, peer.ip()) {
+            Ok(slot) => slot,
+            Err((refusal, reason)) => {
+                state.metrics.refused(refusal);
+                refuse_busy(stream, peer, &reason);
+                continue;
+            }
+        };
+        // A failed spawn drops the closure, and with it the slot.
         let spawned = thread::Builder::new()
             .name(format!("conn {peer}"))
             .spawn(move || {
-                let _active = ActiveGuard(&worker_state.active);
-                serve_connection(stream, peer, &worker_state);
+                signals::block_in_this_thread();
+                serve_connection(stream, peer, slot.state());
             });
         if let Err(e) = spawned {
-            state.active.fetch_sub(1, Ordering::SeqCst);
             log::error!("cannot start a worker thread for {peer}: {e}");
         }
     }
     Ok(())
 }
 
-/// Decrements the active connection count when a worker ends, even by panic.
-struct ActiveGuard<'a>(&'a AtomicUsize);
-
-impl Drop for ActiveGuard<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-/// All workers busy: a short 503 so the client retries or fails over,
-/// written without blocking the accept loop.
-fn refuse_busy(stream: TcpStream, peer: SocketAddr, workers: usize) {
-    log::warn!("{peer}: all {workers} workers busy, replying 503");
+/// No worker for this connection (see admission.rs): a short 503 so the
+/// client retries or fails over, written without blocking the accept loop.
+fn refuse_busy(stream: TcpStream, peer: SocketAddr, reason: &str) {
+    log::warn!("{peer}: {reason}, replying 503");
     let _ = stream.set_nonblocking(true);
-    let reason = format!("all {workers} workers are busy");
     let reply = format!(
         "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nX-Disk-Error: {reason}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{reason}\n",
         reason.len() + 1
@@ -265,8 +263,9 @@ fn serve_connection(stream: TcpStream, peer: SocketAddr, state: &State) {
         let _in_flight = state.metrics.request_started();
         // The peer is checked first, so a refused peer learns nothing
         // else about the server and none of its body is read.
-        let prelude = handlers::check_peer(peer.ip(), state)
-            .and_then(|_| handlers::check_credentials(&request, state))
+        let policy = state.policy.current();
+        let prelude = handlers::check_peer(peer.ip(), &policy)
+            .and_then(|_| handlers::check_credentials(&request, &policy))
             .and_then(|_| request.framing())
             .and_then(|framing| Ok((framing, request.expects_continue()?)));
         let (reply, framing, consumed) = match prelude {

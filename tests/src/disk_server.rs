@@ -2,8 +2,8 @@
 //! free loopback port, for end-to-end tests of the server and of the
 //! plugins that talk to it. Killed (with its process group) on drop.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -116,6 +116,22 @@ impl DiskServer {
         raw_exchange(&self.addr(), request, true)
     }
 
+    /// Sends SIGHUP and waits for the server to log the reload's outcome
+    /// (each reload logs one line starting `SIGHUP: `); returns that line.
+    /// Waiting for it also keeps signals from merging into one reload.
+    pub fn reload(&self) -> String {
+        const MARK: &str = "SIGHUP: ";
+        let before = self.proc.output.count(MARK);
+        self.proc.signal(libc::SIGHUP);
+        let logged = crate::wait_until(Duration::from_secs(10), || {
+            self.proc.output.count(MARK) > before
+        });
+        assert!(logged, "no reload logged within 10 s of SIGHUP");
+        let lines = self.proc.output.snapshot();
+        let mut reloads = lines.iter().filter(|l| l.contains(MARK));
+        reloads.nth(before).cloned().unwrap_or_default()
+    }
+
     /// Whether the server answers a HEAD with 200 right now.
     pub fn answers(&self) -> bool {
         let reply = raw_exchange(
@@ -138,9 +154,22 @@ fn not_ready(proc: Proc) -> DiskServer {
 /// 10 s). `half_close` shuts down the write side after sending, which tells
 /// the server no more bytes come (e.g. for truncated bodies).
 pub fn raw_exchange(addr: &str, request: &[u8], half_close: bool) -> Vec<u8> {
-    let Ok(mut stream) = TcpStream::connect(addr) else {
-        return Vec::new();
-    };
+    match TcpStream::connect(addr) {
+        Ok(stream) => exchange(stream, request, half_close),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// As [`raw_exchange`], from the local address `source` (see
+/// [`connect_from`]).
+pub fn raw_exchange_from(source: IpAddr, addr: &str, request: &[u8]) -> Vec<u8> {
+    match connect_from(source, addr) {
+        Ok(stream) => exchange(stream, request, false),
+        Err(_) => Vec::new(),
+    }
+}
+
+fn exchange(mut stream: TcpStream, request: &[u8], half_close: bool) -> Vec<u8> {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
     let _ = stream.set_write_timeout(Some(Duration::from_secs(10)));
     // The server may reply and close before taking all of a bad request:
@@ -165,15 +194,141 @@ pub fn status_of(reply: &[u8]) -> u16 {
 }
 
 /// Writes `dir/auth`, an `--auth-file` with one line for `user` and
-/// `password`, made by the shell recipe README gives (openssl salt,
-/// sha256sum), so the recipe is tested too.
+/// `password` (see [`auth_line`]).
 pub fn auth_file(dir: &Path, user: &str, password: &str) -> PathBuf {
     let file = dir.join("auth");
+    std::fs::write(&file, format!("# test\n{}", auth_line(user, password))).unwrap();
+    file
+}
+
+/// One `--auth-file` line (with its newline) for `user` and `password`,
+/// made by the shell recipe README gives (openssl salt, sha256sum), so the
+/// recipe is tested too.
+pub fn auth_line(user: &str, password: &str) -> String {
     let script = r#"salt=$(openssl rand -hex 16)
 printf '%s:%s:%s\n' "$1" "$salt" "$(printf '%s%s' "$salt" "$2" | sha256sum | cut -d' ' -f1)""#;
     let mut cmd = Command::new("bash");
     cmd.args(["-c", script, "auth", user, password]);
-    let line = crate::run_ok(cmd, Duration::from_secs(10));
-    std::fs::write(&file, format!("# test\n{line}")).unwrap();
-    file
+    crate::run_ok(cmd, Duration::from_secs(10))
+}
+
+/// Replaces `path` with `text` in one step (write a temporary file beside
+/// it, rename over it), as an operator's editor or config tool does, so a
+/// server reloading meanwhile never reads half a file.
+pub fn replace_file(path: &Path, text: &str) {
+    let temporary = path.with_extension("new");
+    std::fs::write(&temporary, text).unwrap();
+    std::fs::rename(&temporary, path).unwrap();
+}
+
+/// A TCP connection to `addr` from the local address `source`, bound
+/// before connecting: with 127.0.0.2, 127.0.0.3... (all of 127/8 is
+/// loopback) a test acts as several client hosts.
+pub fn connect_from(source: IpAddr, addr: &str) -> std::io::Result<TcpStream> {
+    use std::os::fd::FromRawFd;
+    let (IpAddr::V4(source), Ok(SocketAddr::V4(target))) = (source, addr.parse::<SocketAddr>())
+    else {
+        panic!("connect_from handles IPv4 only ({source} -> {addr})");
+    };
+    let sockaddr = |ip: std::net::Ipv4Addr, port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let check = |rc: libc::c_int| {
+        if rc < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(rc)
+        }
+    };
+    // SAFETY: plain socket(2); the TcpStream owns (and closes) the fd.
+    let fd =
+        check(unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) })?;
+    // SAFETY: fd is a fresh socket nobody else owns.
+    let stream = unsafe { TcpStream::from_raw_fd(fd) };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    let local = sockaddr(source, 0);
+    let remote = sockaddr(*target.ip(), target.port());
+    // SAFETY: bind/connect with pointers to live sockaddr_in of that size.
+    check(unsafe { libc::bind(fd, (&local as *const libc::sockaddr_in).cast(), len) })?;
+    check(unsafe { libc::connect(fd, (&remote as *const libc::sockaddr_in).cast(), len) })?;
+    Ok(stream)
+}
+
+/// A kept-alive HTTP connection, for checks that a later request on the
+/// same connection is treated differently (policy reloads).
+pub struct KeptAlive {
+    reader: BufReader<TcpStream>,
+}
+
+/// A reply's status and headers (its body is read and dropped).
+#[derive(Debug)]
+pub struct ReplyHead {
+    pub status: u16,
+    pub headers: String,
+}
+
+impl KeptAlive {
+    /// Connects to `addr` from `source` (see [`connect_from`]).
+    pub fn open(source: IpAddr, addr: &str) -> KeptAlive {
+        let stream = connect_from(source, addr)
+            .unwrap_or_else(|e| panic!("connect from {source} to {addr}: {e}"));
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        KeptAlive {
+            reader: BufReader::new(stream),
+        }
+    }
+
+    /// Sends a HEAD with `extra` header lines (each ending in CRLF) and
+    /// reads its reply; `None` when the connection is closed instead.
+    pub fn head(&mut self, extra: &str) -> Option<ReplyHead> {
+        let request = format!("HEAD / HTTP/1.1\r\nHost: t\r\n{extra}\r\n");
+        self.reader.get_mut().write_all(request.as_bytes()).ok()?;
+        let mut headers = String::new();
+        loop {
+            let mut line = String::new();
+            match self.reader.read_line(&mut line) {
+                Ok(0) | Err(_) => return None,
+                Ok(_) if line == "\r\n" => break,
+                Ok(_) => headers.push_str(&line),
+            }
+        }
+        let status = status_of(headers.as_bytes());
+        // Error replies to HEAD carry no body either: nothing more to read.
+        Some(ReplyHead { status, headers })
+    }
+
+    /// Whether the server closed the connection (EOF or reset within
+    /// 10 s); false when it is still open after that (read timed out).
+    pub fn closed_by_server(&mut self) -> bool {
+        let mut byte = [0u8; 1];
+        match self.reader.read(&mut byte) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+        }
+    }
+}
+
+/// The `Authorization` header line (with CRLF) for `user` and `password`.
+pub fn basic_auth(user: &str, password: &str) -> String {
+    let token = run_base64(&format!("{user}:{password}"));
+    format!("Authorization: Basic {token}\r\n")
+}
+
+fn run_base64(text: &str) -> String {
+    let mut cmd = Command::new("bash");
+    cmd.args(["-c", "printf '%s' \"$1\" | base64 -w0", "b64", text]);
+    crate::run_ok(cmd, Duration::from_secs(10))
+        .trim()
+        .to_owned()
 }

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 pub use tempfile::TempDir;
 
 pub mod disk_server;
+pub mod fio;
 pub mod garage;
 pub mod nbd_scripts;
 pub mod scripted_peer;
@@ -412,6 +413,19 @@ pub fn process_usage(pid: i32) -> ProcessUsage {
         threads: field("Threads:"),
         fds,
     }
+}
+
+/// CPU time `pid` has used so far (user + system), in clock ticks
+/// (usually 100 a second); panics if the process is gone.
+pub fn cpu_ticks(pid: i32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/stat: {e}"));
+    // Fields after the command name (which may hold spaces), from field 3.
+    let after_name = &stat[stat.rfind(')').expect("comm in /proc/PID/stat") + 2..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line.
+    let field = |n: usize| fields[n - 3].parse::<u64>().expect("numeric tick count");
+    field(14) + field(15)
 }
 
 /// Makes the close of `stream` (when it is dropped) a reset (RST) instead

@@ -68,6 +68,7 @@ use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use harness::fio::{assert_fio_clean, FioJob};
 use harness::{artifact, debian_tool, DiskServer, Lines, Nbdkit, Proc, TempDir};
 
 const MIB: u64 = 1 << 20;
@@ -596,44 +597,6 @@ fn failovers(log: &Lines) -> Vec<(f64, bool)> {
         .collect()
 }
 
-/// What fio's JSON says, per job: (name, error, writes, verify reads).
-fn fio_jobs(json: &Path) -> Vec<(String, i64, u64, u64)> {
-    let text = fs::read_to_string(json).expect("fio wrote its JSON report");
-    let report: serde_json::Value = serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("fio's report is not JSON ({e}):\n{text}"));
-    let jobs = report["jobs"].as_array().expect("fio's jobs");
-    jobs.iter()
-        .map(|job| {
-            (
-                job["jobname"].as_str().unwrap_or("?").to_owned(),
-                job["error"].as_i64().expect("job error"),
-                job["write"]["total_ios"].as_u64().expect("write total_ios"),
-                job["read"]["total_ios"].as_u64().expect("read total_ios"),
-            )
-        })
-        .collect()
-}
-
-/// fio exited successfully, each job with error 0, I/O done and no
-/// verify complaint. Returns the jobs' figures.
-fn assert_fio_clean(fio: &mut Proc, json: &Path) -> Vec<(String, i64, u64, u64)> {
-    let status = fio.wait_timeout(TAIL + Duration::from_secs(60));
-    let log = fio.output.snapshot().join("\n");
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "fio failed ({status:?}):\n{log}\n{}",
-        fs::read_to_string(json).unwrap_or_default()
-    );
-    assert!(!log.contains("verify"), "fio reported:\n{log}");
-    let jobs = fio_jobs(json);
-    assert_eq!(jobs.len(), 2, "fio's jobs: {jobs:?}");
-    for (name, error, writes, verified) in &jobs {
-        assert_eq!(*error, 0, "fio job {name}'s error");
-        assert!(*writes > 0 && *verified > 0, "fio job {name} did no I/O");
-    }
-    jobs
-}
-
 /// The probe finished without an I/O error or a wrong byte, and every
 /// flush error it saw was the deliberate one (an EIO the plugin logged as
 /// "flush cannot vouch for earlier writes"). Returns how many there were.
@@ -673,7 +636,7 @@ fn print_summary(
     counts: &ActionCounts,
     failovers: &[(f64, bool)],
     probe_ops: &Path,
-    fio_jobs: &[(String, i64, u64, u64)],
+    fio_jobs: &[FioJob],
     flush_eios: usize,
 ) {
     let completions = probe_completions(probe_ops);
@@ -692,7 +655,7 @@ fn print_summary(
          connection: killed server)\n\
          failover pauses seen by the probe: all {}; after a timeout {}; after a refusal or \
          reset {} (the probe's normal gap between completions: {:.3} s)\n\
-         fio (job, error, writes, verify reads): {fio_jobs:?}\n\
+         fio jobs: {fio_jobs:?}\n\
          probe: {} iterations, 0 errors, 0 mismatches, {flush_eios} flush EIOs (the deliberate one)",
         failovers.len(),
         times(Some(true)).len(),
@@ -746,7 +709,7 @@ fn sixty_seconds_of_server_kills_stops_and_restarts_under_fio_verify() {
 
     let counts = run_chaos(&mut fleet, &nbdkit, &mut fio, &mut rng, chaos);
 
-    let jobs = assert_fio_clean(&mut fio, &fio_json);
+    let jobs = assert_fio_clean(&mut fio, &fio_json, TAIL + Duration::from_secs(60), 2);
     let flush_eios = assert_probe_clean(&mut probe, &nbdkit.proc.output);
     assert!(
         nbdkit.proc.exited().is_none(),

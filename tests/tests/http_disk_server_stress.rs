@@ -6,7 +6,9 @@
 //! back to what they were and its memory (RSS) is back near it.
 //!
 //! What an operator should expect, and why the server is started with
-//! `--workers 1100 --idle-timeout 30` here:
+//! `--workers 1100 --idle-timeout 30` here (and
+//! `--max-connections-per-peer 1100`, since one address plays every
+//! client; by default one peer holds at most 128):
 //! - Every connection, idle or not, holds one worker thread and two file
 //!   descriptors (the socket and its write-side clone) until the client
 //!   closes it or it has been silent for `--idle-timeout` seconds: 1,000
@@ -33,10 +35,11 @@
 //!       cargo test --release -p integration-tests --test http_disk_server_stress`
 
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
-use std::net::TcpStream;
+use std::net::{IpAddr, Ipv4Addr, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use harness::disk_server::connect_from;
 use harness::{
     artifact, free_port, pattern, pattern_file, process_usage, reset_on_close, wait_until,
     DiskServer, Proc, ProcessUsage, TempDir,
@@ -154,7 +157,19 @@ struct Client {
 
 impl Client {
     fn open(addr: &str) -> Client {
-        let stream = connect(addr);
+        Self::over(connect(addr))
+    }
+
+    /// A client on another host, played by a loopback source address.
+    fn open_from(source: IpAddr, addr: &str) -> Client {
+        let stream = connect_from(source, addr).expect("connect to the server");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        Self::over(stream)
+    }
+
+    fn over(stream: TcpStream) -> Client {
         Client {
             writer: stream.try_clone().unwrap(),
             reader: BufReader::new(stream),
@@ -255,6 +270,9 @@ fn connection_churn_and_idle_connections_leave_nothing_behind() {
         &[
             "--workers",
             "1100",
+            // One address plays all the clients here, silent ones included.
+            "--max-connections-per-peer",
+            "1100",
             "--idle-timeout",
             &IDLE_TIMEOUT_SECS.to_string(),
         ],
@@ -343,6 +361,10 @@ fn connection_churn_and_idle_connections_leave_nothing_behind() {
 /// open and idle, as multihttp's connection pools keep them (up to
 /// `pool-size` 16 per host, up to 64 hosts).
 const POOL_CONNECTIONS: usize = 700;
+/// multihttp's largest pool to one server (its `pool-size` default), so
+/// 700 connections come from 44 hosts (127.0.1.1, 127.0.1.2...), each
+/// well under the server's `--max-connections-per-peer`.
+const POOL_SIZE: usize = 16;
 
 /// With the server's defaults, a pool's worth of kept-alive connections
 /// must all be served and leave room for others. The old default of 128
@@ -375,7 +397,8 @@ fn a_pools_worth_of_kept_alive_connections_leaves_room_for_other_clients() {
     let addr = format!("127.0.0.1:{port}");
     let mut pool: Vec<Client> = (0..POOL_CONNECTIONS)
         .map(|i| {
-            let mut client = Client::open(&addr);
+            let host = IpAddr::V4(Ipv4Addr::new(127, 0, 1, (i / POOL_SIZE + 1) as u8));
+            let mut client = Client::open_from(host, &addr);
             let raw = b"GET / HTTP/1.1\r\nRange: bytes=0-0\r\n\r\n";
             let (status, body) = client.request(raw);
             assert_eq!(

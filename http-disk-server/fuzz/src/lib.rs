@@ -25,7 +25,6 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use http_disk_protocol::{ByteRange, ContentRange, ContentTotal, RangeError, RangeSpec};
-use http_disk_server::access::AllowList;
 use http_disk_server::budget::Budget;
 use http_disk_server::disk::Disk;
 use http_disk_server::handlers::{self, Body, BodySource, Reply};
@@ -356,14 +355,16 @@ fn new_state() -> State {
     State {
         config: Config {
             readonly: false,
-            allow: AllowList::default(),
-            auth: None,
+            policy_sources: Default::default(),
             max_request_size: MAX_REQUEST,
             idle_timeout: Duration::from_millis(10),
             workers: 4,
+            max_connections_per_peer: 4,
         },
         disk: held,
+        policy: Default::default(),
         active: AtomicUsize::new(0),
+        peers: Default::default(),
         bodies: Budget::new(1 << 20),
         idle: Default::default(),
         metrics: Default::default(),
@@ -387,7 +388,7 @@ pub fn check_handling(data: &[u8]) {
     };
     let body_start = input.position() as usize;
     let peer = IpAddr::V4(Ipv4Addr::LOCALHOST);
-    let prelude = handlers::check_peer(peer, state)
+    let prelude = handlers::check_peer(peer, &state.policy.current())
         .and_then(|_| request.framing())
         .and_then(|framing| Ok((framing, request.expects_continue()?)));
     let Ok((framing, expect_continue)) = prelude else {

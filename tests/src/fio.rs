@@ -1,0 +1,65 @@
+//! fio's outcome, for tests that run it as a verifying client: its exit
+//! status, its JSON report (`--output-format=json --output=FILE`) and its
+//! messages.
+
+use std::fs;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::Proc;
+
+/// One job of fio's JSON report.
+#[derive(Debug)]
+pub struct FioJob {
+    pub name: String,
+    pub error: i64,
+    pub writes: u64,
+    /// Reads, which in a verifying write job are the verify reads.
+    pub reads: u64,
+}
+
+/// What fio's JSON report says, per job.
+pub fn fio_jobs(json: &Path) -> Vec<FioJob> {
+    let text = fs::read_to_string(json).expect("fio wrote its JSON report");
+    let report: serde_json::Value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("fio's report is not JSON ({e}):\n{text}"));
+    let jobs = report["jobs"].as_array().expect("fio's jobs");
+    jobs.iter()
+        .map(|job| FioJob {
+            name: job["jobname"].as_str().unwrap_or("?").to_owned(),
+            error: job["error"].as_i64().expect("job error"),
+            writes: job["write"]["total_ios"].as_u64().expect("write total_ios"),
+            reads: job["read"]["total_ios"].as_u64().expect("read total_ios"),
+        })
+        .collect()
+}
+
+/// Waits (at most `timeout`) for fio to exit, and asserts it succeeded
+/// with `expected_jobs` jobs, each with error 0, writes and verify reads
+/// done, and no verify complaint. Returns the jobs.
+pub fn assert_fio_clean(
+    fio: &mut Proc,
+    json: &Path,
+    timeout: Duration,
+    expected_jobs: usize,
+) -> Vec<FioJob> {
+    let status = fio.wait_timeout(timeout);
+    let log = fio.output.snapshot().join("\n");
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "fio failed ({status:?}):\n{log}\n{}",
+        fs::read_to_string(json).unwrap_or_default()
+    );
+    assert!(!log.contains("verify"), "fio reported:\n{log}");
+    let jobs = fio_jobs(json);
+    assert_eq!(jobs.len(), expected_jobs, "fio's jobs: {jobs:?}");
+    for job in &jobs {
+        assert_eq!(job.error, 0, "fio job {}'s error", job.name);
+        assert!(
+            job.writes > 0 && job.reads > 0,
+            "fio job {} did no I/O",
+            job.name
+        );
+    }
+    jobs
+}
