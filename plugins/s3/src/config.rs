@@ -8,6 +8,7 @@ use chunk_store::MetadataRequest;
 use plugin_glue::config::{
     parse_bool, parse_count, parse_duration, parse_size, Builder, ConfigError,
 };
+use plugin_glue::Secret;
 
 pub const HELP: &str = "\
 endpoint=URL          (required) S3 endpoint, http:// or https://
@@ -46,7 +47,7 @@ pub struct Config {
     pub virtual_host: bool,
     pub request: MetadataRequest,
     pub access_key: Option<String>,
-    pub secret_key: Option<String>,
+    pub secret_key: Option<Secret>,
     pub pool_size: usize,
     pub connect_timeout: Duration,
     pub io_timeout: Duration,
@@ -62,7 +63,7 @@ pub struct ConfigBuilder {
     virtual_host: bool,
     request: MetadataRequest,
     access_key: Option<String>,
-    secret_key: Option<String>,
+    secret_key: Option<Secret>,
     pool_size: Option<usize>,
     connect_timeout: Option<Duration>,
     io_timeout: Option<Duration>,
@@ -73,13 +74,20 @@ pub const KEYS: &str = "endpoint, bucket, prefix, region, addressing, size, chun
                         access-key, secret-key, pool-size, connect-timeout, io-timeout, retry-window";
 
 impl Builder for ConfigBuilder {
-    /// `secret-key` arrives already read (nbdkit's password syntax is
-    /// resolved by the plugin before this).
+    /// Every key except `secret-key` (see `set_secret`).
     fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
         match key {
             "endpoint" => {
                 if !(value.starts_with("http://") || value.starts_with("https://")) {
                     return Err(ConfigError::new(key, "must start with http:// or https://"));
+                }
+                // The value is not echoed: what precedes an '@' may be a
+                // key pair typed into the URL.
+                if value.contains('@') {
+                    return Err(ConfigError::new(
+                        key,
+                        "no credentials in the URL: use access-key= and secret-key=+FILE",
+                    ));
                 }
                 self.endpoint = Some(value.to_owned())
             }
@@ -97,7 +105,6 @@ impl Builder for ConfigBuilder {
             "chunk-size" => self.request.chunk_size = Some(parse_size(key, value)?),
             "grow" => self.request.allow_grow = parse_bool(key, value)?,
             "access-key" => self.access_key = Some(value.to_owned()),
-            "secret-key" => self.secret_key = Some(value.to_owned()),
             // 0: a new connection per request (see HELP).
             "pool-size" if value.trim() == "0" => self.pool_size = Some(0),
             "pool-size" => self.pool_size = Some(parse_count(key, value, 1024)?),
@@ -108,13 +115,27 @@ impl Builder for ConfigBuilder {
         }
         Ok(())
     }
+
+    /// `secret-key`, already read with nbdkit's password syntax.
+    fn set_secret(&mut self, key: &str, value: Secret) -> Result<(), ConfigError> {
+        match key {
+            "secret-key" => self.secret_key = Some(value),
+            _ => return Err(ConfigError::new(key, format!("unknown key (keys: {KEYS})"))),
+        }
+        Ok(())
+    }
 }
 
 impl ConfigBuilder {
     /// `env` looks up environment variables (a parameter, for tests).
     pub fn build(self, env: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
         let access_key = self.access_key.or_else(|| env("AWS_ACCESS_KEY_ID"));
-        let secret_key = self.secret_key.or_else(|| env("AWS_SECRET_ACCESS_KEY"));
+        let secret_key = self
+            .secret_key
+            .or_else(|| env("AWS_SECRET_ACCESS_KEY").map(Secret::from_string));
+        if secret_key.as_ref().is_some_and(|s| s.expose_str().is_err()) {
+            return Err(ConfigError::new("secret-key", "is not UTF-8 text"));
+        }
         if access_key.is_some() != secret_key.is_some() {
             return Err(ConfigError::new(
                 "secret-key",
@@ -167,6 +188,8 @@ mod tests {
     fn required_keys_defaults_and_refusals() {
         let mut b = ConfigBuilder::default();
         assert!(b.set("endpoint", "ftp://x").is_err());
+        let e = b.set("endpoint", "http://AK:hunter2@h").unwrap_err();
+        assert!(!e.to_string().contains("hunter2"), "{e}");
         b.set("endpoint", "http://127.0.0.1:3900").unwrap();
         assert!(b.clone().build(no_env).is_err(), "bucket is required");
         b.set("bucket", "disks").unwrap();
@@ -190,6 +213,20 @@ mod tests {
         };
         let c = b.clone().build(env).unwrap();
         assert_eq!(c.access_key.as_deref(), Some("AK"));
+        assert_eq!(c.secret_key.as_ref().map(Secret::expose), Some(&b"SK"[..]));
+        assert!(!format!("{c:?}").contains("SK"), "secret in Debug: {c:?}");
+        let mut given = b.clone();
+        given.set("access-key", "AK1").unwrap();
+        given.set_secret("secret-key", Secret::new(b"SK1")).unwrap();
+        assert!(
+            given.set("secret-key", "SK1").is_err(),
+            "secret as plain text"
+        );
+        let c = given.build(env).unwrap();
+        assert_eq!(
+            c.secret_key.map(|s| s.expose().to_vec()),
+            Some(b"SK1".to_vec())
+        );
         let mut half = b.clone();
         half.set("access-key", "AK2").unwrap();
         assert!(half.build(no_env).is_err());
