@@ -398,11 +398,15 @@ impl RequestBytes {
             capacity,
         }
     }
+
+    fn wipe_secret(&mut self) {
+        wipe(&mut self.bytes[..self.secret_len]);
+    }
 }
 
 impl Drop for RequestBytes {
     fn drop(&mut self) {
-        wipe(&mut self.bytes[..self.secret_len]);
+        self.wipe_secret();
     }
 }
 
@@ -428,4 +432,65 @@ fn reason(head: &ResponseHead) -> String {
         .filter(|c| !c.is_control())
         .take(200)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ConfigBuilder;
+    use plugin_glue::config::Builder;
+
+    fn transport(url: &str, password: &[u8]) -> Transport {
+        let mut b = ConfigBuilder::default();
+        b.set("urls", url).unwrap();
+        b.set("user", "alice").unwrap();
+        b.set_secret("password", Secret::new(password)).unwrap();
+        Transport::new(&b.build().unwrap())
+    }
+
+    #[test]
+    fn the_basic_header_is_base64_of_user_colon_password() {
+        let header = basic_authorization("alice", Some(&Secret::new(b"s3cr3t")));
+        assert_eq!(header.expose(), b"Basic YWxpY2U6czNjcjN0");
+        let no_password = basic_authorization("bob", None);
+        assert_eq!(no_password.expose(), b"Basic Ym9iOg==");
+    }
+
+    #[test]
+    fn request_heads_fit_their_buffer_so_no_copy_is_left_behind() {
+        // The longest heads: a long path and host, a long password, a
+        // POST zero with every extension header and a huge length.
+        let url = format!("http://[::1]:65535/{}", "p".repeat(300));
+        let t = transport(&url, &[b'x'; 500]);
+        let endpoint = &t.endpoints[&url];
+        let range = ByteRange::from_offset_len(u64::MAX / 4, u64::MAX / 4).unwrap();
+        let range = range.to_range_header();
+        let extra = [
+            (headers::OP, headers::OP_ZERO),
+            (headers::RANGE, range.as_str()),
+            (headers::MAY_TRIM, "1"),
+            (headers::WRITEBACK, "1"),
+        ];
+        let capacity = t.head_capacity(endpoint, "POST", &extra);
+        let mut wire = Vec::with_capacity(capacity);
+        t.write_head(&mut wire, endpoint, "POST", &extra, usize::MAX);
+        assert!(wire.len() <= capacity, "{} > {capacity}", wire.len());
+        let text = String::from_utf8(wire).unwrap();
+        assert!(
+            text.contains("\r\nAuthorization: Basic YWxpY2U6eHh4"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_finished_request_leaves_no_authorization_bytes() {
+        let mut wire = RequestBytes::with_capacity(64);
+        wire.bytes
+            .extend_from_slice(b"Authorization: Basic YWxpY2U6czNjcjN0\r\n\r\nbody");
+        wire.secret_len = wire.bytes.len() - 4;
+        wire.wipe_secret();
+        let (head, body) = wire.bytes.split_at(wire.secret_len);
+        assert!(head.iter().all(|&b| b == 0));
+        assert_eq!(body, b"body");
+    }
 }
