@@ -16,7 +16,10 @@ use std::time::Duration;
 
 use harness::disk_server::auth_file;
 use harness::garage::{Garage, REGION};
-use harness::{artifact, nbdsh, pattern_file, run_ok, DiskServer, Nbdkit, TempDir};
+use harness::{
+    artifact, bin_dir, nbdsh, pattern_file, run, run_ok, workspace_root, DiskServer, Nbdkit,
+    TempDir,
+};
 
 const MIB: usize = 1 << 20;
 const USER: &str = "alice";
@@ -319,5 +322,61 @@ mod s3 {
             &core,
             &[("the secret key", garage.secret_key.clone())],
         );
+    }
+}
+
+mod wrapper {
+    use super::*;
+
+    /// Runs `scripts/nbd-http-server` with `args`, every path of its own in
+    /// a temp dir (no real device is ever reached: refusals come first,
+    /// and without them nbdkit would not become ready on a dead URL);
+    /// returns its exit code and everything it printed.
+    fn refusal(args: &[&str]) -> (Option<i32>, String) {
+        let dir = TempDir::new().unwrap();
+        let mut cmd = Command::new(workspace_root().join("scripts/nbd-http-server"));
+        cmd.arg("--socket-path")
+            .arg(dir.path().join("s.socket"))
+            .args(["--nbd-name", "secrets"])
+            .args(args)
+            .env("HND_PLUGIN_DIR", bin_dir())
+            .env("HND_RUN_DIR", dir.path())
+            .env("HND_DEV_DIR", dir.path())
+            .env("HND_SYSFS_BLOCK", dir.path())
+            .env("HND_LOCK_FILE", dir.path().join("lock"))
+            .env("HND_READY_TIMEOUT", "2");
+        let out = run(cmd, Duration::from_secs(30));
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), text)
+    }
+
+    #[test]
+    fn literal_secrets_and_urls_with_credentials_are_refused_without_echo() {
+        let secret = random_secret();
+        let password = format!("password={secret}");
+        let secret_key = format!("secret-key={secret}");
+        let url = format!("http://{USER}:{secret}@127.0.0.1:9");
+        let endpoint = format!("endpoint={url}");
+        let dead = "http://127.0.0.1:9";
+        let cases: [&[&str]; 4] = [
+            &["--urls", dead, "user=alice", &password],
+            &["--plugin", "s3", "bucket=b", &secret_key],
+            &["--urls", &url],
+            &["--plugin", "s3", &endpoint, "secret-key=+/dev/null"],
+        ];
+        for args in cases {
+            let (code, text) = refusal(args);
+            assert_eq!(code, Some(2), "not refused as a usage error: {text}");
+            assert!(text.contains("+FILE"), "{text}");
+            assert_absent(
+                "the refusal",
+                text.as_bytes(),
+                &[("the secret", secret.clone())],
+            );
+        }
     }
 }
