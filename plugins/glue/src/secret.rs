@@ -21,6 +21,7 @@
 //! argv when a secret is given literally, a library's own buffers, the
 //! kernel's socket buffers). Callers keep those as short-lived as they can.
 
+use std::ffi::CString;
 use std::fmt;
 use std::ptr::NonNull;
 use std::sync::Once;
@@ -46,14 +47,6 @@ impl Secret {
             buf.copy_from_slice(bytes);
             bytes.len()
         })
-    }
-
-    /// A secret made from `text`, whose heap bytes are zeroed and freed:
-    /// for values that arrive as a `String` (environment variables).
-    pub fn from_string(mut text: String) -> Secret {
-        let secret = Secret::new(text.as_bytes());
-        text.zeroize();
-        secret
     }
 
     /// A secret of at most `capacity` bytes written in place by `fill`,
@@ -172,6 +165,31 @@ impl fmt::Display for Secret {
     }
 }
 
+/// Environment variable `name` as a secret (`None` when unset or empty),
+/// then taken out of the process environment: its value is zeroed in
+/// place first, so it no longer shows in `/proc/PID/environ` (which reads
+/// that very memory, on the initial stack for variables nbdkit was started
+/// with), in core dumps, or in the environment of commands nbdkit starts
+/// (`--run`). Call it only while the process has one thread (nbdkit's
+/// configuration phase): the C environment has no lock.
+pub fn take_env(name: &str) -> Option<Secret> {
+    let c_name = CString::new(name).ok()?;
+    // SAFETY: getenv returns NULL or a NUL-terminated string in writable
+    // memory (the initial stack, or a heap copy made by setenv) that stays
+    // valid until the environment changes, which is only done here.
+    unsafe {
+        let value = libc::getenv(c_name.as_ptr());
+        if value.is_null() {
+            return None;
+        }
+        let bytes = std::slice::from_raw_parts_mut(value.cast::<u8>(), libc::strlen(value));
+        let secret = (!bytes.is_empty()).then(|| Secret::new(bytes));
+        wipe(bytes);
+        libc::unsetenv(c_name.as_ptr());
+        secret
+    }
+}
+
 /// Zeroes `bytes` with volatile writes: a plain memset right before a
 /// free is a dead store the optimiser is allowed to delete.
 pub fn wipe(bytes: &mut [u8]) {
@@ -253,7 +271,7 @@ mod tests {
     }
 
     #[test]
-    fn built_in_place_and_taken_from_strings() {
+    fn built_in_place_or_copied() {
         let header = Secret::build(16, |buf| {
             buf[..6].copy_from_slice(b"Basic ");
             buf[6..9].copy_from_slice(b"abc");
@@ -261,12 +279,24 @@ mod tests {
         });
         assert_eq!(header.expose(), b"Basic abc");
         assert_eq!(header.len(), 9);
-        let from_env = Secret::from_string("k3y".to_owned());
-        assert_eq!(from_env.expose_str(), Ok("k3y"));
-        assert_eq!(from_env.clone(), from_env);
+        let copy = Secret::new(b"k3y");
+        assert_eq!(copy.expose_str(), Ok("k3y"));
+        assert_eq!(copy.clone(), copy);
         // Larger than a page still works (several pages).
         let big = Secret::new(&[7u8; 10_000]);
         assert_eq!(big.expose().len(), 10_000);
+    }
+
+    #[test]
+    fn environment_secrets_are_taken_out_of_the_environment() {
+        // A name no other test uses (tests share the environment).
+        std::env::set_var("PLUGIN_GLUE_TEST_SECRET", "hunter2");
+        let taken = take_env("PLUGIN_GLUE_TEST_SECRET").unwrap();
+        assert_eq!(taken.expose(), b"hunter2");
+        assert!(std::env::var_os("PLUGIN_GLUE_TEST_SECRET").is_none());
+        assert!(take_env("PLUGIN_GLUE_TEST_SECRET").is_none());
+        std::env::set_var("PLUGIN_GLUE_TEST_EMPTY", "");
+        assert!(take_env("PLUGIN_GLUE_TEST_EMPTY").is_none());
     }
 
     #[test]

@@ -99,14 +99,10 @@ impl S3Client {
                 secret_key
                     .expose_str()
                     .map_err(|_| "the secret key is not UTF-8 text".to_owned())?;
-                let session_token = std::env::var("AWS_SESSION_TOKEN")
-                    .ok()
-                    .filter(|t| !t.is_empty())
-                    .map(Secret::from_string);
                 Some(KeyPair {
                     access_key: access_key.clone(),
                     secret_key: secret_key.clone(),
-                    session_token,
+                    session_token: config.session_token.clone(),
                 })
             }
             _ => None,

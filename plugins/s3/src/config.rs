@@ -48,6 +48,8 @@ pub struct Config {
     pub request: MetadataRequest,
     pub access_key: Option<String>,
     pub secret_key: Option<Secret>,
+    /// `$AWS_SESSION_TOKEN`, read when a key pair is used.
+    pub session_token: Option<Secret>,
     pub pool_size: usize,
     pub connect_timeout: Duration,
     pub io_timeout: Duration,
@@ -127,21 +129,28 @@ impl Builder for ConfigBuilder {
 }
 
 impl ConfigBuilder {
-    /// `env` looks up environment variables (a parameter, for tests).
-    pub fn build(self, env: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
-        let access_key = self.access_key.or_else(|| env("AWS_ACCESS_KEY_ID"));
-        let secret_key = self
-            .secret_key
-            .or_else(|| env("AWS_SECRET_ACCESS_KEY").map(Secret::from_string));
-        if secret_key.as_ref().is_some_and(|s| s.expose_str().is_err()) {
-            return Err(ConfigError::new("secret-key", "is not UTF-8 text"));
-        }
+    /// `env` takes an environment variable (the plugin passes
+    /// [`plugin_glue::secret::take_env`], which also removes it from the
+    /// process; a parameter for tests). Variables are only read for what
+    /// the keys did not give.
+    pub fn build(self, env: impl Fn(&str) -> Option<Secret>) -> Result<Config, ConfigError> {
+        let access_key = self.access_key.or_else(|| {
+            env("AWS_ACCESS_KEY_ID").map(|id| String::from_utf8_lossy(id.expose()).into_owned())
+        });
+        let secret_key = self.secret_key.or_else(|| env("AWS_SECRET_ACCESS_KEY"));
         if access_key.is_some() != secret_key.is_some() {
             return Err(ConfigError::new(
                 "secret-key",
                 "an access key and a secret key go together (keys or AWS_* variables)",
             ));
         }
+        if secret_key.as_ref().is_some_and(|s| s.expose_str().is_err()) {
+            return Err(ConfigError::new("secret-key", "is not UTF-8 text"));
+        }
+        let session_token = secret_key
+            .as_ref()
+            .and_then(|_| env("AWS_SESSION_TOKEN"))
+            .filter(|token| token.expose_str().is_ok());
         let nonzero = |key: &str, d: Duration| {
             if d.is_zero() {
                 Err(ConfigError::new(key, "must be greater than 0"))
@@ -162,6 +171,7 @@ impl ConfigBuilder {
             request: self.request,
             access_key,
             secret_key,
+            session_token,
             pool_size: self.pool_size.unwrap_or(16),
             connect_timeout: nonzero(
                 "connect-timeout",
@@ -180,7 +190,7 @@ impl ConfigBuilder {
 mod tests {
     use super::*;
 
-    fn no_env(_: &str) -> Option<String> {
+    fn no_env(_: &str) -> Option<Secret> {
         None
     }
 
@@ -207,8 +217,8 @@ mod tests {
         b.set("endpoint", "https://s3.example").unwrap();
         b.set("bucket", "b").unwrap();
         let env = |name: &str| match name {
-            "AWS_ACCESS_KEY_ID" => Some("AK".to_owned()),
-            "AWS_SECRET_ACCESS_KEY" => Some("SK".to_owned()),
+            "AWS_ACCESS_KEY_ID" => Some(Secret::new(b"AK")),
+            "AWS_SECRET_ACCESS_KEY" => Some(Secret::new(b"SK")),
             _ => None,
         };
         let c = b.clone().build(env).unwrap();
@@ -229,6 +239,15 @@ mod tests {
         assert_eq!(
             c.secret_key.map(|s| s.expose().to_vec()),
             Some(b"SK1".to_vec())
+        );
+        let with_token = |name: &str| match name {
+            "AWS_SESSION_TOKEN" => Some(Secret::new(b"TOKEN")),
+            _ => env(name),
+        };
+        let c = b.clone().build(with_token).unwrap();
+        assert_eq!(
+            c.session_token.map(|t| t.expose().to_vec()),
+            Some(b"TOKEN".to_vec())
         );
         let mut half = b.clone();
         half.set("access-key", "AK2").unwrap();
