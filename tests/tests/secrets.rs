@@ -218,18 +218,23 @@ mod s3 {
         artifact("libs3.so")
     }
 
-    /// The plugin's keys for `garage` with `secret` in a file of `dir`.
-    fn params(garage: &Garage, dir: &Path, secret: &str, extra: &[&str]) -> Vec<String> {
-        let file = secret_file(dir, "secret-key", secret);
-        let mut params = vec![
+    /// The plugin's keys for `garage`, without credentials.
+    fn store_params(garage: &Garage) -> Vec<String> {
+        vec![
             format!("endpoint={}", garage.endpoint()),
             format!("bucket={}", garage.bucket),
             format!("region={REGION}"),
             "prefix=secrets/".to_owned(),
             "size=1M".to_owned(),
-            format!("access-key={}", garage.access_key),
-            format!("secret-key=+{}", file.display()),
-        ];
+        ]
+    }
+
+    /// The plugin's keys for `garage` with `secret` in a file of `dir`.
+    fn params(garage: &Garage, dir: &Path, secret: &str, extra: &[&str]) -> Vec<String> {
+        let file = secret_file(dir, "secret-key", secret);
+        let mut params = store_params(garage);
+        params.push(format!("access-key={}", garage.access_key));
+        params.push(format!("secret-key=+{}", file.display()));
         params.extend(extra.iter().map(|s| s.to_string()));
         params
     }
@@ -294,6 +299,39 @@ mod s3 {
         let mut forms = secret.clone();
         forms.extend(signed_url_forms());
         assert_absent("nbdkit -v output", &output(&nbdkit), &forms);
+    }
+
+    /// `AWS_*` variables are not on the command line, but a process's
+    /// environment is in `/proc/PID/environ` and in its core dumps: the
+    /// plugin takes the secret ones out once it has read them.
+    #[test]
+    fn credentials_from_the_environment_are_taken_out_of_it() {
+        let garage = Garage::start();
+        let token = random_secret();
+        let variables = [
+            format!("AWS_ACCESS_KEY_ID={}", garage.access_key),
+            format!("AWS_SECRET_ACCESS_KEY={}", garage.secret_key),
+            format!("AWS_SESSION_TOKEN={token}"),
+        ];
+        let mut wrapper = vec!["env"];
+        wrapper.extend(variables.iter().map(String::as_str));
+        let params = store_params(&garage);
+        let params: Vec<&str> = params.iter().map(String::as_str).collect();
+        let nbdkit = Nbdkit::try_start_wrapped(&wrapper, &["-v"], &plugin(), &params)
+            .unwrap_or_else(|p| panic!("{}", p.output_when_closed()));
+        let result = nbdsh(&nbdkit.uri(), TRAFFIC);
+        assert_eq!(result.trim(), "traffic ok");
+        let environ = fs::read(format!("/proc/{}/environ", nbdkit.proc.pid())).unwrap();
+        let forms = [
+            ("the secret key", garage.secret_key.clone()),
+            ("the session token", token.clone()),
+        ];
+        assert_absent("nbdkit's command line", &command_line(&nbdkit), &forms);
+        assert_absent("/proc/PID/environ", &environ, &forms);
+        assert!(contains(&environ, b"PATH="), "not an environment");
+        let dir = TempDir::new().unwrap();
+        let core = core_dump(nbdkit.proc.pid(), dir.path());
+        assert_absent("the core dump", &core, &forms[..1]);
     }
 
     #[test]
