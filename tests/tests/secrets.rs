@@ -134,13 +134,35 @@ mod multihttp {
         /// as `password=+FILE`.
         fn nbdkit(&self, password: &str, extra: &[&str]) -> Nbdkit {
             let file = secret_file(self.dir.path(), "password", password);
-            let urls = format!("urls={}", self.server.url());
             let password = format!("password=+{}", file.display());
-            let user = format!("user={USER}");
-            let mut params = vec![urls.as_str(), &user, &password, "device-size=1M"];
-            params.extend_from_slice(extra);
-            Nbdkit::start(&["-v"], &plugin(), &params)
+            self.nbdkit_wrapped(&[], &password, extra)
         }
+
+        /// nbdkit `-v` started through `wrapper` with `password_param`.
+        fn nbdkit_wrapped(&self, wrapper: &[&str], password_param: &str, extra: &[&str]) -> Nbdkit {
+            let urls = format!("urls={}", self.server.url());
+            let user = format!("user={USER}");
+            let mut params = vec![urls.as_str(), &user, password_param, "device-size=1M"];
+            params.extend_from_slice(extra);
+            Nbdkit::try_start_wrapped(wrapper, &["-v"], &plugin(), &params)
+                .unwrap_or_else(|p| panic!("nbdkit did not start: {}", p.output_when_closed()))
+        }
+    }
+
+    #[test]
+    fn a_password_from_an_inherited_descriptor_authenticates_and_stays_off_the_command_line() {
+        let password = random_secret();
+        let forms = password_forms(&password);
+        let auth = AuthServer::start(&password);
+        let file = secret_file(auth.dir.path(), "password-for-fd", &password);
+        let file = file.display().to_string();
+        // bash opens the file as fd 3 and execs nbdkit in its place.
+        let wrapper = ["bash", "-c", "exec \"$@\" 3<\"$0\"", &file];
+        let nbdkit = auth.nbdkit_wrapped(&wrapper, "password=-3", &[]);
+        // The server has --auth-file: traffic proves the password was read.
+        assert_eq!(nbdsh(&nbdkit.uri(), TRAFFIC).trim(), "traffic ok");
+        assert_absent("nbdkit's command line", &command_line(&nbdkit), &forms);
+        assert_absent("nbdkit -v output", &output(&nbdkit), &forms);
     }
 
     #[test]
