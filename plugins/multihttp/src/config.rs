@@ -44,7 +44,10 @@ device-size=SIZE       Expected disk size (nbdkit size syntax: 4194304, 4M).
                        connections open even if no server answers yet.
                        Default: the size of the first server that answers.
 user=USER              HTTP Basic auth user name.
-password=PASSWORD      HTTP Basic auth password; -, +FILE, -FD as in nbdkit.
+password=+FILE         HTTP Basic auth password, as in nbdkit: +FILE (first
+                       line of FILE), -FD (inherited descriptor) or -
+                       (prompt). A literal password=PASSWORD works but shows
+                       in ps and in nbdkit -v: never in production.
 connect-timeout=TIME   TCP connect and HEAD probe timeout (default 2s).
                        All URLs are probed in parallel: start-up and each
                        failover cost at most one connect-timeout.

@@ -24,9 +24,11 @@ chunk-size=SIZE       Object size when creating (power of two, 4K to 1G;
                       default 4M). A different value later is refused.
 grow=BOOL             Allow size= larger than the stored size (default false).
 access-key=ID         Access key id (default: $AWS_ACCESS_KEY_ID).
-secret-key=SECRET     Secret key: -, +FILE or -FD as in nbdkit (default:
-                      $AWS_SECRET_ACCESS_KEY). $AWS_SESSION_TOKEN is used
-                      when set.
+secret-key=+FILE      Secret key, as in nbdkit: +FILE, -FD or - (a literal
+                      key shows in ps and in nbdkit -v). Default:
+                      $AWS_SECRET_ACCESS_KEY; $AWS_SESSION_TOKEN is used
+                      when set. Both are removed from the environment once
+                      read (/proc/PID/environ, core dumps, --run commands).
 pool-size=N           Idle keep-alive connections kept (default 16). 0: a
                       new connection per request, faster with stores that
                       answer reused connections slowly (Garage 2.5 on
