@@ -3,11 +3,12 @@
 //! Pure Rust (no nbdkit symbols) so it is unit-tested with `cargo test`;
 //! only [`read_password`] calls into nbdkit.
 
-use std::ffi::{CStr, CString};
+use std::ffi::CString;
 use std::fmt;
 use std::os::raw::{c_char, c_int};
 use std::time::Duration;
 
+use crate::secret::{wipe, Secret};
 use crate::ToErrno;
 
 /// A parameter that could not be used: which key, which value, why.
@@ -146,23 +147,31 @@ extern "C" {
 /// do: `password=SECRET`, `password=-` (prompt on stdin), `password=+FILE`
 /// (first line of FILE), `password=-FD` (read from a file descriptor).
 /// Must be called from the `config` callback (stdin is only usable then).
-pub fn read_password(key: &str, value: &str) -> Result<String, ConfigError> {
+/// The copies made on the way (our C string of `value`, which is the
+/// password itself in the literal form, and nbdkit's result) are zeroed
+/// before they are freed.
+pub fn read_password(key: &str, value: &str) -> Result<Secret, ConfigError> {
     let c_value =
         CString::new(value).map_err(|_| ConfigError::new(key, "value contains a NUL byte"))?;
     let mut out: *mut c_char = std::ptr::null_mut();
     // SAFETY: nbdkit_read_password reads a C string and stores a malloc'd
-    // C string in `out` on success, which we copy and free.
+    // C string in `out` on success, which we copy, zero and free.
     let status = unsafe { nbdkit_read_password(c_value.as_ptr(), &mut out) };
+    wipe(&mut c_value.into_bytes());
     if status == -1 || out.is_null() {
         return Err(ConfigError::new(
             key,
             "could not read the password (see the error above)",
         ));
     }
-    let password = unsafe { CStr::from_ptr(out) }
-        .to_string_lossy()
-        .into_owned();
-    unsafe { libc::free(out.cast()) };
+    // SAFETY: `out` is a NUL-terminated malloc'd string now owned by us.
+    let password = unsafe {
+        let bytes = std::slice::from_raw_parts_mut(out.cast::<u8>(), libc::strlen(out));
+        let password = Secret::new(bytes);
+        wipe(bytes);
+        libc::free(out.cast());
+        password
+    };
     Ok(password)
 }
 
@@ -170,6 +179,14 @@ pub fn read_password(key: &str, value: &str) -> Result<String, ConfigError> {
 /// plugin's configuration builder.
 pub trait Builder: Default + Clone + Send {
     fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError>;
+
+    /// Takes one of the keys the [`Collector`] was told are secret, already
+    /// read with nbdkit's password syntax: the value is never a `&str` on
+    /// the heap, so it cannot be copied there by mistake. Plugins without
+    /// secret keys keep this refusal.
+    fn set_secret(&mut self, key: &str, _value: Secret) -> Result<(), ConfigError> {
+        Err(ConfigError::new(key, "not a secret key of this plugin"))
+    }
 }
 
 /// Collects a plugin's parameters from nbdkit's `config` callback (one per
@@ -196,14 +213,14 @@ impl<B: Builder> Collector<B> {
         crate::guard(
             || format!("{}: {key}", self.plugin),
             || -> Result<(), ConfigError> {
-                let secret;
-                let value = if self.secret_keys.contains(&key) {
-                    secret = read_password(key, value)?;
-                    secret.as_str()
+                if self.secret_keys.contains(&key) {
+                    let secret = read_password(key, value)?;
+                    self.lock()
+                        .get_or_insert_with(B::default)
+                        .set_secret(key, secret)
                 } else {
-                    value
-                };
-                self.lock().get_or_insert_with(B::default).set(key, value)
+                    self.lock().get_or_insert_with(B::default).set(key, value)
+                }
             },
         )
     }

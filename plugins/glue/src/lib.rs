@@ -9,11 +9,14 @@
 //!   durations, passwords) and a registry that refuses unknown keys.
 //! - [`logging`]: a `log` backend writing through `nbdkit_error` /
 //!   `nbdkit_debug`, so messages honour nbdkit's `--log` and `-v`.
+//! - [`secret`]: passwords and keys kept out of logs and core dumps.
 //!
 //! Not here: anything specific to one backend.
 
 pub mod config;
 pub mod errno;
 pub mod logging;
+pub mod secret;
 
 pub use errno::{guard, ToErrno};
+pub use secret::Secret;

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use crate::endpoint::Address;
 use plugin_glue::config::{parse_count, parse_duration, parse_size, Builder, ConfigError};
+use plugin_glue::Secret;
 
 /// Every key the plugin accepts, for the "unknown key" error.
 pub const KEYS: &[&str] = &[
@@ -45,7 +46,10 @@ device-size=SIZE       Expected disk size (nbdkit size syntax: 4194304, 4M).
                        connections open even if no server answers yet.
                        Default: the size of the first server that answers.
 user=USER              HTTP Basic auth user name.
-password=PASSWORD      HTTP Basic auth password; -, +FILE, -FD as in nbdkit.
+password=+FILE         HTTP Basic auth password, as in nbdkit: +FILE (first
+                       line of FILE), -FD (inherited descriptor) or -
+                       (prompt). A literal password=PASSWORD works but shows
+                       in ps and in nbdkit -v: never in production.
 connect-timeout=TIME   TCP connect and HEAD probe timeout (default 2s).
                        All URLs are probed in parallel: start-up and each
                        failover cost at most one connect-timeout.
@@ -67,7 +71,7 @@ pub struct Config {
     pub urls: Vec<String>,
     pub device_size: Option<u64>,
     pub user: Option<String>,
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     pub connect_timeout: Duration,
     pub io_timeout: Duration,
     pub failover_window: Duration,
@@ -82,7 +86,7 @@ pub struct ConfigBuilder {
     urls: Vec<String>,
     device_size: Option<u64>,
     user: Option<String>,
-    password: Option<String>,
+    password: Option<Secret>,
     connect_timeout: Option<Duration>,
     io_timeout: Option<Duration>,
     failover_window: Option<Duration>,
@@ -91,8 +95,7 @@ pub struct ConfigBuilder {
 }
 
 impl Builder for ConfigBuilder {
-    /// Takes one key. `password` must already be resolved (see
-    /// [`plugin_glue::config::read_password`]); it is passed as `value`.
+    /// Takes one key, except `password` (see `set_secret`).
     fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
         match key {
             "urls" => {
@@ -108,7 +111,6 @@ impl Builder for ConfigBuilder {
                 self.device_size = Some(size);
             }
             "user" => self.user = Some(value.to_owned()),
-            "password" => self.password = Some(value.to_owned()),
             "connect-timeout" => self.connect_timeout = Some(positive(key, value)?),
             "io-timeout" => self.io_timeout = Some(positive(key, value)?),
             "failover-window" => self.failover_window = Some(parse_duration(key, value)?),
@@ -119,6 +121,16 @@ impl Builder for ConfigBuilder {
                 }
                 self.status_file = Some(PathBuf::from(value));
             }
+            _ => return Err(ConfigError::unknown_key(key, KEYS)),
+        }
+        Ok(())
+    }
+
+    /// `password`, already read with nbdkit's password syntax (see
+    /// [`plugin_glue::config::read_password`]).
+    fn set_secret(&mut self, key: &str, value: Secret) -> Result<(), ConfigError> {
+        match key {
+            "password" => self.password = Some(value),
             _ => return Err(ConfigError::unknown_key(key, KEYS)),
         }
         Ok(())
@@ -175,14 +187,34 @@ pub fn parse_urls(value: &str) -> Result<Vec<String>, ConfigError> {
         return Err(ConfigError::new("urls", "no URL in the list"));
     }
     for url in &urls {
-        check_url(url).map_err(|why| ConfigError::new("urls", format!("{url:?}: {why}")))?;
+        check_url(url).map_err(|why| {
+            // Never echo what may be credentials typed into the URL.
+            ConfigError::new("urls", format!("{:?}: {why}", redact_userinfo(url)))
+        })?;
     }
     Ok(urls)
 }
 
+/// `url` for a message, with everything before an `@` (what would be
+/// `user:password@`, even a malformed one) replaced by `<redacted>`.
+pub fn redact_userinfo(url: &str) -> String {
+    match url.rsplit_once('@') {
+        None => url.to_owned(),
+        Some((before, host_and_path)) => match before.split_once("://") {
+            Some((scheme, _)) => format!("{scheme}://<redacted>@{host_and_path}"),
+            None => format!("<redacted>@{host_and_path}"),
+        },
+    }
+}
+
 /// Accepts `http://HOST[:PORT][/PATH]` (see [`Address::parse`]): a typo
-/// should fail at start-up, not at failover.
+/// should fail at start-up, not at failover. Any `@` is refused first, even
+/// in the path: a password containing `/` would otherwise end the host part
+/// early, and the parser's "bad port" error would quote a piece of it.
 fn check_url(url: &str) -> Result<(), String> {
+    if url.contains('@') {
+        return Err("put credentials in user=/password=, not in the URL".into());
+    }
     Address::parse(url).map(|_| ())
 }
 
@@ -252,8 +284,25 @@ mod tests {
         assert!(e.to_string().contains("unknown parameter"), "{e}");
         let mut b = ConfigBuilder::default();
         b.set("urls", "http://a").unwrap();
-        b.set("password", "x").unwrap();
+        b.set_secret("password", Secret::new(b"x")).unwrap();
         assert!(b.build().is_err(), "password without user accepted");
+        assert!(
+            b.set("password", "x").is_err(),
+            "password taken as plain text"
+        );
+    }
+
+    #[test]
+    fn urls_with_credentials_are_refused_without_echoing_them() {
+        for url in [
+            "http://u:hunter2@b:80/",
+            "http://u:hun/ter2@b",
+            "u:hunter2@b",
+        ] {
+            let e = parse_urls(url).unwrap_err().to_string();
+            assert!(!e.contains("hunter2") && e.contains("<redacted>@b"), "{e}");
+        }
+        assert_eq!(redact_userinfo("http://a:80/x"), "http://a:80/x");
     }
 
     #[test]

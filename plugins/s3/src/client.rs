@@ -13,6 +13,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use chunk_store::StoreError;
+use plugin_glue::Secret;
 use rusty_s3::actions::{DeleteObjects, ListObjectsV2, ObjectIdentifier};
 use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
 
@@ -35,9 +36,36 @@ enum Failure {
     Final(StoreError),
 }
 
+/// The key pair (and session token) as we keep it: the secret parts in
+/// [`Secret`] memory, out of core dumps. rusty-s3 wants a [`Credentials`]
+/// holding the secret in a heap `String`; one is made for each signature
+/// and dropped right after it (rusty-s3 zeroes it on drop), so the heap
+/// holds the secret for microseconds per request, not for the life of
+/// the process.
+struct KeyPair {
+    access_key: String,
+    /// Checked to be UTF-8 at start-up.
+    secret_key: Secret,
+    session_token: Option<Secret>,
+}
+
+impl KeyPair {
+    fn credentials(&self) -> Credentials {
+        let secret = self.secret_key.expose_str().unwrap_or_default();
+        match self
+            .session_token
+            .as_ref()
+            .and_then(|t| t.expose_str().ok())
+        {
+            Some(token) => Credentials::new_with_token(self.access_key.clone(), secret, token),
+            None => Credentials::new(self.access_key.clone(), secret),
+        }
+    }
+}
+
 pub struct S3Client {
     bucket: Bucket,
-    credentials: Option<Credentials>,
+    keys: Option<KeyPair>,
     agent: ureq::Agent,
     io_timeout: Duration,
     retry_window: Duration,
@@ -66,13 +94,17 @@ impl S3Client {
             config.region.clone(),
         )
         .map_err(|e| format!("bucket {:?} at {}: {e}", config.bucket, config.endpoint))?;
-        let credentials = match (&config.access_key, &config.secret_key) {
-            (Some(key), Some(secret)) => Some(match std::env::var("AWS_SESSION_TOKEN") {
-                Ok(token) if !token.is_empty() => {
-                    Credentials::new_with_token(key.clone(), secret.clone(), token)
-                }
-                _ => Credentials::new(key.clone(), secret.clone()),
-            }),
+        let keys = match (&config.access_key, &config.secret_key) {
+            (Some(access_key), Some(secret_key)) => {
+                secret_key
+                    .expose_str()
+                    .map_err(|_| "the secret key is not UTF-8 text".to_owned())?;
+                Some(KeyPair {
+                    access_key: access_key.clone(),
+                    secret_key: secret_key.clone(),
+                    session_token: config.session_token.clone(),
+                })
+            }
             _ => None,
         };
         let agent = ureq::AgentBuilder::new()
@@ -84,7 +116,7 @@ impl S3Client {
             .build();
         Ok(S3Client {
             bucket,
-            credentials,
+            keys,
             agent,
             io_timeout: config.io_timeout,
             retry_window: config.retry_window,
@@ -93,6 +125,13 @@ impl S3Client {
 
     pub fn bucket_name(&self) -> &str {
         self.bucket.name()
+    }
+
+    /// Runs `sign` with credentials that exist only for this call (see
+    /// [`KeyPair`]); anonymous requests when no key was given.
+    fn signed<T>(&self, sign: impl FnOnce(Option<&Credentials>) -> T) -> T {
+        let credentials = self.keys.as_ref().map(KeyPair::credentials);
+        sign(credentials.as_ref())
     }
 
     fn deadline(&self, bytes: usize) -> Duration {
@@ -142,7 +181,10 @@ impl S3Client {
     ) -> Result<Option<ureq::Response>, Failure> {
         match result {
             Ok(response) => Ok(Some(response)),
-            Err(ureq::Error::Transport(t)) => Err(Failure::Transient(format!("{what}: {t}"))),
+            Err(ureq::Error::Transport(t)) => Err(Failure::Transient(format!(
+                "{what}: {}",
+                describe_transport(&t)
+            ))),
             Err(ureq::Error::Status(status, response)) => {
                 let mut body = String::new();
                 let _ = response
@@ -178,10 +220,7 @@ impl S3Client {
         let last = offset + buf.len() as u64 - 1;
         let what = || format!("GET {key} bytes {offset}-{last}");
         self.with_retries(&what, || {
-            let url = self
-                .bucket
-                .get_object(self.credentials.as_ref(), key)
-                .sign(SIGNED_FOR);
+            let url = self.signed(|c| self.bucket.get_object(c, key).sign(SIGNED_FOR));
             let result = self
                 .agent
                 .get(url.as_str())
@@ -220,10 +259,7 @@ impl S3Client {
     pub fn get_all(&self, key: &str, limit: u64) -> Result<Option<Vec<u8>>, StoreError> {
         let what = || format!("GET {key}");
         self.with_retries(&what, || {
-            let url = self
-                .bucket
-                .get_object(self.credentials.as_ref(), key)
-                .sign(SIGNED_FOR);
+            let url = self.signed(|c| self.bucket.get_object(c, key).sign(SIGNED_FOR));
             let result = self.agent.get(url.as_str()).timeout(self.io_timeout).call();
             let Some(response) = self.classify(&what(), result, true)? else {
                 return Ok(None);
@@ -241,10 +277,7 @@ impl S3Client {
     pub fn put(&self, key: &str, data: &[u8]) -> Result<(), StoreError> {
         let what = || format!("PUT {key} ({} bytes)", data.len());
         self.with_retries(&what, || {
-            let url = self
-                .bucket
-                .put_object(self.credentials.as_ref(), key)
-                .sign(SIGNED_FOR);
+            let url = self.signed(|c| self.bucket.put_object(c, key).sign(SIGNED_FOR));
             let result = self
                 .agent
                 .put(url.as_str())
@@ -258,10 +291,7 @@ impl S3Client {
     pub fn delete(&self, key: &str) -> Result<(), StoreError> {
         let what = || format!("DELETE {key}");
         self.with_retries(&what, || {
-            let url = self
-                .bucket
-                .delete_object(self.credentials.as_ref(), key)
-                .sign(SIGNED_FOR);
+            let url = self.signed(|c| self.bucket.delete_object(c, key).sign(SIGNED_FOR));
             let result = self
                 .agent
                 .delete(url.as_str())
@@ -281,11 +311,13 @@ impl S3Client {
             .map(|k| ObjectIdentifier::new(k.clone()))
             .collect();
         self.with_retries(&what, || {
-            let mut action =
-                DeleteObjects::new(&self.bucket, self.credentials.as_ref(), objects.iter());
-            action.set_quiet(true);
-            let url = action.sign(SIGNED_FOR);
-            let (body, md5) = action.body_with_md5();
+            let (url, body, md5) = self.signed(|c| {
+                let mut action = DeleteObjects::new(&self.bucket, c, objects.iter());
+                action.set_quiet(true);
+                let url = action.sign(SIGNED_FOR);
+                let (body, md5) = action.body_with_md5();
+                (url, body, md5)
+            });
             let result = self
                 .agent
                 .post(url.as_str())
@@ -319,12 +351,14 @@ impl S3Client {
         for _ in 0..MAX_LIST_PAGES {
             let what = || format!("ListObjectsV2 {prefix}");
             let page = self.with_retries(&what, || {
-                let mut action = ListObjectsV2::new(&self.bucket, self.credentials.as_ref());
-                action.with_prefix(prefix);
-                if let Some(token) = &token {
-                    action.with_continuation_token(token.clone());
-                }
-                let url = action.sign(SIGNED_FOR);
+                let url = self.signed(|c| {
+                    let mut action = ListObjectsV2::new(&self.bucket, c);
+                    action.with_prefix(prefix);
+                    if let Some(token) = &token {
+                        action.with_continuation_token(token.clone());
+                    }
+                    action.sign(SIGNED_FOR)
+                });
                 let result = self.agent.get(url.as_str()).timeout(self.io_timeout).call();
                 let Some(response) = self.classify(&what(), result, false)? else {
                     return Err(Failure::Final(StoreError::new(libc::EIO, "listing: 404")));
@@ -358,10 +392,7 @@ impl S3Client {
     pub fn check_bucket(&self) -> Result<(), StoreError> {
         let what = || format!("HEAD bucket {}", self.bucket.name());
         self.with_retries(&what, || {
-            let url = self
-                .bucket
-                .head_bucket(self.credentials.as_ref())
-                .sign(SIGNED_FOR);
+            let url = self.signed(|c| self.bucket.head_bucket(c).sign(SIGNED_FOR));
             let result = self
                 .agent
                 .head(url.as_str())
@@ -378,6 +409,22 @@ impl S3Client {
             }
         })
     }
+}
+
+/// A ureq transport error without its URL: ours are presigned, and their
+/// query (signature, key id, session token) lets anyone repeat the request
+/// for an hour. `what` in our messages already names the object.
+fn describe_transport(error: &ureq::Transport) -> String {
+    let mut text = error.kind().to_string();
+    if let Some(message) = error.message() {
+        text.push_str(": ");
+        text.push_str(message);
+    }
+    if let Some(source) = std::error::Error::source(error) {
+        text.push_str(": ");
+        text.push_str(&source.to_string());
+    }
+    text
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ use chunk_store::MetadataRequest;
 use plugin_glue::config::{
     parse_bool, parse_count, parse_duration, parse_size, Builder, ConfigError,
 };
+use plugin_glue::Secret;
 
 pub const HELP: &str = "\
 endpoint=URL          (required) S3 endpoint, http:// or https://
@@ -23,9 +24,11 @@ chunk-size=SIZE       Object size when creating (power of two, 4K to 1G;
                       default 4M). A different value later is refused.
 grow=BOOL             Allow size= larger than the stored size (default false).
 access-key=ID         Access key id (default: $AWS_ACCESS_KEY_ID).
-secret-key=SECRET     Secret key: -, +FILE or -FD as in nbdkit (default:
-                      $AWS_SECRET_ACCESS_KEY). $AWS_SESSION_TOKEN is used
-                      when set.
+secret-key=+FILE      Secret key, as in nbdkit: +FILE, -FD or - (a literal
+                      key shows in ps and in nbdkit -v). Default:
+                      $AWS_SECRET_ACCESS_KEY; $AWS_SESSION_TOKEN is used
+                      when set. Both are removed from the environment once
+                      read (/proc/PID/environ, core dumps, --run commands).
 pool-size=N           Idle keep-alive connections kept (default 16). 0: a
                       new connection per request, faster with stores that
                       answer reused connections slowly (Garage 2.5 on
@@ -46,7 +49,9 @@ pub struct Config {
     pub virtual_host: bool,
     pub request: MetadataRequest,
     pub access_key: Option<String>,
-    pub secret_key: Option<String>,
+    pub secret_key: Option<Secret>,
+    /// `$AWS_SESSION_TOKEN`, read when a key pair is used.
+    pub session_token: Option<Secret>,
     pub pool_size: usize,
     pub connect_timeout: Duration,
     pub io_timeout: Duration,
@@ -62,7 +67,7 @@ pub struct ConfigBuilder {
     virtual_host: bool,
     request: MetadataRequest,
     access_key: Option<String>,
-    secret_key: Option<String>,
+    secret_key: Option<Secret>,
     pool_size: Option<usize>,
     connect_timeout: Option<Duration>,
     io_timeout: Option<Duration>,
@@ -73,13 +78,20 @@ pub const KEYS: &str = "endpoint, bucket, prefix, region, addressing, size, chun
                         access-key, secret-key, pool-size, connect-timeout, io-timeout, retry-window";
 
 impl Builder for ConfigBuilder {
-    /// `secret-key` arrives already read (nbdkit's password syntax is
-    /// resolved by the plugin before this).
+    /// Every key except `secret-key` (see `set_secret`).
     fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
         match key {
             "endpoint" => {
                 if !(value.starts_with("http://") || value.starts_with("https://")) {
                     return Err(ConfigError::new(key, "must start with http:// or https://"));
+                }
+                // The value is not echoed: what precedes an '@' may be a
+                // key pair typed into the URL.
+                if value.contains('@') {
+                    return Err(ConfigError::new(
+                        key,
+                        "no credentials in the URL: use access-key= and secret-key=+FILE",
+                    ));
                 }
                 self.endpoint = Some(value.to_owned())
             }
@@ -97,7 +109,6 @@ impl Builder for ConfigBuilder {
             "chunk-size" => self.request.chunk_size = Some(parse_size(key, value)?),
             "grow" => self.request.allow_grow = parse_bool(key, value)?,
             "access-key" => self.access_key = Some(value.to_owned()),
-            "secret-key" => self.secret_key = Some(value.to_owned()),
             // 0: a new connection per request (see HELP).
             "pool-size" if value.trim() == "0" => self.pool_size = Some(0),
             "pool-size" => self.pool_size = Some(parse_count(key, value, 1024)?),
@@ -108,12 +119,26 @@ impl Builder for ConfigBuilder {
         }
         Ok(())
     }
+
+    /// `secret-key`, already read with nbdkit's password syntax.
+    fn set_secret(&mut self, key: &str, value: Secret) -> Result<(), ConfigError> {
+        match key {
+            "secret-key" => self.secret_key = Some(value),
+            _ => return Err(ConfigError::new(key, format!("unknown key (keys: {KEYS})"))),
+        }
+        Ok(())
+    }
 }
 
 impl ConfigBuilder {
-    /// `env` looks up environment variables (a parameter, for tests).
-    pub fn build(self, env: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
-        let access_key = self.access_key.or_else(|| env("AWS_ACCESS_KEY_ID"));
+    /// `env` takes an environment variable (the plugin passes
+    /// [`plugin_glue::secret::take_env`], which also removes it from the
+    /// process; a parameter for tests). Variables are only read for what
+    /// the keys did not give.
+    pub fn build(self, env: impl Fn(&str) -> Option<Secret>) -> Result<Config, ConfigError> {
+        let access_key = self.access_key.or_else(|| {
+            env("AWS_ACCESS_KEY_ID").map(|id| String::from_utf8_lossy(id.expose()).into_owned())
+        });
         let secret_key = self.secret_key.or_else(|| env("AWS_SECRET_ACCESS_KEY"));
         if access_key.is_some() != secret_key.is_some() {
             return Err(ConfigError::new(
@@ -121,6 +146,13 @@ impl ConfigBuilder {
                 "an access key and a secret key go together (keys or AWS_* variables)",
             ));
         }
+        if secret_key.as_ref().is_some_and(|s| s.expose_str().is_err()) {
+            return Err(ConfigError::new("secret-key", "is not UTF-8 text"));
+        }
+        let session_token = secret_key
+            .as_ref()
+            .and_then(|_| env("AWS_SESSION_TOKEN"))
+            .filter(|token| token.expose_str().is_ok());
         let nonzero = |key: &str, d: Duration| {
             if d.is_zero() {
                 Err(ConfigError::new(key, "must be greater than 0"))
@@ -141,6 +173,7 @@ impl ConfigBuilder {
             request: self.request,
             access_key,
             secret_key,
+            session_token,
             pool_size: self.pool_size.unwrap_or(16),
             connect_timeout: nonzero(
                 "connect-timeout",
@@ -159,7 +192,7 @@ impl ConfigBuilder {
 mod tests {
     use super::*;
 
-    fn no_env(_: &str) -> Option<String> {
+    fn no_env(_: &str) -> Option<Secret> {
         None
     }
 
@@ -167,6 +200,8 @@ mod tests {
     fn required_keys_defaults_and_refusals() {
         let mut b = ConfigBuilder::default();
         assert!(b.set("endpoint", "ftp://x").is_err());
+        let e = b.set("endpoint", "http://AK:hunter2@h").unwrap_err();
+        assert!(!e.to_string().contains("hunter2"), "{e}");
         b.set("endpoint", "http://127.0.0.1:3900").unwrap();
         assert!(b.clone().build(no_env).is_err(), "bucket is required");
         b.set("bucket", "disks").unwrap();
@@ -184,12 +219,38 @@ mod tests {
         b.set("endpoint", "https://s3.example").unwrap();
         b.set("bucket", "b").unwrap();
         let env = |name: &str| match name {
-            "AWS_ACCESS_KEY_ID" => Some("AK".to_owned()),
-            "AWS_SECRET_ACCESS_KEY" => Some("SK".to_owned()),
+            "AWS_ACCESS_KEY_ID" => Some(Secret::new(b"AK")),
+            "AWS_SECRET_ACCESS_KEY" => Some(Secret::new(b"SK")),
             _ => None,
         };
         let c = b.clone().build(env).unwrap();
         assert_eq!(c.access_key.as_deref(), Some("AK"));
+        assert_eq!(c.secret_key.as_ref().map(Secret::expose), Some(&b"SK"[..]));
+        assert!(
+            format!("{c:?}").contains("secret_key: Some(<redacted>)"),
+            "{c:?}"
+        );
+        let mut given = b.clone();
+        given.set("access-key", "AK1").unwrap();
+        given.set_secret("secret-key", Secret::new(b"SK1")).unwrap();
+        assert!(
+            given.set("secret-key", "SK1").is_err(),
+            "secret as plain text"
+        );
+        let c = given.build(env).unwrap();
+        assert_eq!(
+            c.secret_key.map(|s| s.expose().to_vec()),
+            Some(b"SK1".to_vec())
+        );
+        let with_token = |name: &str| match name {
+            "AWS_SESSION_TOKEN" => Some(Secret::new(b"TOKEN")),
+            _ => env(name),
+        };
+        let c = b.clone().build(with_token).unwrap();
+        assert_eq!(
+            c.session_token.map(|t| t.expose().to_vec()),
+            Some(b"TOKEN".to_vec())
+        );
         let mut half = b.clone();
         half.set("access-key", "AK2").unwrap();
         assert!(half.build(no_env).is_err());

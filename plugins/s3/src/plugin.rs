@@ -19,7 +19,7 @@ fn config(key: &str, value: &str) -> nbdkit::Result<()> {
 fn open_store() -> Result<ChunkStore<S3Chunks>, StoreError> {
     let config = CONFIG
         .collected()
-        .build(|name| std::env::var(name).ok().filter(|v| !v.is_empty()))
+        .build(plugin_glue::secret::take_env)
         .map_err(|e| StoreError::new(libc::EINVAL, e.to_string()))?;
     let client = S3Client::new(&config).map_err(|e| StoreError::new(libc::EINVAL, e))?;
     let (metadata, chunks) = open_disk(client, &config.prefix, &config.request)?;
