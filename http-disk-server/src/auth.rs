@@ -22,6 +22,7 @@ use std::path::Path;
 
 use base64::Engine;
 use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
 
 /// The users allowed in, with their salted password hashes.
 #[derive(Debug)]
@@ -84,18 +85,19 @@ impl Credentials {
     /// Whether an `Authorization` header value carries a known user and
     /// the right password.
     pub fn permits(&self, authorization: Option<&str>) -> bool {
-        let (user, password) = authorization.and_then(basic).unwrap_or_default();
+        let decoded = authorization.and_then(basic).unwrap_or_default();
+        let (user, password) = split_user_password(&decoded).unwrap_or_default();
         // An unknown user is checked against a dummy entry, so that the
         // work done (and the time taken) does not tell users apart.
         let dummy = Entry {
             salt: String::new(),
             hash: [0xFF; 32],
         };
-        let known = self.users.get(&user);
+        let known = self.users.get(user);
         let entry = known.unwrap_or(&dummy);
         let digest = Sha256::new()
             .chain_update(entry.salt.as_bytes())
-            .chain_update(password.as_bytes())
+            .chain_update(password)
             .finalize();
         let same = digest
             .iter()
@@ -106,18 +108,29 @@ impl Credentials {
     }
 }
 
-/// `Basic base64(user:password)` → (user, password).
-fn basic(value: &str) -> Option<(String, String)> {
+/// `Basic base64(user:password)` → `user:password`, in a buffer zeroed
+/// when dropped (no copy of a client's password outlives the check).
+fn basic(value: &str) -> Option<Zeroizing<Vec<u8>>> {
     let (scheme, token) = value.trim().split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("basic") {
         return None;
     }
-    let decoded = base64::engine::general_purpose::STANDARD
-        .decode(token.trim())
+    let token = token.trim();
+    // Decoded in place of a buffer that is ours from the start: a growing
+    // Vec would leave partial copies behind in freed memory.
+    let mut decoded = Zeroizing::new(vec![0u8; base64::decoded_len_estimate(token.len())]);
+    let len = base64::engine::general_purpose::STANDARD
+        .decode_slice(token, &mut decoded[..])
         .ok()?;
-    let text = String::from_utf8(decoded).ok()?;
-    let (user, password) = text.split_once(':')?;
-    Some((user.to_owned(), password.to_owned()))
+    decoded.truncate(len);
+    Some(decoded)
+}
+
+/// `user:password` → (user, password), borrowed.
+fn split_user_password(decoded: &[u8]) -> Option<(&str, &[u8])> {
+    let colon = decoded.iter().position(|&b| b == b':')?;
+    let user = std::str::from_utf8(&decoded[..colon]).ok()?;
+    Some((user, &decoded[colon + 1..]))
 }
 
 fn parse_digest(hex: &str) -> Option<[u8; 32]> {

@@ -124,7 +124,7 @@ pub fn check_peer(peer: IpAddr, policy: &Policy) -> Result<(), HttpError> {
 /// the right credentials gets 401 and none of its body is read.
 pub fn check_credentials(req: &Request, policy: &Policy) -> Result<(), HttpError> {
     match &policy.credentials {
-        Some(credentials) if !credentials.permits(req.header("Authorization").as_deref()) => Err(
+        Some(credentials) if !credentials.permits(req.single_header("Authorization")) => Err(
             HttpError::new(401, "missing or wrong credentials (--auth-file)"),
         ),
         _ => Ok(()),

@@ -14,6 +14,8 @@
 
 use std::io::{self, BufRead, Write};
 
+use zeroize::Zeroize;
+
 /// Longest request line or header line.
 pub const MAX_LINE: usize = 8 * 1024;
 /// Most header lines in one request.
@@ -48,6 +50,18 @@ pub struct Request {
     pub headers: Vec<(String, String)>,
 }
 
+/// A client's credentials are not left behind in freed memory (a core dump
+/// of the server would otherwise show recent clients' passwords).
+impl Drop for Request {
+    fn drop(&mut self) {
+        for (name, value) in &mut self.headers {
+            if name.eq_ignore_ascii_case("Authorization") {
+                value.zeroize();
+            }
+        }
+    }
+}
+
 impl Request {
     /// The value of header `name` (case-insensitive). A header that occurs
     /// more than once is returned joined by ", ", as RFC 9110 allows.
@@ -59,6 +73,18 @@ impl Request {
             .map(|(_, v)| v.as_str())
             .collect();
         (!values.is_empty()).then(|| values.join(", "))
+    }
+
+    /// The value of a header that must occur once, borrowed (no copy): for
+    /// credentials, which should not be duplicated in memory. None when
+    /// absent or repeated.
+    pub fn single_header(&self, name: &str) -> Option<&str> {
+        let mut values = self
+            .headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name));
+        let (_, value) = values.next()?;
+        values.next().is_none().then_some(value.as_str())
     }
 
     /// Whether the client allows the connection to stay open afterwards.
@@ -278,7 +304,8 @@ pub fn read_head(reader: &mut impl BufRead) -> Result<Option<Request>, HeadError
         let text = std::str::from_utf8(&line).map_err(|_| bad("header is not UTF-8".into()))?;
         let (name, value) = text
             .split_once(':')
-            .ok_or_else(|| bad(format!("header without ':' ({text:?})")))?;
+            // Not echoed: a mangled line may be a credential.
+            .ok_or_else(|| bad(format!("header line without ':' ({} bytes)", text.len())))?;
         if name.is_empty() || !name.bytes().all(is_tchar) {
             return Err(bad(format!("bad header name {name:?}")));
         }

@@ -231,6 +231,39 @@ mod multihttp {
         forms.push(("the password's end", password[16..].to_owned()));
         assert_absent("the core dump", &core, &forms);
     }
+
+    /// The server checks each request's credentials; the decoded password
+    /// must not stay behind in its memory. (The base64 form can: it is in
+    /// the raw bytes of the connection's read buffer, like the disk data.)
+    #[test]
+    fn the_servers_core_dump_after_traffic_holds_no_client_password() {
+        let password = random_secret();
+        let auth = AuthServer::start(&password);
+        let nbdkit = auth.nbdkit(&password, &[]);
+        assert_eq!(nbdsh(&nbdkit.uri(), TRAFFIC).trim(), "traffic ok");
+        // Some connections end (their requests freed), one stays open.
+        drop(nbdkit);
+        let nbdkit = auth.nbdkit(&password, &[]);
+        assert_eq!(nbdsh(&nbdkit.uri(), TRAFFIC).trim(), "traffic ok");
+        let dir = TempDir::new().unwrap();
+        let core = core_dump(auth.server.proc.pid(), dir.path());
+        assert!(
+            contains(&core, b"http-disk-server"),
+            "not a core of the server"
+        );
+        assert!(
+            contains(&core, base64(&format!("{USER}:{password}")).as_bytes()),
+            "the traffic did not reach this server"
+        );
+        assert_absent(
+            "the server's core dump",
+            &core,
+            &[
+                ("the password", password.clone()),
+                ("the password's end", password[16..].to_owned()),
+            ],
+        );
+    }
 }
 
 mod s3 {
