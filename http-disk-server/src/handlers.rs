@@ -440,6 +440,7 @@ mod tests {
                 active,
                 bodies: crate::budget::Budget::new(1 << 20),
                 idle: Default::default(),
+                tls: None,
             },
         )
     }

@@ -15,3 +15,4 @@ pub mod http;
 pub mod idle;
 pub mod server;
 pub mod signals;
+pub mod tls;

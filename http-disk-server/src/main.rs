@@ -19,7 +19,7 @@ use clap::Parser;
 
 use http_disk_server::access::AllowList;
 use http_disk_server::server::{Config, State};
-use http_disk_server::{auth, budget, cli, disk, drbd, server, signals};
+use http_disk_server::{auth, budget, cli, disk, drbd, server, signals, tls};
 
 /// Longest wait for in-flight requests after SIGTERM before exiting anyway.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -52,6 +52,9 @@ fn init_logging(disk: &Path, verbose: bool) {
     };
     env_logger::Builder::new()
         .filter_level(level)
+        // rustls' debug lines (cipher suite, ALPN) would add three lines
+        // per HTTPS connection to -v; its warnings still show.
+        .filter_module("rustls", log::LevelFilter::Info)
         // The HTTP layer is ours; nothing else logs usefully at debug.
         .format(move |buf, record| writeln!(buf, "[{name}] {}: {}", record.level(), record.args()))
         .target(env_logger::Target::Stderr)
@@ -197,6 +200,10 @@ fn run(args: cli::Args) -> Result<(), String> {
         .as_deref()
         .map(auth::Credentials::load)
         .transpose()?;
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(tls::ServerTls::new(tls::load(cert, key)?)),
+        _ => None,
+    };
     let listener = bind(args.ip, args.port)?;
     let stop_fd = signals::install().map_err(|e| format!("cannot install signal handlers: {e}"))?;
     let workers = usize::try_from(args.workers).unwrap_or(usize::MAX);
@@ -213,6 +220,7 @@ fn run(args: cli::Args) -> Result<(), String> {
         active: AtomicUsize::new(0),
         bodies: budget::Budget::new(body_budget(args.max_request_size)),
         idle: Default::default(),
+        tls,
     });
     let local = listener
         .local_addr()
@@ -247,6 +255,9 @@ fn run(args: cli::Args) -> Result<(), String> {
             format!(", allowed: {}", nets.join(" "))
         }
     );
+    if let Some(cert) = &args.tls_cert {
+        log::info!("HTTPS only, certificate {}", cert.display());
+    }
     // Also printed while waiting for the device: SM gives up after 10 s,
     // and clients fail over on our 503 meanwhile.
     announce_ready();

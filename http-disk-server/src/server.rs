@@ -20,6 +20,7 @@ use crate::handlers::{self, Body, BodySource, Reply};
 use crate::http::{self, HeadError};
 use crate::idle::IdleConnections;
 use crate::signals;
+use crate::tls::{self, Outgoing, ServerTls};
 
 /// Settings from the command line that requests depend on.
 #[derive(Debug)]
@@ -44,20 +45,53 @@ pub struct State {
     pub bodies: Budget,
     /// Connections waiting for their next request.
     pub idle: IdleConnections,
+    /// `--tls-cert`: the port speaks HTTPS only.
+    pub tls: Option<ServerTls>,
 }
 
 /// The read side of a connection: every read waits at most the idle
 /// timeout, and, while a deadline is set (reading a request head), never
 /// past that deadline, so a client dribbling a head byte by byte is
 /// dropped as surely as a silent one.
+/// On HTTPS, reads decrypt through `tls`, and the timeout is re-armed
+/// before every socket read it makes.
 struct TimedStream {
     stream: TcpStream,
+    tls: Option<tls::Session>,
     idle: Duration,
     deadline: Option<Instant>,
 }
 
 impl io::Read for TimedStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self.tls.clone() {
+            None => {
+                tls_io::Socket::arm_read(self)?;
+                self.stream.read(buf)
+            }
+            Some(session) => session.read(self, buf),
+        }
+    }
+}
+
+impl TimedStream {
+    /// HTTPS: completes the handshake if not done yet, bounded by the
+    /// deadline like a request head.
+    fn finish_handshake(&mut self) -> io::Result<()> {
+        match self.tls.clone() {
+            None => Ok(()),
+            Some(session) => session.handshake(self),
+        }
+    }
+}
+
+impl tls_io::Socket for TimedStream {
+    fn raw_fd(&self) -> RawFd {
+        self.stream.as_raw_fd()
+    }
+
+    /// Sets the socket's read timeout for the next read.
+    fn arm_read(&mut self) -> io::Result<()> {
         let wait = match self.deadline {
             None => self.idle,
             Some(deadline) => {
@@ -71,8 +105,12 @@ impl io::Read for TimedStream {
                 left.min(self.idle)
             }
         };
-        self.stream.set_read_timeout(Some(wait))?;
-        self.stream.read(buf)
+        self.stream.set_read_timeout(Some(wait))
+    }
+
+    /// The send timeout is the idle timeout, set once per connection.
+    fn arm_write(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 
@@ -131,7 +169,7 @@ pub fn accept_loop(listener: &TcpListener, stop_fd: RawFd, state: &Arc<State>) -
         if state.active.load(Ordering::SeqCst) >= state.config.workers
             && !state.idle.close_longest_idle()
         {
-            refuse_busy(stream, peer, state.config.workers);
+            refuse_busy(stream, peer, state.config.workers, state.tls.is_some());
             continue;
         }
         state.active.fetch_add(1, Ordering::SeqCst);
@@ -161,7 +199,14 @@ impl Drop for ActiveGuard<'_> {
 
 /// All workers busy: a short 503 so the client retries or fails over,
 /// written without blocking the accept loop.
-fn refuse_busy(stream: TcpStream, peer: SocketAddr, workers: usize) {
+fn refuse_busy(stream: TcpStream, peer: SocketAddr, workers: usize, tls: bool) {
+    if tls {
+        // A 503 needs a TLS handshake, which the accept loop must not
+        // wait for: the client sees the connection closed, and retries
+        // or fails over.
+        log::warn!("{peer}: all {workers} workers busy, closing the new connection");
+        return;
+    }
     log::warn!("{peer}: all {workers} workers busy, replying 503");
     let _ = stream.set_nonblocking(true);
     let reason = format!("all {workers} workers are busy");
@@ -175,7 +220,9 @@ fn refuse_busy(stream: TcpStream, peer: SocketAddr, workers: usize) {
 /// Waits until the connection has input, for at most the idle timeout.
 /// False when the client stayed silent, or a stop was requested.
 fn wait_for_request(reader: &BufReader<TimedStream>, idle: Duration) -> bool {
-    if !reader.buffer().is_empty() {
+    if !reader.buffer().is_empty()
+        || (reader.get_ref().tls.as_ref()).is_some_and(tls::Session::has_buffered_input)
+    {
         return true;
     }
     let deadline = Instant::now() + idle;
@@ -217,15 +264,25 @@ fn serve_connection(stream: TcpStream, peer: SocketAddr, state: &State) {
             return;
         }
     };
+    let session = match state.tls.as_ref().map(|t| tls::Session::new(t.current())) {
+        None => None,
+        Some(Ok(session)) => Some(session),
+        Some(Err(e)) => {
+            log::error!("{peer}: cannot set up TLS: {e}");
+            return;
+        }
+    };
     let mut reader = BufReader::with_capacity(
         64 * 1024,
         TimedStream {
             stream,
+            tls: session.clone(),
             idle,
             deadline: None,
         },
     );
-    let mut writer = BufWriter::with_capacity(64 * 1024, write_half);
+    let mut writer =
+        BufWriter::with_capacity(64 * 1024, Outgoing::new(write_half, session.clone()));
     let fd = reader.get_ref().stream.as_raw_fd();
     log::debug!("{peer}: connected");
     // Set when the server closes while the client may still be sending.
@@ -240,6 +297,10 @@ fn serve_connection(stream: TcpStream, peer: SocketAddr, state: &State) {
         }
         let started = Instant::now();
         reader.get_mut().deadline = Some(started + idle);
+        if let Err(e) = reader.get_mut().finish_handshake() {
+            tls::log_handshake_failure(peer, &e);
+            break;
+        }
         let head = http::read_head(&mut reader);
         reader.get_mut().deadline = None;
         let request = match head {
@@ -276,7 +337,10 @@ fn serve_connection(stream: TcpStream, peer: SocketAddr, state: &State) {
                     framing,
                     expect_continue,
                     consumed: false,
-                    client_gone: &|| client_closed(fd),
+                    client_gone: &|| match &session {
+                        None => client_closed(fd),
+                        Some(session) => session.peer_has_closed_now(fd),
+                    },
                 };
                 let reply = handlers::handle(&request, state, &mut body);
                 let consumed = body.consumed;
@@ -397,7 +461,7 @@ fn describe_range(request: &http::Request) -> String {
 /// reply to HEAD announces its length but never carries a body (error
 /// replies included), or a keep-alive client would misread the stream.
 fn send(
-    writer: &mut BufWriter<TcpStream>,
+    writer: &mut BufWriter<Outgoing>,
     reply: &Reply,
     keep_alive: bool,
     http10: bool,
@@ -422,7 +486,10 @@ fn send(
         _ if head_only => {}
         Body::Empty | Body::HeadOnly(_) => {}
         Body::Text(text) => writer.write_all(text.as_bytes())?,
-        Body::Disk { start, len } if *len <= INLINE_BODY => {
+        // TLS: every byte goes through the encryption in user space.
+        Body::Disk { start, len }
+            if *len <= INLINE_BODY || writer.get_ref().plain_socket().is_none() =>
+        {
             // Small bodies go in the same write as the head: one TCP
             // segment, so the client gets the whole reply in one recv
             // (with sendfile, head and body left as two segments, and a
@@ -435,7 +502,11 @@ fn send(
             // The head must be on the wire before sendfile writes the body
             // to the raw socket behind the buffer.
             writer.flush()?;
-            match disk.send_to(writer.get_ref(), *start, *len) {
+            let socket = writer
+                .get_ref()
+                .plain_socket()
+                .ok_or_else(|| io::Error::other("no socket for sendfile"))?;
+            match disk.send_to(socket, *start, *len) {
                 Ok(_) => {}
                 // sendfile refused outright (a file kind the kernel cannot
                 // splice from): copy through user space instead.

@@ -21,6 +21,7 @@ pub mod disk_server;
 pub mod garage;
 pub mod nbd_scripts;
 pub mod scripted_peer;
+pub mod test_ca;
 pub use disk_server::DiskServer;
 
 /// Root of the workspace.

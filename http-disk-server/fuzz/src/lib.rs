@@ -366,6 +366,7 @@ fn new_state() -> State {
         active: AtomicUsize::new(0),
         bodies: Budget::new(1 << 20),
         idle: Default::default(),
+        tls: None,
     }
 }
 

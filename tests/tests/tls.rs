@@ -1,0 +1,283 @@
+//! HTTPS end to end: http-disk-server with `--tls-cert`/`--tls-key`
+//! driven by curl and raw TCP clients, and the multihttp plugin in a real
+//! nbdkit reading and writing through `https://` URLs, with certificates
+//! from a throwaway CA (`harness::test_ca`).
+//!
+//! Run: `cargo build --release --workspace &&
+//!       cargo test --release -p integration-tests --test tls`
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use harness::disk_server::raw_exchange;
+use harness::test_ca::{ServerCert, TestCa};
+use harness::{pattern, pattern_file, run, DiskServer, TempDir};
+
+const SIZE: usize = 4 << 20;
+
+/// Starts a TLS server on `disk` with `cert`, plus `args`.
+fn https_server(disk: &Path, cert: &ServerCert, args: &[&str]) -> DiskServer {
+    let (cert, key) = (
+        cert.cert.display().to_string(),
+        cert.key.display().to_string(),
+    );
+    let mut all = vec!["--tls-cert", &cert, "--tls-key", &key];
+    all.extend_from_slice(args);
+    DiskServer::start(disk, &all)
+}
+
+/// Runs curl (silent, errors shown, 30 s at most) with `args`.
+fn curl(args: &[&str]) -> Output {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--max-time", "30"]).args(args);
+    run(cmd, Duration::from_secs(60))
+}
+
+fn curl_ok(args: &[&str]) -> Vec<u8> {
+    let out = curl(args);
+    assert!(
+        out.status.success(),
+        "curl {args:?} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+fn read_disk(path: &Path, offset: usize, len: usize) -> Vec<u8> {
+    std::fs::read(path).unwrap()[offset..offset + len].to_vec()
+}
+
+// ------------------------------------------------------ http-disk-server
+
+#[test]
+fn https_head_get_and_put_round_trip_byte_exact() {
+    let dir = TempDir::new().unwrap();
+    let disk = pattern_file(dir.path(), "disk", SIZE, 1);
+    // Signed by an intermediate: the certificate file is a chain, and
+    // curl, trusting only the root, needs the server to send all of it.
+    let root = TestCa::new("root");
+    let cert = root.intermediate("intermediate").loopback_cert();
+    let server = https_server(&disk, &cert, &[]);
+    let ca = root.cert.display().to_string();
+    let url = server.https_url();
+
+    let head = String::from_utf8(curl_ok(&["--cacert", &ca, "-I", &url])).unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.contains(&format!("Content-Length: {SIZE}")), "{head}");
+
+    // A small read (sent inline with the head) and a large one (streamed
+    // in many TLS records), by address and by host name.
+    let expected = pattern(SIZE, 1);
+    let small = curl_ok(&["--cacert", &ca, "-r", "100-4195", &url]);
+    assert!(small == expected[100..4196], "small range differs");
+    let localhost = format!("https://localhost:{}/", server.port);
+    let large = curl_ok(&["--cacert", &ca, "-r", "1000-3001000", &localhost]);
+    assert!(large == expected[1000..3_001_001], "large range differs");
+
+    // Writes, small and large (more than the 64 KiB read buffer).
+    for (offset, len, seed) in [(5000usize, 3000usize, 2u64), (1 << 20, 2 << 20, 3)] {
+        let body = pattern_file(dir.path(), "body", len, seed);
+        let range = format!("Content-Range: bytes {offset}-{}/{SIZE}", offset + len - 1);
+        curl_ok(&[
+            "--cacert",
+            &ca,
+            "-T",
+            &body.display().to_string(),
+            "-H",
+            &range,
+            "-f",
+            &url,
+        ]);
+        assert!(
+            read_disk(&disk, offset, len) == pattern(len, seed),
+            "PUT of {len} bytes at {offset} not on disk byte-exact"
+        );
+        let back = curl_ok(&[
+            "--cacert",
+            &ca,
+            "-r",
+            &format!("{offset}-{}", offset + len - 1),
+            &url,
+        ]);
+        assert!(back == pattern(len, seed), "GET after PUT differs");
+    }
+}
+
+#[test]
+fn clients_that_do_not_trust_the_certificate_are_refused() {
+    let dir = TempDir::new().unwrap();
+    let disk = pattern_file(dir.path(), "disk", 1 << 20, 1);
+    let ca = TestCa::new("server ca");
+    let server = https_server(&disk, &ca.loopback_cert(), &[]);
+    let url = server.https_url();
+
+    // curl's own CA store, then another CA: both refuse (60: peer
+    // certificate cannot be authenticated).
+    let out = curl(&["-I", &url]);
+    assert_eq!(out.status.code(), Some(60), "{out:?}");
+    let other = TestCa::new("other ca");
+    let out = curl(&["--cacert", &other.cert.display().to_string(), "-I", &url]);
+    assert_eq!(out.status.code(), Some(60), "{out:?}");
+    // The server logs why, with the client's alert.
+    assert!(
+        server
+            .proc
+            .output
+            .wait_for("TLS handshake failed", Duration::from_secs(5)),
+        "no handshake failure logged"
+    );
+    // And serves those that trust it.
+    let ok = curl(&["--cacert", &ca.cert.display().to_string(), "-I", &url]);
+    assert!(ok.status.success(), "{ok:?}");
+}
+
+#[test]
+fn plain_http_silent_and_dribbling_clients_only_cost_their_own_worker() {
+    let dir = TempDir::new().unwrap();
+    let disk = pattern_file(dir.path(), "disk", 1 << 20, 1);
+    let ca = TestCa::new("ca");
+    let mut server = https_server(
+        &disk,
+        &ca.loopback_cert(),
+        &["--idle-timeout", "2", "--workers", "2", "-v"],
+    );
+    let cacert = ca.cert.display().to_string();
+    let url = server.https_url();
+    let served = || curl(&["--cacert", &cacert, "-I", &url]).status.success();
+
+    // Plain HTTP to the HTTPS port: no HTTP reply, a warning that says
+    // what probably happened.
+    let reply = raw_exchange(
+        &server.addr(),
+        b"HEAD / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        false,
+    );
+    assert!(!reply.starts_with(b"HTTP/"), "plain HTTP answered in clear");
+    assert!(
+        server.proc.output.wait_for(
+            "plain HTTP sent to this HTTPS port?",
+            Duration::from_secs(5)
+        ),
+        "no warning about plain HTTP"
+    );
+
+    // Silent connections on every worker: a client is still served (the
+    // longest-idle one makes room, as on plain HTTP).
+    let silent: Vec<TcpStream> = (0..2)
+        .map(|_| TcpStream::connect(server.addr()).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(served(), "a silent connection kept a client out");
+
+    // A client sending its handshake one byte per 300 ms is dropped once
+    // the idle timeout (2 s) has passed since the first byte, although
+    // every single read is well within the timeout.
+    let mut dribbler = TcpStream::connect(server.addr()).unwrap();
+    dribbler
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    // A TLS record header announcing a 512-byte handshake message.
+    let hello = [
+        0x16u8, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+    ];
+    let started = Instant::now();
+    let mut dropped_after = None;
+    for byte in hello.iter().cycle().take(40) {
+        if dribbler.write_all(&[*byte]).is_err() {
+            dropped_after = Some(started.elapsed());
+            break;
+        }
+        let mut buf = [0u8; 64];
+        match dribbler.read(&mut buf) {
+            Ok(0) => {
+                dropped_after = Some(started.elapsed());
+                break;
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => {
+                dropped_after = Some(started.elapsed());
+                break;
+            }
+        }
+    }
+    let dropped_after = dropped_after.expect("a dribbling handshake was never dropped");
+    assert!(
+        dropped_after < Duration::from_secs(4),
+        "dribbling handshake dropped only after {dropped_after:?}"
+    );
+
+    // Meanwhile and after, the server serves and is alive.
+    assert!(served(), "not served after the bad clients");
+    assert!(server.proc.exited().is_none(), "server exited");
+    drop(silent);
+}
+
+#[test]
+fn unusable_certificate_or_key_files_are_refused_at_start() {
+    let dir = TempDir::new().unwrap();
+    let disk = pattern_file(dir.path(), "disk", 1 << 20, 1);
+    let ca = TestCa::new("ca");
+    let good = ca.loopback_cert();
+    let other = ca.server_cert("other", &["DNS:other"]);
+    let garbage = dir.path().join("garbage.pem");
+    std::fs::write(&garbage, "not a certificate\n").unwrap();
+    let missing = dir.path().join("missing.pem");
+    let text = |p: &Path| p.display().to_string();
+
+    let cases: [(&[String], &[&str]); 6] = [
+        (
+            &[text(&missing), text(&good.key)],
+            &["--tls-cert", "missing.pem", "cannot read"],
+        ),
+        (
+            &[text(&garbage), text(&good.key)],
+            &["--tls-cert", "garbage.pem", "no certificate"],
+        ),
+        (
+            &[text(&good.cert), text(&garbage)],
+            &["--tls-key", "garbage.pem", "no private key"],
+        ),
+        // A key file with only a certificate in it.
+        (
+            &[text(&good.cert), text(&good.cert)],
+            &["--tls-key", "no private key"],
+        ),
+        (
+            &[text(&good.cert), text(&other.key)],
+            &["cannot use --tls-key", "other.key"],
+        ),
+        (
+            &[text(&good.cert), text(&missing)],
+            &["--tls-key", "missing.pem", "cannot read"],
+        ),
+    ];
+    for (files, expected) in cases {
+        let args = ["--tls-cert", &files[0], "--tls-key", &files[1]];
+        let Err(proc) = DiskServer::try_start(&disk, &args) else {
+            panic!("server started with {files:?}");
+        };
+        let output = proc.output_when_closed();
+        for needle in expected {
+            assert!(
+                output.contains(needle),
+                "{files:?}: {needle:?} not in:\n{output}"
+            );
+        }
+    }
+    // One without the other.
+    for args in [
+        ["--tls-cert", &text(&good.cert)],
+        ["--tls-key", &text(&good.key)],
+    ] {
+        let Err(proc) = DiskServer::try_start(&disk, &args) else {
+            panic!("server started with {args:?}");
+        };
+        let output = proc.output_when_closed();
+        assert!(output.contains("required"), "{args:?}:\n{output}");
+    }
+}
