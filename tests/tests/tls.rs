@@ -7,14 +7,16 @@
 //!       cargo test --release -p integration-tests --test tls`
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::path::Path;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use harness::disk_server::raw_exchange;
 use harness::test_ca::{ServerCert, TestCa};
-use harness::{pattern, pattern_file, run, DiskServer, TempDir};
+use harness::{
+    artifact, debian_tool, nbdsh, pattern, pattern_file, run, run_ok, DiskServer, Nbdkit, TempDir,
+};
 
 const SIZE: usize = 4 << 20;
 
@@ -280,4 +282,227 @@ fn unusable_certificate_or_key_files_are_refused_at_start() {
         let output = proc.output_when_closed();
         assert!(output.contains("required"), "{args:?}:\n{output}");
     }
+}
+
+// ------------------------------------------------------------ multihttp
+
+fn plugin() -> PathBuf {
+    artifact("libmultihttp.so")
+}
+
+/// nbdkit with the plugin on `urls` plus extra `key=value` parameters.
+fn multihttp(urls: &[String], extra: &[&str]) -> Nbdkit {
+    let urls = format!("urls={}", urls.join(","));
+    let mut params = vec![urls.as_str()];
+    params.extend_from_slice(extra);
+    Nbdkit::start(&[], &plugin(), &params)
+}
+
+fn cafile(ca: &TestCa) -> String {
+    format!("cafile={}", ca.cert.display())
+}
+
+/// Port of the server the plugin last chose, from its log line
+/// ("using URL" / "switched from URL to URL").
+fn active_port(nbdkit: &Nbdkit) -> Option<u16> {
+    nbdkit
+        .proc
+        .output
+        .snapshot()
+        .iter()
+        .rev()
+        .filter(|l| l.contains("multihttp: using ") || l.contains("multihttp: switched from "))
+        .find_map(|l| {
+            // The last URL of the line: its port after the host.
+            let authority = l.rsplit("://").next()?;
+            let port = &authority[authority.find(':')? + 1..];
+            port.chars()
+                .take_while(char::is_ascii_digit)
+                .collect::<String>()
+                .parse()
+                .ok()
+        })
+}
+
+/// nbdsh: writes at odd offsets and sizes (up to 1 MiB + 13), reads each
+/// back, flushes, then prints `ok`.
+const ROUND_TRIPS: &str = "import os\n\
+    for off, n in [(0, 1), (1, 4095), (4095, 2), (65537, 70000), (1234567, (1 << 20) + 13)]:\n\
+    \x20   data = os.urandom(n)\n\
+    \x20   h.pwrite(data, off)\n\
+    \x20   assert h.pread(n, off) == data, (off, n)\n\
+    h.flush()\n\
+    print('ok')\n";
+
+/// nbdsh: the whole export, compared with the file at `disk`.
+fn export_matches(nbdkit: &Nbdkit, disk: &Path) {
+    let script = format!(
+        "got = b''.join(h.pread(min(1 << 20, h.get_size() - o), o) for o in range(0, h.get_size(), 1 << 20))\n\
+         assert got == open({:?}, 'rb').read(), 'export differs from the disk'\n\
+         print('same')\n",
+        disk.display().to_string()
+    );
+    assert!(nbdsh(&nbdkit.uri(), &script).contains("same"));
+}
+
+#[test]
+fn multihttp_reads_and_writes_through_https_in_a_mixed_list() {
+    let dir = TempDir::new().unwrap();
+    let disk = pattern_file(dir.path(), "disk", SIZE, 4);
+    let ca = TestCa::new("ca");
+    let tls = https_server(&disk, &ca.loopback_cert(), &[]);
+    let plain = DiskServer::start(&disk, &[]);
+    // By host name, and a plain server listed too (stopped, so that the
+    // HTTPS one is the one used).
+    let urls = [format!("https://localhost:{}", tls.port), plain.url()];
+    plain.proc.signal(libc::SIGSTOP);
+    let nbdkit = multihttp(&urls, &[&cafile(&ca), "device-size=4M"]);
+    assert!(nbdsh(&nbdkit.uri(), ROUND_TRIPS).contains("ok"));
+    export_matches(&nbdkit, &disk);
+    assert_eq!(active_port(&nbdkit), Some(tls.port));
+
+    // qemu-io, a second real client.
+    let mut qemu = Command::new("qemu-io");
+    qemu.args(["-f", "raw", "-c", "write -P 0x5a 12345 7000"])
+        .args(["-c", "read -P 0x5a 12345 7000"])
+        .arg(nbdkit.uri());
+    let output = run_ok(qemu, Duration::from_secs(60));
+    assert!(!output.contains("verification failed"), "{output}");
+    assert!(read_disk(&disk, 12345, 7000).iter().all(|&b| b == 0x5a));
+    plain.proc.signal(libc::SIGCONT);
+}
+
+#[test]
+fn multihttp_fails_over_between_two_tls_servers() {
+    let dir = TempDir::new().unwrap();
+    let disk = pattern_file(dir.path(), "disk", SIZE, 8);
+    let ca = TestCa::new("ca");
+    let cert = ca.loopback_cert();
+    let mut servers = [
+        https_server(&disk, &cert, &[]),
+        https_server(&disk, &cert, &[]),
+    ];
+    let urls: Vec<String> = servers.iter().map(DiskServer::https_url).collect();
+    let nbdkit = multihttp(&urls, &[&cafile(&ca), "device-size=4M"]);
+    assert!(nbdsh(&nbdkit.uri(), ROUND_TRIPS).contains("ok"));
+    // The server in use dies with TLS connections open in the plugin's
+    // pool: the next requests fail over, the client sees no error.
+    let port = active_port(&nbdkit).expect("the plugin logs the server it uses");
+    let victim = servers.iter_mut().find(|s| s.port == port).unwrap();
+    victim.proc.kill();
+    assert!(nbdsh(&nbdkit.uri(), ROUND_TRIPS).contains("ok"));
+    assert!(nbdkit
+        .proc
+        .output
+        .contains(&format!("leaving https://127.0.0.1:{port}")));
+    assert!(nbdkit.proc.output.contains(&format!(
+        "switched from https://127.0.0.1:{port} to https://"
+    )));
+    export_matches(&nbdkit, &disk);
+}
+
+#[test]
+fn an_untrusted_server_is_failed_over_and_alone_is_named_with_the_reason() {
+    let dir = TempDir::new().unwrap();
+    let disk = pattern_file(dir.path(), "disk", SIZE, 5);
+    let trusted = TestCa::new("trusted");
+    let untrusted = TestCa::new("untrusted");
+    let bad = https_server(&disk, &untrusted.loopback_cert(), &[]);
+    let good = https_server(&disk, &trusted.loopback_cert(), &[]);
+
+    // Bad first in the list: the plugin uses the good one, the client
+    // sees no error.
+    let nbdkit = multihttp(&[bad.https_url(), good.https_url()], &[&cafile(&trusted)]);
+    assert!(nbdsh(&nbdkit.uri(), ROUND_TRIPS).contains("ok"));
+    assert_eq!(active_port(&nbdkit), Some(good.port));
+    drop(nbdkit);
+
+    // Alone, it is refused with its URL and rustls' reason.
+    let output = refused_with(&[bad.https_url()], &[&cafile(&trusted)]);
+    assert!(output.contains(&bad.https_url()), "{output}");
+    assert!(output.contains("TLS handshake"), "{output}");
+    assert!(output.contains("UnknownIssuer"), "{output}");
+}
+
+/// Starts nbdkit on `urls` and connects a client, expecting the open to
+/// fail because no server is usable; returns nbdkit's output.
+fn refused_with(urls: &[String], extra: &[&str]) -> String {
+    let mut params = vec!["connect-timeout=2s"];
+    params.extend_from_slice(extra);
+    let nbdkit = multihttp(urls, &params);
+    let mut cmd = debian_tool("nbdsh");
+    cmd.args(["-u", &nbdkit.uri(), "-c", "h.pread(1, 0)"]);
+    let client = run(cmd, Duration::from_secs(60));
+    assert!(!client.status.success(), "the client was served");
+    assert!(
+        nbdkit
+            .proc
+            .output
+            .wait_for("no server can serve the disk", Duration::from_secs(10)),
+        "no refusal logged"
+    );
+    nbdkit.proc.output.snapshot().join("\n")
+}
+
+#[test]
+fn a_certificate_for_another_name_is_refused() {
+    let dir = TempDir::new().unwrap();
+    let disk = pattern_file(dir.path(), "disk", SIZE, 6);
+    let ca = TestCa::new("ca");
+    // Trusted CA, but the certificate is for another host.
+    let server = https_server(&disk, &ca.server_cert("other", &["DNS:other.example"]), &[]);
+    let output = refused_with(&[server.https_url()], &[&cafile(&ca)]);
+    assert!(output.contains("not valid for name"), "{output}");
+    // An address certificate does not serve a name, nor the reverse.
+    let by_ip = https_server(&disk, &ca.server_cert("ip", &["IP:127.0.0.1"]), &[]);
+    let url = format!("https://localhost:{}", by_ip.port);
+    let output = refused_with(std::slice::from_ref(&url), &[&cafile(&ca)]);
+    assert!(
+        output.contains(&url) && output.contains("not valid for name"),
+        "{output}"
+    );
+}
+
+#[test]
+fn tls_verify_false_connects_to_an_untrusted_server_and_warns() {
+    let dir = TempDir::new().unwrap();
+    let disk = pattern_file(dir.path(), "disk", SIZE, 7);
+    let untrusted = TestCa::new("untrusted");
+    let server = https_server(&disk, &untrusted.server_cert("x", &["DNS:x.example"]), &[]);
+    let nbdkit = multihttp(&[server.https_url()], &["tls-verify=false"]);
+    assert!(nbdsh(&nbdkit.uri(), ROUND_TRIPS).contains("ok"));
+    export_matches(&nbdkit, &disk);
+    assert!(
+        nbdkit.proc.output.contains("tls-verify=false")
+            && nbdkit.proc.output.contains("NOT checked"),
+        "no warning in nbdkit's output"
+    );
+}
+
+#[test]
+fn a_server_silent_in_the_handshake_is_bounded_by_the_timeouts() {
+    // Accepts connections (the kernel does) and never says a word.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("https://127.0.0.1:{}", silent.local_addr().unwrap().port());
+    let ca = TestCa::new("ca");
+    let nbdkit = multihttp(
+        &[url],
+        &[
+            &cafile(&ca),
+            "device-size=1M",
+            "connect-timeout=1s",
+            "io-timeout=1s",
+            "failover-window=2s",
+        ],
+    );
+    let started = Instant::now();
+    let mut cmd = debian_tool("nbdsh");
+    cmd.args(["-u", &nbdkit.uri(), "-c", "h.pread(512, 0)"]);
+    let client = run(cmd, Duration::from_secs(60));
+    assert!(!client.status.success(), "read from a silent server");
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(10),
+        "a silent handshake held a read for {took:?}"
+    );
 }

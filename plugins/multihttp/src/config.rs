@@ -4,10 +4,13 @@
 //! Pure Rust: everything except `password=` (which reads through nbdkit)
 //! is unit-tested with `cargo test`.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::endpoint::Address;
-use plugin_glue::config::{parse_count, parse_duration, parse_size, Builder, ConfigError};
+use plugin_glue::config::{
+    parse_bool, parse_count, parse_duration, parse_size, Builder, ConfigError,
+};
 
 /// Every key the plugin accepts, for the "unknown key" error.
 pub const KEYS: &[&str] = &[
@@ -19,6 +22,8 @@ pub const KEYS: &[&str] = &[
     "io-timeout",
     "failover-window",
     "pool-size",
+    "cafile",
+    "tls-verify",
 ];
 
 /// Default of `connect-timeout=`: TCP connect and HEAD probe limit. Probes
@@ -53,7 +58,15 @@ io-timeout=TIME        How long a request may take, plus 1 s per MiB it
 failover-window=TIME   How long a request keeps trying the servers before
                        it fails with EIO (default 60s).
 pool-size=N            Connections open to one server at most, kept alive
-                       between requests (default 16).";
+                       between requests (default 16).
+cafile=PATH            PEM bundle of the CA certificates trusted for
+                       https:// URLs (default: the system bundle
+                       /etc/ssl/certs/ca-certificates.crt). The server's
+                       certificate must also name the URL's host (DNS name
+                       or IP address). http:// and https:// URLs may mix.
+tls-verify=false       DANGEROUS: check neither certificates nor names of
+                       https:// servers (still encrypted, but anyone on the
+                       path can pose as a server). Logged as a warning.";
 
 /// A validated plugin configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -66,6 +79,9 @@ pub struct Config {
     pub io_timeout: Duration,
     pub failover_window: Duration,
     pub pool_size: usize,
+    pub cafile: Option<PathBuf>,
+    /// `tls-verify=false` clears it (default true).
+    pub tls_verify: bool,
 }
 
 /// Keys as nbdkit hands them over, before `config_complete` validates the
@@ -80,6 +96,8 @@ pub struct ConfigBuilder {
     io_timeout: Option<Duration>,
     failover_window: Option<Duration>,
     pool_size: Option<usize>,
+    cafile: Option<PathBuf>,
+    tls_verify: Option<bool>,
 }
 
 impl Builder for ConfigBuilder {
@@ -105,6 +123,13 @@ impl Builder for ConfigBuilder {
             "io-timeout" => self.io_timeout = Some(positive(key, value)?),
             "failover-window" => self.failover_window = Some(parse_duration(key, value)?),
             "pool-size" => self.pool_size = Some(parse_count(key, value, 1024)?),
+            "cafile" => {
+                if value.is_empty() {
+                    return Err(ConfigError::new(key, "empty path"));
+                }
+                self.cafile = Some(PathBuf::from(value));
+            }
+            "tls-verify" => self.tls_verify = Some(parse_bool(key, value)?),
             _ => return Err(ConfigError::unknown_key(key, KEYS)),
         }
         Ok(())
@@ -135,6 +160,8 @@ impl ConfigBuilder {
             io_timeout: self.io_timeout.unwrap_or(DEFAULT_IO_TIMEOUT),
             failover_window: self.failover_window.unwrap_or(DEFAULT_FAILOVER_WINDOW),
             pool_size: self.pool_size.unwrap_or(DEFAULT_POOL_SIZE),
+            cafile: self.cafile.clone(),
+            tls_verify: self.tls_verify.unwrap_or(true),
         })
     }
 }
@@ -165,10 +192,14 @@ pub fn parse_urls(value: &str) -> Result<Vec<String>, ConfigError> {
     Ok(urls)
 }
 
-/// Accepts `http://HOST[:PORT][/PATH]` (see [`Address::parse`]): a typo
+/// Accepts `http[s]://HOST[:PORT][/PATH]` (see [`Address::parse`]): a typo
 /// should fail at start-up, not at failover.
 fn check_url(url: &str) -> Result<(), String> {
-    Address::parse(url).map(|_| ())
+    let address = Address::parse(url)?;
+    if address.tls {
+        crate::tls::server_name(&address.host)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -186,6 +217,21 @@ mod tests {
         assert_eq!(c.io_timeout, DEFAULT_IO_TIMEOUT);
         assert_eq!(c.failover_window, DEFAULT_FAILOVER_WINDOW);
         assert_eq!(c.pool_size, DEFAULT_POOL_SIZE);
+        assert_eq!((c.cafile, c.tls_verify), (None, true));
+    }
+
+    #[test]
+    fn tls_keys() {
+        let mut b = ConfigBuilder::default();
+        b.set("urls", "http://a:8076, https://b:8443").unwrap();
+        b.set("cafile", "/etc/ca.pem").unwrap();
+        b.set("tls-verify", "false").unwrap();
+        let c = b.build().unwrap();
+        assert_eq!(c.urls, ["http://a:8076", "https://b:8443"]);
+        assert_eq!(c.cafile, Some(PathBuf::from("/etc/ca.pem")));
+        assert!(!c.tls_verify);
+        assert!(b.set("tls-verify", "maybe").is_err());
+        assert!(b.set("cafile", "").is_err());
     }
 
     #[test]
@@ -203,7 +249,7 @@ mod tests {
         assert_eq!(b.build().unwrap().urls.len(), 70);
         // Empty lists, and one bad URL among good ones (each URL's own
         // rules are tested with `Address::parse`).
-        for bad in ["", ",", "http://a:8076,https://b", "http://a,http://u:p@b"] {
+        for bad in ["", ",", "http://a:8076,ftp://b", "http://a,http://u:p@b"] {
             assert!(parse_urls(bad).is_err(), "{bad:?} accepted");
         }
     }

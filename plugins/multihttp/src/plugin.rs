@@ -116,9 +116,10 @@ impl Server for MultiHttp {
             || "multihttp: configuration".to_owned(),
             || -> Result<(), ConfigError> {
                 let config = CONFIG.collected().build()?;
+                let tls = crate::tls::client_config(&config)?;
                 // Builds the HTTP agent only: no thread starts before nbdkit
                 // forks (probe threads start in open/requests).
-                let _ = CLUSTER.set(Arc::new(Cluster::new(config)));
+                let _ = CLUSTER.set(Arc::new(Cluster::new(config, tls)));
                 Ok(())
             },
         )

@@ -24,7 +24,10 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::Write as _;
+use std::sync::Arc;
 use std::time::Duration;
+
+use tls_io::rustls::ClientConfig;
 
 use base64::Engine;
 use http_disk_protocol::{headers, ByteRange};
@@ -67,14 +70,25 @@ pub enum PostOp {
 }
 
 impl Transport {
-    pub fn new(config: &Config) -> Transport {
+    /// `tls`: the client configuration for `https://` URLs (see
+    /// `tls::client_config`), present when there is one.
+    pub fn new(config: &Config, tls: Option<Arc<ClientConfig>>) -> Transport {
         let endpoints = config
             .urls
             .iter()
             .map(|url| {
-                // Config checked every URL with the same parser.
+                // Config checked every URL with the same parser, and the
+                // host of https:// URLs as a TLS server name.
                 let address = Address::parse(url).expect("URLs are checked by config");
-                (url.clone(), Endpoint::new(address, config.pool_size))
+                let tls = match (&tls, address.tls) {
+                    (Some(config), true) => {
+                        let name = crate::tls::server_name(&address.host)
+                            .expect("https hosts are checked by config");
+                        Some((Arc::clone(config), name))
+                    }
+                    _ => None,
+                };
+                (url.clone(), Endpoint::new(address, config.pool_size, tls))
             })
             .collect();
         let authorization = config.user.as_ref().map(|user| {
