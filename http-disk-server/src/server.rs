@@ -549,3 +549,113 @@ fn stream_disk(writer: &mut impl Write, disk: &Disk, start: u64, len: u64) -> io
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::net::TcpListener;
+    use tls_io::rustls::{self, ClientConfig, ClientConnection};
+
+    /// A self-signed certificate for localhost, made by the openssl CLI.
+    fn certificate(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        let status = std::process::Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+            .args(["ec_paramgen_curve:P-256", "-nodes", "-days", "1"])
+            .args([
+                "-subj",
+                "/CN=localhost",
+                "-addext",
+                "subjectAltName=DNS:localhost",
+            ])
+            .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("run openssl");
+        assert!(status.success());
+        (cert, key)
+    }
+
+    /// Two requests, each in its own TLS record, sent in one TCP write
+    /// after the handshake; the client then waits for the server to close.
+    fn pipelining_client(port: u16, cert: std::path::PathBuf) -> thread::JoinHandle<()> {
+        thread::spawn(move || {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add_parsable_certificates(tls_io::pem::certificates(&cert).unwrap());
+            let config = ClientConfig::builder_with_provider(tls_io::provider())
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            let name = "localhost".try_into().unwrap();
+            let mut conn = ClientConnection::new(Arc::new(config), name).unwrap();
+            let mut socket = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            socket
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            while conn.is_handshaking() {
+                conn.complete_io(&mut socket).unwrap();
+            }
+            for request in ["HEAD /a HTTP/1.1\r\n\r\n", "HEAD /b HTTP/1.1\r\n\r\n"] {
+                conn.writer().write_all(request.as_bytes()).unwrap();
+            }
+            let mut wire = Vec::new();
+            while conn.wants_write() {
+                conn.write_tls(&mut wire).unwrap();
+            }
+            socket.write_all(&wire).unwrap();
+            // Until the server closes (session tickets come meanwhile),
+            // 10 s at most.
+            let mut buf = [0u8; 4096];
+            while matches!(socket.read(&mut buf), Ok(n) if n > 0) {}
+        })
+    }
+
+    #[test]
+    fn a_request_decrypted_inside_tls_is_served_without_waiting_for_the_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = certificate(dir.path());
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = pipelining_client(listener.local_addr().unwrap().port(), cert.clone());
+        let (stream, _) = listener.accept().unwrap();
+        let idle = Duration::from_secs(2);
+        stream.set_write_timeout(Some(idle)).unwrap();
+        let fd = stream.as_raw_fd();
+        let session = tls::Session::new(tls::load(&cert, &key).unwrap()).unwrap();
+        let mut reader = BufReader::new(TimedStream {
+            stream,
+            tls: Some(session.clone()),
+            idle,
+            deadline: Some(Instant::now() + idle),
+        });
+        reader.get_mut().finish_handshake().unwrap();
+        reader.get_mut().deadline = None;
+        // Both requests reach rustls the way `client_gone` takes them in
+        // (reading what the socket holds) and nothing stays on the socket.
+        assert!(wait_for_request(&reader, idle));
+        assert!(!session.peer_has_closed_now(fd));
+        let mut none = [libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        assert_eq!(poll_in(&mut none, Duration::ZERO).unwrap(), 0);
+
+        // Waiting for the next request must see them at once, not after
+        // the idle timeout.
+        let started = Instant::now();
+        assert!(wait_for_request(&reader, idle), "the requests were missed");
+        assert!(started.elapsed() < Duration::from_secs(1));
+        for path in ["/a", "/b"] {
+            let request = http::read_head(&mut reader).unwrap().unwrap();
+            assert_eq!(request.target, path);
+        }
+        drop(reader);
+        client.join().unwrap();
+    }
+}

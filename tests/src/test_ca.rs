@@ -1,7 +1,12 @@
 //! `TestCa`: a throwaway certificate authority made with the `openssl`
 //! CLI in a temp dir, and server certificates it signs, for HTTPS tests
-//! (http-disk-server `--tls-cert`, multihttp `cafile=`).
+//! (http-disk-server `--tls-cert`, multihttp `cafile=`); and
+//! [`tls_exchange`], a TLS client that decides what goes on the wire in
+//! which write (curl does not let a test send a request and its
+//! `close_notify` in one segment).
 
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -189,4 +194,49 @@ fn next_serial() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(1);
     NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Connects to `addr` over TLS, trusting `ca_cert`, verifying the server
+/// as `host`; sends `request` in one TCP write, followed in that same
+/// write by `close_notify` and the end of the sending side when `close`;
+/// returns the decrypted reply bytes until the server closes (10 s max).
+pub fn tls_exchange(
+    addr: &str,
+    ca_cert: &Path,
+    host: &str,
+    request: &[u8],
+    close: bool,
+) -> Vec<u8> {
+    use tls_io::rustls::{ClientConfig, ClientConnection};
+    let roots = tls_io::pem::root_store(ca_cert).expect("CA certificate");
+    let config = ClientConfig::builder_with_provider(tls_io::provider())
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = host.to_owned().try_into().expect("server name");
+    let mut conn = ClientConnection::new(Arc::new(config), name).expect("TLS client");
+    let mut socket = TcpStream::connect(addr).expect("connect");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    while conn.is_handshaking() {
+        conn.complete_io(&mut socket).expect("TLS handshake");
+    }
+    conn.writer().write_all(request).unwrap();
+    if close {
+        conn.send_close_notify();
+    }
+    let mut wire = Vec::new();
+    while conn.wants_write() {
+        conn.write_tls(&mut wire).unwrap();
+    }
+    socket.write_all(&wire).expect("send");
+    if close {
+        let _ = socket.shutdown(Shutdown::Write);
+    }
+    let mut reply = Vec::new();
+    let mut tls = tls_io::rustls::Stream::new(&mut conn, &mut socket);
+    let _ = tls.read_to_end(&mut reply);
+    reply
 }

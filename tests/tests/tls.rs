@@ -13,7 +13,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use harness::disk_server::raw_exchange;
-use harness::test_ca::{ServerCert, TestCa};
+use harness::test_ca::{tls_exchange, ServerCert, TestCa};
 use harness::{
     artifact, debian_tool, nbdsh, pattern, pattern_file, run, run_ok, DiskServer, Nbdkit, TempDir,
 };
@@ -217,6 +217,36 @@ fn plain_http_silent_and_dribbling_clients_only_cost_their_own_worker() {
     assert!(served(), "not served after the bad clients");
     assert!(server.proc.exited().is_none(), "server exited");
     drop(silent);
+}
+
+#[test]
+fn a_write_whose_tls_client_has_closed_is_not_applied() {
+    let dir = TempDir::new().unwrap();
+    let disk = pattern_file(dir.path(), "disk", 1 << 20, 1);
+    let ca = TestCa::new("ca");
+    let server = https_server(&disk, &ca.loopback_cert(), &[]);
+    let put = format!(
+        "PUT / HTTP/1.1\r\nHost: t\r\nContent-Range: bytes 0-2/{}\r\n\
+         Content-Length: 3\r\nConnection: close\r\n\r\nabc",
+        1 << 20
+    );
+    // The client closes (close_notify, then its TCP side) right behind
+    // the request: the write must not be applied, as on plain HTTP.
+    let reply = tls_exchange(&server.addr(), &ca.cert, "localhost", put.as_bytes(), true);
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.contains("nothing changed"), "{reply}");
+    assert!(
+        read_disk(&disk, 0, 3) == pattern(1 << 20, 1)[..3],
+        "abandoned write applied"
+    );
+    // The same request from a client that waits is applied.
+    let reply = tls_exchange(&server.addr(), &ca.cert, "localhost", put.as_bytes(), false);
+    assert!(
+        reply.starts_with(b"HTTP/1.1 20"),
+        "{}",
+        String::from_utf8_lossy(&reply)
+    );
+    assert_eq!(read_disk(&disk, 0, 3), b"abc");
 }
 
 #[test]
