@@ -535,4 +535,24 @@ fn a_server_silent_in_the_handshake_is_bounded_by_the_timeouts() {
         took < Duration::from_secs(10),
         "a silent handshake held a read for {took:?}"
     );
+    // And the plugin gave up each handshake itself (closed its end), not
+    // only stopped waiting for a probe thread that would hang on forever.
+    silent.set_nonblocking(true).unwrap();
+    let mut handshakes = 0;
+    while let Ok((mut conn, _)) = silent.accept() {
+        handshakes += 1;
+        conn.set_nonblocking(false).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut hello = vec![0u8; 64 * 1024];
+        // Read the ClientHello, then expect the end (bounded: 100 reads).
+        let closed = (0..100)
+            .map(|_| conn.read(&mut hello))
+            .find(|r| !matches!(r, Ok(n) if *n > 0))
+            .is_some_and(|r| match r {
+                Ok(_) => true,
+                Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+            });
+        assert!(closed, "the plugin still holds handshake {handshakes} open");
+    }
+    assert!(handshakes > 0, "the plugin never connected");
 }

@@ -98,6 +98,7 @@ impl Server for MultiHttp {
             );
             let _ = writeln!(out, "multihttp_max_urls={}", config::MAX_URLS);
             let _ = writeln!(out, "multihttp_parallel_probe=yes");
+            let _ = writeln!(out, "multihttp_https=yes");
             let _ = writeln!(
                 out,
                 "multihttp_protocol_extensions=flush,trim,zero,writeback"
