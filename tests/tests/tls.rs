@@ -13,7 +13,9 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use harness::disk_server::raw_exchange;
+use harness::garage::Garage;
 use harness::test_ca::{tls_exchange, ServerCert, TestCa};
+use harness::tls_proxy::TlsProxy;
 use harness::{
     artifact, debian_tool, nbdsh, pattern, pattern_file, run, run_ok, DiskServer, Nbdkit, TempDir,
 };
@@ -555,4 +557,59 @@ fn a_server_silent_in_the_handshake_is_bounded_by_the_timeouts() {
         assert!(closed, "the plugin still holds handshake {handshakes} open");
     }
     assert!(handshakes > 0, "the plugin never connected");
+}
+
+// ------------------------------------------------------------------- s3
+
+#[test]
+fn s3_reaches_an_https_endpoint_through_its_cafile() {
+    let garage = Garage::start();
+    let ca = TestCa::new("ca");
+    let proxy = TlsProxy::start(garage.s3_port, &ca.loopback_cert());
+    let endpoint = format!("endpoint=https://127.0.0.1:{}", proxy.port);
+    let mut params: Vec<String> = garage
+        .params("tls/")
+        .into_iter()
+        .filter(|p| !p.starts_with("endpoint="))
+        .collect();
+    params.extend([endpoint, "size=4M".into(), "chunk-size=64K".into()]);
+    let with = |extra: &str| -> Vec<String> {
+        let mut all = params.clone();
+        all.push(extra.to_owned());
+        all
+    };
+    let start = |params: &[String]| {
+        let params: Vec<&str> = params.iter().map(String::as_str).collect();
+        Nbdkit::try_start(&[], &artifact("libs3.so"), &params)
+    };
+
+    // Trusting the CA: data round-trips through nginx's TLS.
+    let nbdkit =
+        start(&with(&cafile(&ca))).unwrap_or_else(|p| panic!("{}", p.output_when_closed()));
+    assert!(nbdsh(&nbdkit.uri(), ROUND_TRIPS).contains("ok"));
+    drop(nbdkit);
+
+    // Without it (ureq's built-in Mozilla roots) the store is refused.
+    let other = TestCa::new("other");
+    for extra in [String::new(), cafile(&other)] {
+        // Retrying cannot help: no need to wait the default 30 s.
+        let mut params = with("retry-window=1s");
+        if !extra.is_empty() {
+            params.push(extra.clone());
+        }
+        let output = match start(&params) {
+            Err(proc) => proc.output_when_closed(),
+            Ok(nbdkit) => {
+                let mut cmd = debian_tool("nbdsh");
+                cmd.args(["-u", &nbdkit.uri(), "-c", "h.pread(1, 0)"]);
+                let client = run(cmd, Duration::from_secs(120));
+                assert!(
+                    !client.status.success(),
+                    "served through an untrusted certificate"
+                );
+                nbdkit.proc.output.snapshot().join("\n")
+            }
+        };
+        assert!(output.contains("UnknownIssuer"), "{extra}: {output}");
+    }
 }
