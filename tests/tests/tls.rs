@@ -454,6 +454,9 @@ fn an_untrusted_server_is_failed_over_and_alone_is_named_with_the_reason() {
     assert!(output.contains(&bad.https_url()), "{output}");
     assert!(output.contains("TLS handshake"), "{output}");
     assert!(output.contains("UnknownIssuer"), "{output}");
+    // Without cafile=, the system bundle is what is trusted: not our CA.
+    let output = refused_with(&[good.https_url()], &[]);
+    assert!(output.contains("UnknownIssuer"), "{output}");
 }
 
 /// Starts nbdkit on `urls` and connects a client, expecting the open to

@@ -60,8 +60,9 @@ failover-window=TIME   How long a request keeps trying the servers before
 pool-size=N            Connections open to one server at most, kept alive
                        between requests (default 16).
 cafile=PATH            PEM bundle of the CA certificates trusted for
-                       https:// URLs (default: the system bundle
-                       /etc/ssl/certs/ca-certificates.crt). The server's
+                       https:// URLs (default: the system bundle,
+                       /etc/ssl/certs/ca-certificates.crt or
+                       /etc/pki/tls/certs/ca-bundle.crt). The server's
                        certificate must also name the URL's host (DNS name
                        or IP address). http:// and https:// URLs may mix.
 tls-verify=false       DANGEROUS: check neither certificates nor names of

@@ -21,9 +21,12 @@ use tls_io::rustls::{self, ClientConfig, DigitallySignedStruct, SignatureScheme}
 use crate::config::Config;
 use crate::endpoint::Address;
 
-/// CA bundle used for `https://` URLs when `cafile=` is not given
-/// (Debian, Ubuntu, XCP-ng's CentOS-based dom0 links it too).
-pub const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+/// CA bundles used for `https://` URLs when `cafile=` is not given, the
+/// first that exists: Debian/Ubuntu's, then RHEL/CentOS's (XCP-ng dom0).
+pub const SYSTEM_CA_BUNDLES: [&str; 2] = [
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+];
 
 /// The client configuration for the `https://` URLs, `None` when all
 /// URLs are plain `http://`.
@@ -44,16 +47,21 @@ pub fn client_config(config: &Config) -> Result<Option<Arc<ClientConfig>>, Confi
         .with_safe_default_protocol_versions()
         .map_err(|e| ConfigError::new("urls", format!("TLS set-up: {e}")))?;
     let mut client = if config.tls_verify {
-        let cafile = config
-            .cafile
-            .as_deref()
-            .unwrap_or(Path::new(SYSTEM_CA_BUNDLE));
-        if config.cafile.is_none() && !cafile.exists() {
+        let system = || {
+            SYSTEM_CA_BUNDLES
+                .iter()
+                .map(Path::new)
+                .find(|path| path.exists())
+        };
+        let Some(cafile) = config.cafile.as_deref().or_else(system) else {
             return Err(ConfigError::new(
                 "cafile",
-                format!("https:// URLs need CA certificates: {SYSTEM_CA_BUNDLE} does not exist, give cafile=PATH"),
+                format!(
+                    "https:// URLs need CA certificates: no system bundle ({}), give cafile=PATH",
+                    SYSTEM_CA_BUNDLES.join(", ")
+                ),
             ));
-        }
+        };
         let roots = tls_io::pem::root_store(cafile).map_err(|e| ConfigError::new("cafile", e))?;
         builder.with_root_certificates(roots).with_no_client_auth()
     } else {
