@@ -252,6 +252,39 @@ fn a_write_whose_tls_client_has_closed_is_not_applied() {
 }
 
 #[test]
+fn with_every_worker_in_a_handshake_a_newcomer_is_closed_not_kept_waiting() {
+    let dir = TempDir::new().unwrap();
+    let disk = pattern_file(dir.path(), "disk", 1 << 20, 1);
+    let ca = TestCa::new("ca");
+    let server = https_server(
+        &disk,
+        &ca.loopback_cert(),
+        &["--idle-timeout", "5", "--workers", "1"],
+    );
+    // The only worker is busy with a handshake that has begun (one byte
+    // of a record header): not idle, so it is not closed to make room.
+    let mut busy = TcpStream::connect(server.addr()).unwrap();
+    busy.write_all(&[0x16]).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    // A 503 would need a handshake in the accept loop: the newcomer's
+    // connection is closed at once instead, so it can go elsewhere.
+    let started = Instant::now();
+    let out = curl(&[
+        "--cacert",
+        &ca.cert.display().to_string(),
+        "-I",
+        &server.https_url(),
+    ]);
+    assert!(!out.status.success(), "served without a free worker");
+    assert!(started.elapsed() < Duration::from_secs(3), "kept waiting");
+    assert!(server.proc.output.wait_for(
+        "all 1 workers busy, closing the new connection",
+        Duration::from_secs(5)
+    ));
+    drop(busy);
+}
+
+#[test]
 fn unusable_certificate_or_key_files_are_refused_at_start() {
     let dir = TempDir::new().unwrap();
     let disk = pattern_file(dir.path(), "disk", 1 << 20, 1);
