@@ -53,8 +53,9 @@ pub struct State {
 /// timeout, and, while a deadline is set (reading a request head), never
 /// past that deadline, so a client dribbling a head byte by byte is
 /// dropped as surely as a silent one.
+///
 /// On HTTPS, reads decrypt through `tls`, and the timeout is re-armed
-/// before every socket read it makes.
+/// before every socket read it makes (the handshake's too).
 struct TimedStream {
     stream: TcpStream,
     tls: Option<tls::Session>,
