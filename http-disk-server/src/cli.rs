@@ -64,6 +64,17 @@ pub struct Args {
     #[arg(long, value_name = "PATH")]
     pub auth_file: Option<PathBuf>,
 
+    /// Speak HTTPS only on the port, with this certificate: a PEM file,
+    /// the server's certificate first, then any intermediates. Needs
+    /// --tls-key.
+    #[arg(long, value_name = "PATH", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM: PKCS#8, RSA or EC). Needs
+    /// --tls-cert.
+    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
     /// Largest request body accepted, in bytes (K, M, G suffixes allowed);
     /// larger writes get 413 before their body is read.
     #[arg(long, default_value = "32M", value_name = "BYTES", value_parser = parse_size)]

@@ -445,6 +445,7 @@ mod tests {
                 bodies: crate::budget::Budget::new(1 << 20),
                 idle: Default::default(),
                 metrics: Default::default(),
+                tls: None,
             },
         )
     }

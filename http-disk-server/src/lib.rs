@@ -21,3 +21,4 @@ pub mod policy;
 pub mod reload;
 pub mod server;
 pub mod signals;
+pub mod tls;

@@ -19,7 +19,7 @@ use clap::Parser;
 
 use http_disk_server::reload::Live;
 use http_disk_server::server::{Config, State};
-use http_disk_server::{budget, cli, disk, drbd, metrics_listener, server, signals};
+use http_disk_server::{budget, cli, disk, drbd, metrics_listener, server, signals, tls};
 
 /// Longest wait for in-flight requests after SIGTERM before exiting anyway.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -52,6 +52,9 @@ fn init_logging(disk: &Path, verbose: bool) {
     };
     env_logger::Builder::new()
         .filter_level(level)
+        // rustls' debug lines (cipher suite, ALPN) would add three lines
+        // per HTTPS connection to -v; its warnings still show.
+        .filter_module("rustls", log::LevelFilter::Info)
         // The HTTP layer is ours; nothing else logs usefully at debug.
         .format(move |buf, record| writeln!(buf, "[{name}] {}: {}", record.level(), record.args()))
         .target(env_logger::Target::Stderr)
@@ -201,6 +204,10 @@ fn run(args: cli::Args) -> Result<(), String> {
     let policy_sources = args.policy_sources();
     let policy = policy_sources.load()?;
     log::info!("access policy: {}", policy.summary());
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(tls::ServerTls::load(cert, key)?),
+        _ => None,
+    };
     let listener = bind(args.ip, args.port)?;
     let metrics_listener = args
         .metrics_listen
@@ -224,6 +231,7 @@ fn run(args: cli::Args) -> Result<(), String> {
         bodies: budget::Budget::new(body_budget(args.max_request_size)),
         idle: Default::default(),
         metrics: Default::default(),
+        tls,
     });
     let local = listener
         .local_addr()
@@ -267,6 +275,9 @@ fn run(args: cli::Args) -> Result<(), String> {
             format!(", allowed: {}", nets.join(" "))
         }
     );
+    if let Some(cert) = &args.tls_cert {
+        log::info!("HTTPS only, certificate {}", cert.display());
+    }
     // Also printed while waiting for the device: SM gives up after 10 s,
     // and clients fail over on our 503 meanwhile.
     announce_ready();

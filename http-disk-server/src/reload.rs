@@ -1,8 +1,7 @@
 //! SIGHUP: re-read, without a restart and without dropping any client,
 //! what may change while the server runs. The signal handler only asks
-//! (`signals.rs`); the accept loop calls [`reload`]. Whatever else becomes
-//! reloadable (e.g. a TLS certificate) joins [`reload`] and is held in
-//! `State` as a [`Live`] value.
+//! (`signals.rs`); the accept loop calls [`reload`]: the access policy
+//! and the TLS certificate, each held in `State` as a [`Live`] value.
 
 use std::sync::{Arc, RwLock};
 
@@ -26,8 +25,16 @@ impl<T> Live<T> {
         Arc::clone(&self.0.read().unwrap_or_else(|e| e.into_inner()))
     }
 
+    pub fn from_arc(value: Arc<T>) -> Live<T> {
+        Live(RwLock::new(value))
+    }
+
     pub fn replace(&self, value: T) {
-        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(value);
+        self.replace_arc(Arc::new(value));
+    }
+
+    pub fn replace_arc(&self, value: Arc<T>) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = value;
     }
 }
 
@@ -49,5 +56,16 @@ pub fn reload(state: &State) {
             log::info!("SIGHUP: access policy reloaded ({origin}): {summary}");
         }
         Err(e) => log::error!("SIGHUP: access policy NOT reloaded, the previous one stays: {e}"),
+    }
+    if let Some(tls) = &state.tls {
+        // A renewed certificate: new connections get it, open ones keep
+        // theirs.
+        match tls.reload() {
+            Ok(()) => log::info!(
+                "SIGHUP: TLS certificate and key reloaded from {}",
+                tls.cert_path().display()
+            ),
+            Err(e) => log::error!("SIGHUP: TLS NOT reloaded, the previous certificate stays: {e}"),
+        }
     }
 }

@@ -23,6 +23,7 @@ use crate::metrics::{Metrics, Op};
 use crate::policy::{Policy, PolicySources};
 use crate::reload::{self, Live};
 use crate::signals;
+use crate::tls::{self, Outgoing, ServerTls};
 
 /// Settings from the command line that requests depend on.
 #[derive(Debug)]
@@ -53,20 +54,54 @@ pub struct State {
     pub idle: IdleConnections,
     /// Request counters, for `--metrics-listen`.
     pub metrics: Metrics,
+    /// `--tls-cert`: the port speaks HTTPS only.
+    pub tls: Option<ServerTls>,
 }
 
 /// The read side of a connection: every read waits at most the idle
 /// timeout, and, while a deadline is set (reading a request head), never
 /// past that deadline, so a client dribbling a head byte by byte is
 /// dropped as surely as a silent one.
+///
+/// On HTTPS, reads decrypt through `tls`, and the timeout is re-armed
+/// before every socket read it makes (the handshake's too).
 struct TimedStream {
     stream: TcpStream,
+    tls: Option<tls::Session>,
     idle: Duration,
     deadline: Option<Instant>,
 }
 
 impl io::Read for TimedStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self.tls.clone() {
+            None => {
+                tls_io::Socket::arm_read(self)?;
+                self.stream.read(buf)
+            }
+            Some(session) => session.read(self, buf),
+        }
+    }
+}
+
+impl TimedStream {
+    /// HTTPS: completes the handshake if not done yet, bounded by the
+    /// deadline like a request head.
+    fn finish_handshake(&mut self) -> io::Result<()> {
+        match self.tls.clone() {
+            None => Ok(()),
+            Some(session) => session.handshake(self),
+        }
+    }
+}
+
+impl tls_io::Socket for TimedStream {
+    fn raw_fd(&self) -> RawFd {
+        self.stream.as_raw_fd()
+    }
+
+    /// Sets the socket's read timeout for the next read.
+    fn arm_read(&mut self) -> io::Result<()> {
         let wait = match self.deadline {
             None => self.idle,
             Some(deadline) => {
@@ -80,8 +115,12 @@ impl io::Read for TimedStream {
                 left.min(self.idle)
             }
         };
-        self.stream.set_read_timeout(Some(wait))?;
-        self.stream.read(buf)
+        self.stream.set_read_timeout(Some(wait))
+    }
+
+    /// The send timeout is the idle timeout, set once per connection.
+    fn arm_write(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 
@@ -144,7 +183,7 @@ pub fn accept_loop(listener: &TcpListener, signal_fd: RawFd, state: &Arc<State>)
             Ok(slot) => slot,
             Err((refusal, reason)) => {
                 state.metrics.refused(refusal);
-                refuse_busy(stream, peer, &reason);
+                refuse_busy(stream, peer, &reason, state.tls.is_some());
                 continue;
             }
         };
@@ -164,7 +203,14 @@ pub fn accept_loop(listener: &TcpListener, signal_fd: RawFd, state: &Arc<State>)
 
 /// No worker for this connection (see admission.rs): a short 503 so the
 /// client retries or fails over, written without blocking the accept loop.
-fn refuse_busy(stream: TcpStream, peer: SocketAddr, reason: &str) {
+fn refuse_busy(stream: TcpStream, peer: SocketAddr, reason: &str, tls: bool) {
+    if tls {
+        // A 503 needs a TLS handshake, which the accept loop must not
+        // wait for: the client sees the connection closed, and retries
+        // or fails over.
+        log::warn!("{peer}: {reason}, closing the new connection");
+        return;
+    }
     log::warn!("{peer}: {reason}, replying 503");
     let _ = stream.set_nonblocking(true);
     let reply = format!(
@@ -177,7 +223,9 @@ fn refuse_busy(stream: TcpStream, peer: SocketAddr, reason: &str) {
 /// Waits until the connection has input, for at most the idle timeout.
 /// False when the client stayed silent, or a stop was requested.
 fn wait_for_request(reader: &BufReader<TimedStream>, idle: Duration) -> bool {
-    if !reader.buffer().is_empty() {
+    if !reader.buffer().is_empty()
+        || (reader.get_ref().tls.as_ref()).is_some_and(tls::Session::has_buffered_input)
+    {
         return true;
     }
     let deadline = Instant::now() + idle;
@@ -219,15 +267,25 @@ fn serve_connection(stream: TcpStream, peer: SocketAddr, state: &State) {
             return;
         }
     };
+    let session = match state.tls.as_ref().map(|t| tls::Session::new(t.current())) {
+        None => None,
+        Some(Ok(session)) => Some(session),
+        Some(Err(e)) => {
+            log::error!("{peer}: cannot set up TLS: {e}");
+            return;
+        }
+    };
     let mut reader = BufReader::with_capacity(
         64 * 1024,
         TimedStream {
             stream,
+            tls: session.clone(),
             idle,
             deadline: None,
         },
     );
-    let mut writer = BufWriter::with_capacity(64 * 1024, write_half);
+    let mut writer =
+        BufWriter::with_capacity(64 * 1024, Outgoing::new(write_half, session.clone()));
     let fd = reader.get_ref().stream.as_raw_fd();
     log::debug!("{peer}: connected");
     // Set when the server closes while the client may still be sending.
@@ -242,6 +300,10 @@ fn serve_connection(stream: TcpStream, peer: SocketAddr, state: &State) {
         }
         let started = Instant::now();
         reader.get_mut().deadline = Some(started + idle);
+        if let Err(e) = reader.get_mut().finish_handshake() {
+            tls::log_handshake_failure(peer, &e);
+            break;
+        }
         let head = http::read_head(&mut reader);
         reader.get_mut().deadline = None;
         let request = match head {
@@ -281,7 +343,10 @@ fn serve_connection(stream: TcpStream, peer: SocketAddr, state: &State) {
                     framing,
                     expect_continue,
                     consumed: false,
-                    client_gone: &|| client_closed(fd),
+                    client_gone: &|| match &session {
+                        None => client_closed(fd),
+                        Some(session) => session.peer_has_closed_now(fd),
+                    },
                 };
                 let reply = handlers::handle(&request, state, &mut body);
                 let consumed = body.consumed;
@@ -405,7 +470,7 @@ fn describe_range(request: &http::Request) -> String {
 /// reply to HEAD announces its length but never carries a body (error
 /// replies included), or a keep-alive client would misread the stream.
 fn send(
-    writer: &mut BufWriter<TcpStream>,
+    writer: &mut BufWriter<Outgoing>,
     reply: &Reply,
     keep_alive: bool,
     http10: bool,
@@ -430,7 +495,10 @@ fn send(
         _ if head_only => {}
         Body::Empty | Body::HeadOnly(_) => {}
         Body::Text(text) => writer.write_all(text.as_bytes())?,
-        Body::Disk { start, len } if *len <= INLINE_BODY => {
+        // TLS: every byte goes through the encryption in user space.
+        Body::Disk { start, len }
+            if *len <= INLINE_BODY || writer.get_ref().plain_socket().is_none() =>
+        {
             // Small bodies go in the same write as the head: one TCP
             // segment, so the client gets the whole reply in one recv
             // (with sendfile, head and body left as two segments, and a
@@ -443,7 +511,11 @@ fn send(
             // The head must be on the wire before sendfile writes the body
             // to the raw socket behind the buffer.
             writer.flush()?;
-            match disk.send_to(writer.get_ref(), *start, *len) {
+            let socket = writer
+                .get_ref()
+                .plain_socket()
+                .ok_or_else(|| io::Error::other("no socket for sendfile"))?;
+            match disk.send_to(socket, *start, *len) {
                 Ok(_) => {}
                 // sendfile refused outright (a file kind the kernel cannot
                 // splice from): copy through user space instead.
@@ -485,4 +557,114 @@ fn stream_disk(writer: &mut impl Write, disk: &Disk, start: u64, len: u64) -> io
         done += n as u64;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::net::TcpListener;
+    use tls_io::rustls::{self, ClientConfig, ClientConnection};
+
+    /// A self-signed certificate for localhost, made by the openssl CLI.
+    fn certificate(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        let status = std::process::Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+            .args(["ec_paramgen_curve:P-256", "-nodes", "-days", "1"])
+            .args([
+                "-subj",
+                "/CN=localhost",
+                "-addext",
+                "subjectAltName=DNS:localhost",
+            ])
+            .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("run openssl");
+        assert!(status.success());
+        (cert, key)
+    }
+
+    /// Two requests, each in its own TLS record, sent in one TCP write
+    /// after the handshake; the client then waits for the server to close.
+    fn pipelining_client(port: u16, cert: std::path::PathBuf) -> thread::JoinHandle<()> {
+        thread::spawn(move || {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add_parsable_certificates(tls_io::pem::certificates(&cert).unwrap());
+            let config = ClientConfig::builder_with_provider(tls_io::provider())
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            let name = "localhost".try_into().unwrap();
+            let mut conn = ClientConnection::new(Arc::new(config), name).unwrap();
+            let mut socket = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            socket
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            while conn.is_handshaking() {
+                conn.complete_io(&mut socket).unwrap();
+            }
+            for request in ["HEAD /a HTTP/1.1\r\n\r\n", "HEAD /b HTTP/1.1\r\n\r\n"] {
+                conn.writer().write_all(request.as_bytes()).unwrap();
+            }
+            let mut wire = Vec::new();
+            while conn.wants_write() {
+                conn.write_tls(&mut wire).unwrap();
+            }
+            socket.write_all(&wire).unwrap();
+            // Until the server closes (session tickets come meanwhile),
+            // 10 s at most.
+            let mut buf = [0u8; 4096];
+            while matches!(socket.read(&mut buf), Ok(n) if n > 0) {}
+        })
+    }
+
+    #[test]
+    fn a_request_decrypted_inside_tls_is_served_without_waiting_for_the_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = certificate(dir.path());
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = pipelining_client(listener.local_addr().unwrap().port(), cert.clone());
+        let (stream, _) = listener.accept().unwrap();
+        let idle = Duration::from_secs(2);
+        stream.set_write_timeout(Some(idle)).unwrap();
+        let fd = stream.as_raw_fd();
+        let session = tls::Session::new(tls::load(&cert, &key).unwrap()).unwrap();
+        let mut reader = BufReader::new(TimedStream {
+            stream,
+            tls: Some(session.clone()),
+            idle,
+            deadline: Some(Instant::now() + idle),
+        });
+        reader.get_mut().finish_handshake().unwrap();
+        reader.get_mut().deadline = None;
+        // Both requests reach rustls the way `client_gone` takes them in
+        // (reading what the socket holds) and nothing stays on the socket.
+        assert!(wait_for_request(&reader, idle));
+        assert!(!session.peer_has_closed_now(fd));
+        let mut none = [libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        assert_eq!(poll_in(&mut none, Duration::ZERO).unwrap(), 0);
+
+        // Waiting for the next request must see them at once, not after
+        // the idle timeout.
+        let started = Instant::now();
+        assert!(wait_for_request(&reader, idle), "the requests were missed");
+        assert!(started.elapsed() < Duration::from_secs(1));
+        for path in ["/a", "/b"] {
+            let request = http::read_head(&mut reader).unwrap().unwrap();
+            assert_eq!(request.target, path);
+        }
+        drop(reader);
+        client.join().unwrap();
+    }
 }

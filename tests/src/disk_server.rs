@@ -105,6 +105,11 @@ impl DiskServer {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// `https://127.0.0.1:PORT`, for a server started with `--tls-cert`.
+    pub fn https_url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
     /// `127.0.0.1:PORT`, for raw TCP clients.
     pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)

@@ -22,6 +22,8 @@ pub mod fio;
 pub mod garage;
 pub mod nbd_scripts;
 pub mod scripted_peer;
+pub mod test_ca;
+pub mod tls_proxy;
 pub use disk_server::DiskServer;
 
 /// Root of the workspace.

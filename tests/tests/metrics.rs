@@ -519,7 +519,7 @@ fn dump_plugin_lists_the_status_facts() {
     let dump = harness::run_ok(cmd, Duration::from_secs(30));
     for fact in [
         "multihttp_version=",
-        "multihttp_url_schemes=http",
+        "multihttp_url_schemes=http,https",
         "multihttp_status_file=yes",
         "multihttp_status_file_refresh=10s",
     ] {

@@ -368,6 +368,7 @@ fn new_state() -> State {
         bodies: Budget::new(1 << 20),
         idle: Default::default(),
         metrics: Default::default(),
+        tls: None,
     }
 }
 

@@ -13,6 +13,8 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use tls_io::rustls::ClientConfig;
+
 use crate::config::Config;
 use crate::discovery::{self, NotFound};
 use crate::error::{Attempt, Error};
@@ -68,7 +70,8 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Cluster {
-    pub fn new(config: Config) -> Cluster {
+    /// `tls`: see [`Transport::new`].
+    pub fn new(config: Config, tls: Option<Arc<ClientConfig>>) -> Cluster {
         let size = OnceLock::new();
         if let Some(s) = config.device_size {
             let _ = size.set(s);
@@ -77,7 +80,7 @@ impl Cluster {
         Cluster {
             health: Health::new(Arc::clone(&urls), config.status_file.clone()),
             urls,
-            transport: Arc::new(Transport::new(&config)),
+            transport: Arc::new(Transport::new(&config, tls)),
             config,
             size,
             active: Mutex::new(None),

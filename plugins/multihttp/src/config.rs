@@ -8,7 +8,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::endpoint::Address;
-use plugin_glue::config::{parse_count, parse_duration, parse_size, Builder, ConfigError};
+use plugin_glue::config::{
+    parse_bool, parse_count, parse_duration, parse_size, Builder, ConfigError,
+};
 use plugin_glue::Secret;
 
 /// Every key the plugin accepts, for the "unknown key" error.
@@ -22,6 +24,8 @@ pub const KEYS: &[&str] = &[
     "failover-window",
     "pool-size",
     "status-file",
+    "cafile",
+    "tls-verify",
 ];
 
 /// Default of `connect-timeout=`: TCP connect and HEAD probe limit. Probes
@@ -63,7 +67,17 @@ pool-size=N            Connections open to one server at most, kept alive
 status-file=PATH       Keep PATH (key=value lines) up to date with the
                        server in use, the failover count and each URL's
                        last error and last success; replaced atomically
-                       on every change. Default: none.";
+                       on every change. Default: none.
+
+cafile=PATH            PEM bundle of the CA certificates trusted for
+                       https:// URLs (default: the system bundle,
+                       /etc/ssl/certs/ca-certificates.crt or
+                       /etc/pki/tls/certs/ca-bundle.crt). The server's
+                       certificate must also name the URL's host (DNS name
+                       or IP address). http:// and https:// URLs may mix.
+tls-verify=false       DANGEROUS: check neither certificates nor names of
+                       https:// servers (still encrypted, but anyone on the
+                       path can pose as a server). Logged as a warning.";
 
 /// A validated plugin configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -77,6 +91,9 @@ pub struct Config {
     pub failover_window: Duration,
     pub pool_size: usize,
     pub status_file: Option<PathBuf>,
+    pub cafile: Option<PathBuf>,
+    /// `tls-verify=false` clears it (default true).
+    pub tls_verify: bool,
 }
 
 /// Keys as nbdkit hands them over, before `config_complete` validates the
@@ -92,6 +109,8 @@ pub struct ConfigBuilder {
     failover_window: Option<Duration>,
     pool_size: Option<usize>,
     status_file: Option<PathBuf>,
+    cafile: Option<PathBuf>,
+    tls_verify: Option<bool>,
 }
 
 impl Builder for ConfigBuilder {
@@ -121,6 +140,13 @@ impl Builder for ConfigBuilder {
                 }
                 self.status_file = Some(PathBuf::from(value));
             }
+            "cafile" => {
+                if value.is_empty() {
+                    return Err(ConfigError::new(key, "empty path"));
+                }
+                self.cafile = Some(PathBuf::from(value));
+            }
+            "tls-verify" => self.tls_verify = Some(parse_bool(key, value)?),
             _ => return Err(ConfigError::unknown_key(key, KEYS)),
         }
         Ok(())
@@ -162,6 +188,8 @@ impl ConfigBuilder {
             failover_window: self.failover_window.unwrap_or(DEFAULT_FAILOVER_WINDOW),
             pool_size: self.pool_size.unwrap_or(DEFAULT_POOL_SIZE),
             status_file: self.status_file.clone(),
+            cafile: self.cafile.clone(),
+            tls_verify: self.tls_verify.unwrap_or(true),
         })
     }
 }
@@ -207,7 +235,7 @@ pub fn redact_userinfo(url: &str) -> String {
     }
 }
 
-/// Accepts `http://HOST[:PORT][/PATH]` (see [`Address::parse`]): a typo
+/// Accepts `http[s]://HOST[:PORT][/PATH]` (see [`Address::parse`]): a typo
 /// should fail at start-up, not at failover. Any `@` is refused first, even
 /// in the path: a password containing `/` would otherwise end the host part
 /// early, and the parser's "bad port" error would quote a piece of it.
@@ -215,7 +243,11 @@ fn check_url(url: &str) -> Result<(), String> {
     if url.contains('@') {
         return Err("put credentials in user=/password=, not in the URL".into());
     }
-    Address::parse(url).map(|_| ())
+    let address = Address::parse(url)?;
+    if address.tls {
+        crate::tls::server_name(&address.host)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -234,6 +266,21 @@ mod tests {
         assert_eq!(c.failover_window, DEFAULT_FAILOVER_WINDOW);
         assert_eq!(c.pool_size, DEFAULT_POOL_SIZE);
         assert_eq!(c.status_file, None);
+        assert_eq!((c.cafile, c.tls_verify), (None, true));
+    }
+
+    #[test]
+    fn tls_keys() {
+        let mut b = ConfigBuilder::default();
+        b.set("urls", "http://a:8076, https://b:8443").unwrap();
+        b.set("cafile", "/etc/ca.pem").unwrap();
+        b.set("tls-verify", "false").unwrap();
+        let c = b.build().unwrap();
+        assert_eq!(c.urls, ["http://a:8076", "https://b:8443"]);
+        assert_eq!(c.cafile, Some(PathBuf::from("/etc/ca.pem")));
+        assert!(!c.tls_verify);
+        assert!(b.set("tls-verify", "maybe").is_err());
+        assert!(b.set("cafile", "").is_err());
     }
 
     #[test]
@@ -251,7 +298,7 @@ mod tests {
         assert_eq!(b.build().unwrap().urls.len(), 70);
         // Empty lists, and one bad URL among good ones (each URL's own
         // rules are tested with `Address::parse`).
-        for bad in ["", ",", "http://a:8076,https://b", "http://a,http://u:p@b"] {
+        for bad in ["", ",", "http://a:8076,ftp://b", "http://a,http://u:p@b"] {
             assert!(parse_urls(bad).is_err(), "{bad:?} accepted");
         }
     }

@@ -8,11 +8,20 @@
 //! to the request's step timeout (`io-timeout` for data) and lowered only
 //! when the deadline is closer than that, so a request ends at most
 //! [`DEADLINE_SLACK`] after its deadline.
+//!
+//! `https://`: the same, through a rustls connection. The TLS loops
+//! (`tls-io`) arm the socket timeout before every socket call they make,
+//! with the same rule, so the deadline bounds the handshake and every TLS
+//! read and write too. Plain connections never touch that code.
 
 use std::io::{self, Read};
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use tls_io::rustls::pki_types::ServerName;
+use tls_io::rustls::{ClientConfig, ClientConnection};
 
 use crate::response::{self, ResponseHead};
 
@@ -47,6 +56,15 @@ impl Deadline {
         self.at
     }
 
+    /// This deadline, or `limit` from now if that comes first.
+    fn within(&self, limit: Duration) -> Deadline {
+        let at = self.at.min(Instant::now() + limit);
+        Deadline {
+            at,
+            step: self.step.min(limit),
+        }
+    }
+
     /// Timeout for the next blocking call; `TimedOut` once the deadline
     /// has passed.
     fn next_timeout(&self) -> io::Result<Duration> {
@@ -78,20 +96,37 @@ impl Failure {
 }
 
 pub struct Connection {
-    stream: TcpStream,
+    socket: Socket,
+    /// `https://`: the TLS connection all bytes go through.
+    tls: Option<Box<ClientConnection>>,
     /// Reply bytes received but not consumed yet: `buf[start..end]`.
     buf: Box<[u8]>,
     start: usize,
     end: usize,
+}
+
+/// The TCP socket and its timeouts as last set.
+struct Socket {
+    stream: TcpStream,
     read_timeout: Duration,
     write_timeout: Duration,
 }
 
+/// What an `https://` connection is checked against.
+pub struct TlsTarget<'a> {
+    pub config: &'a Arc<ClientConfig>,
+    /// The URL's host: the certificate must name it.
+    pub name: &'a ServerName<'static>,
+}
+
 impl Connection {
+    /// Connects, and for `tls` completes the handshake; both within
+    /// `connect_timeout` and the deadline.
     pub fn connect(
         address: SocketAddr,
         connect_timeout: Duration,
         deadline: &Deadline,
+        tls: Option<TlsTarget<'_>>,
     ) -> io::Result<Connection> {
         let timeout = deadline.next_timeout()?.min(connect_timeout);
         let stream = TcpStream::connect_timeout(&address, timeout)?;
@@ -101,13 +136,25 @@ impl Connection {
         let step = deadline.next_timeout()?;
         stream.set_read_timeout(Some(step))?;
         stream.set_write_timeout(Some(step))?;
-        Ok(Connection {
+        let mut socket = Socket {
             stream,
+            read_timeout: step,
+            write_timeout: step,
+        };
+        let tls = match tls {
+            None => None,
+            Some(target) => Some(handshake(
+                &mut socket,
+                target,
+                &deadline.within(connect_timeout),
+            )?),
+        };
+        Ok(Connection {
+            socket,
+            tls,
             buf: vec![0; MAX_HEAD].into_boxed_slice(),
             start: 0,
             end: 0,
-            read_timeout: step,
-            write_timeout: step,
         })
     }
 
@@ -122,7 +169,7 @@ impl Connection {
         // SAFETY: a valid socket fd and a 1-byte buffer we own.
         let n = unsafe {
             libc::recv(
-                self.stream.as_raw_fd(),
+                self.socket.stream.as_raw_fd(),
                 (&mut byte as *mut u8).cast(),
                 1,
                 libc::MSG_PEEK | libc::MSG_DONTWAIT,
@@ -139,7 +186,14 @@ impl Connection {
         tail: &[u8],
         deadline: &Deadline,
     ) -> Result<ResponseHead, Failure> {
-        let sent = if tail.is_empty() {
+        let sent = if let Some(tls) = &mut self.tls {
+            let mut socket = Armed {
+                socket: &mut self.socket,
+                deadline,
+            };
+            tls_io::write_all(tls, &mut socket, request)
+                .and_then(|()| tls_io::write_all(tls, &mut socket, tail))
+        } else if tail.is_empty() {
             self.send_all(request, 0, deadline)
         } else {
             self.send_all(request, libc::MSG_MORE, deadline)
@@ -163,13 +217,13 @@ impl Connection {
         deadline: &Deadline,
     ) -> io::Result<()> {
         while !data.is_empty() {
-            self.arm_write(deadline)?;
+            self.socket.arm_write(deadline)?;
             // SAFETY: a valid socket fd and a buffer of data.len() bytes.
             // MSG_NOSIGNAL: a closed peer is an EPIPE error, never a
             // SIGPIPE that nbdkit did not ask for.
             let n = unsafe {
                 libc::send(
-                    self.stream.as_raw_fd(),
+                    self.socket.stream.as_raw_fd(),
                     data.as_ptr().cast(),
                     data.len(),
                     flags | libc::MSG_NOSIGNAL,
@@ -245,8 +299,12 @@ impl Connection {
         self.start += buffered;
         let mut filled = buffered;
         while filled < dest.len() {
-            self.arm_read(deadline).map_err(|e| describe(&e))?;
-            match self.stream.read(&mut dest[filled..]) {
+            match receive(
+                &mut self.socket,
+                &mut self.tls,
+                &mut dest[filled..],
+                deadline,
+            ) {
                 Ok(0) => {
                     return Err(format!(
                         "body cut short: {filled} of {} bytes, then the connection closed",
@@ -311,8 +369,12 @@ impl Connection {
     /// One read into the free end of the buffer.
     fn fill(&mut self, deadline: &Deadline) -> io::Result<usize> {
         loop {
-            self.arm_read(deadline)?;
-            match self.stream.read(&mut self.buf[self.end..]) {
+            match receive(
+                &mut self.socket,
+                &mut self.tls,
+                &mut self.buf[self.end..],
+                deadline,
+            ) {
                 Ok(n) => {
                     self.end += n;
                     return Ok(n);
@@ -323,7 +385,9 @@ impl Connection {
             }
         }
     }
+}
 
+impl Socket {
     fn arm_read(&mut self, deadline: &Deadline) -> io::Result<()> {
         let want = deadline.next_timeout()?;
         if needs_change(self.read_timeout, want) {
@@ -341,6 +405,55 @@ impl Connection {
         }
         Ok(())
     }
+}
+
+/// The socket under a TLS connection, armed against one deadline.
+struct Armed<'a> {
+    socket: &'a mut Socket,
+    deadline: &'a Deadline,
+}
+
+impl tls_io::Socket for Armed<'_> {
+    fn raw_fd(&self) -> RawFd {
+        self.socket.stream.as_raw_fd()
+    }
+    fn arm_read(&mut self) -> io::Result<()> {
+        self.socket.arm_read(self.deadline)
+    }
+    fn arm_write(&mut self) -> io::Result<()> {
+        self.socket.arm_write(self.deadline)
+    }
+}
+
+/// One read of reply bytes into `dest`: straight from the socket, or
+/// decrypted from as many TLS records as it takes.
+fn receive(
+    socket: &mut Socket,
+    tls: &mut Option<Box<ClientConnection>>,
+    dest: &mut [u8],
+    deadline: &Deadline,
+) -> io::Result<usize> {
+    match tls {
+        None => {
+            socket.arm_read(deadline)?;
+            socket.stream.read(dest)
+        }
+        Some(tls) => tls_io::read(tls, &mut Armed { socket, deadline }, dest),
+    }
+}
+
+/// The TLS handshake of a new connection. The error says it is TLS and
+/// carries rustls' reason (e.g. "invalid peer certificate: UnknownIssuer").
+fn handshake(
+    socket: &mut Socket,
+    target: TlsTarget<'_>,
+    deadline: &Deadline,
+) -> io::Result<Box<ClientConnection>> {
+    let mut tls = ClientConnection::new(Arc::clone(target.config), target.name.clone())
+        .map_err(|e| io::Error::other(format!("TLS set-up: {e}")))?;
+    tls_io::handshake(&mut tls, &mut Armed { socket, deadline })
+        .map_err(|e| io::Error::new(e.kind(), format!("TLS handshake: {}", describe(&e))))?;
+    Ok(Box::new(tls))
 }
 
 /// Raise a socket timeout back to the step timeout; lower it only when the

@@ -11,12 +11,15 @@
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::ops::{Deref, DerefMut};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::connection::{Connection, Deadline};
+use tls_io::rustls::pki_types::ServerName;
+use tls_io::rustls::ClientConfig;
 
-/// The parts of `http://HOST[:PORT][/PATH][?QUERY]` a request needs.
+use crate::connection::{Connection, Deadline, TlsTarget};
+
+/// The parts of `http[s]://HOST[:PORT][/PATH][?QUERY]` a request needs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Address {
     /// `HOST[:PORT]` as written, for the `Host` header.
@@ -26,18 +29,26 @@ pub struct Address {
     pub port: u16,
     /// Path and query for the request line (`/` when the URL has none).
     pub target: String,
+    /// `https://`: TLS, the certificate checked against `host`.
+    pub tls: bool,
 }
 
 impl Address {
-    /// Parses a URL; only plain `http://` (this build has no TLS), and no
-    /// credentials in it (they belong in `user=`/`password=`, which are
-    /// never logged, while URLs are).
+    /// Parses an `http://` or `https://` URL, with no credentials in it
+    /// (they belong in `user=`/`password=`, which are never logged, while
+    /// URLs are).
     pub fn parse(url: &str) -> Result<Address, String> {
-        let rest = url
-            .get(..7)
-            .filter(|scheme| scheme.eq_ignore_ascii_case("http://"))
-            .map(|_| &url[7..])
-            .ok_or("only http:// URLs are supported")?;
+        let scheme_is = |scheme: &str| {
+            url.get(..scheme.len())
+                .is_some_and(|s| s.eq_ignore_ascii_case(scheme))
+        };
+        let (tls, rest) = if scheme_is("http://") {
+            (false, &url[7..])
+        } else if scheme_is("https://") {
+            (true, &url[8..])
+        } else {
+            return Err("only http:// and https:// URLs are supported".into());
+        };
         let split = rest.find(['/', '?', '#']).unwrap_or(rest.len());
         let (authority, after) = rest.split_at(split);
         if authority.contains('@') {
@@ -66,6 +77,7 @@ impl Address {
             return Err("no host".into());
         }
         let port = match port {
+            None if tls => 443,
             None => 80,
             Some(port) => match port.parse::<u16>() {
                 Ok(p) if p > 0 => p,
@@ -87,6 +99,7 @@ impl Address {
             host: host.to_owned(),
             port,
             target,
+            tls,
         })
     }
 }
@@ -94,6 +107,8 @@ impl Address {
 /// A server and its connections.
 pub struct Endpoint {
     pub address: Address,
+    /// `https://`: the client configuration and the name to verify.
+    tls: Option<(Arc<ClientConfig>, ServerName<'static>)>,
     pool: Mutex<Pool>,
     /// Signalled when a connection goes idle or is closed.
     freed: Condvar,
@@ -129,10 +144,16 @@ pub struct NewSlot<'a> {
 }
 
 impl Endpoint {
-    /// `max_open` (`pool-size`) is at least 1.
-    pub fn new(address: Address, max_open: usize) -> Endpoint {
+    /// `max_open` (`pool-size`) is at least 1. `tls` is required for an
+    /// `https://` address (checked by config).
+    pub fn new(
+        address: Address,
+        max_open: usize,
+        tls: Option<(Arc<ClientConfig>, ServerName<'static>)>,
+    ) -> Endpoint {
         Endpoint {
             address,
+            tls,
             pool: Mutex::new(Pool::default()),
             freed: Condvar::new(),
             max_open: max_open.max(1),
@@ -211,7 +232,12 @@ impl<'a> NewSlot<'a> {
             .collect();
         let mut last_error = format!("{host} resolves to no address");
         for address in addresses {
-            match Connection::connect(address, connect_timeout, deadline) {
+            let tls = self
+                .endpoint
+                .tls
+                .as_ref()
+                .map(|(config, name)| TlsTarget { config, name });
+            match Connection::connect(address, connect_timeout, deadline, tls) {
                 Ok(connection) => {
                     let endpoint = self.endpoint;
                     // The slot now belongs to the lease.
@@ -291,13 +317,17 @@ mod tests {
         );
         assert_eq!(parse("http://h:1?q").target, "/?q");
         assert_eq!(parse("http://[fe80::1]:9/").port, 9);
+        assert!(!a.tls);
+        let s = parse("HTTPS://[::1]/d");
+        assert_eq!((s.host.as_str(), s.port, s.tls), ("::1", 443, true));
+        assert_eq!(parse("https://h:8443").port, 8443);
     }
 
     #[test]
     fn refused_urls() {
         for bad in [
             "",
-            "https://a",
+            "https:/a",
             "ftp://a",
             "a:8076",
             "http://",
@@ -306,6 +336,8 @@ mod tests {
             "http://a:99999",
             "http://a:x",
             "http://u:p@a",
+            "https://u:p@a",
+            "https://",
             "http://[::1",
             "http://[::1]x",
             "http://a/b c",

@@ -9,6 +9,7 @@
 //! - [`transport`]: the HTTP requests the plugin sends, over
 //!   [`endpoint`] (a URL and its idle connections), [`connection`] (one
 //!   keep-alive connection under a deadline) and [`response`] (reply heads);
+//! - [`tls`]: the TLS client configuration of `https://` URLs;
 //! - [`reply`]: which replies are trusted;
 //! - [`discovery`]: parallel HEAD probes of all URLs;
 //! - [`cluster`]: the shared server choice and the failover loop;
@@ -27,6 +28,7 @@ pub mod health;
 pub mod ops;
 pub mod reply;
 pub mod response;
+pub mod tls;
 pub mod transport;
 
 #[cfg(not(test))]

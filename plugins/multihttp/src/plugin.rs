@@ -98,12 +98,13 @@ impl Server for MultiHttp {
             );
             let _ = writeln!(out, "multihttp_max_urls={}", config::MAX_URLS);
             let _ = writeln!(out, "multihttp_parallel_probe=yes");
+            let _ = writeln!(out, "multihttp_https=yes");
             let _ = writeln!(
                 out,
                 "multihttp_protocol_extensions=flush,trim,zero,writeback"
             );
             let _ = writeln!(out, "multihttp_old_server_compatible=yes");
-            let _ = writeln!(out, "multihttp_url_schemes=http");
+            let _ = writeln!(out, "multihttp_url_schemes=http,https");
             let _ = writeln!(out, "multihttp_status_file=yes");
             let _ = writeln!(
                 out,
@@ -123,9 +124,10 @@ impl Server for MultiHttp {
             || "multihttp: configuration".to_owned(),
             || -> Result<(), ConfigError> {
                 let config = CONFIG.collected().build()?;
+                let tls = crate::tls::client_config(&config)?;
                 // Builds the HTTP agent only: no thread starts before nbdkit
                 // forks (probe threads start in open/requests).
-                let cluster = Cluster::new(config);
+                let cluster = Cluster::new(config, tls);
                 // Written now so that a wrong status-file= stops nbdkit at
                 // start-up instead of going unnoticed.
                 if let Some(path) = &cluster.config.status_file {

@@ -23,7 +23,10 @@
 
 use std::collections::HashMap;
 use std::io::Write as _;
+use std::sync::Arc;
 use std::time::Duration;
+
+use tls_io::rustls::ClientConfig;
 
 use base64::Engine;
 use http_disk_protocol::{headers, ByteRange};
@@ -68,14 +71,25 @@ pub enum PostOp {
 }
 
 impl Transport {
-    pub fn new(config: &Config) -> Transport {
+    /// `tls`: the client configuration for `https://` URLs (see
+    /// `tls::client_config`), present when there is one.
+    pub fn new(config: &Config, tls: Option<Arc<ClientConfig>>) -> Transport {
         let endpoints = config
             .urls
             .iter()
             .map(|url| {
-                // Config checked every URL with the same parser.
+                // Config checked every URL with the same parser, and the
+                // host of https:// URLs as a TLS server name.
                 let address = Address::parse(url).expect("URLs are checked by config");
-                (url.clone(), Endpoint::new(address, config.pool_size))
+                let tls = match (&tls, address.tls) {
+                    (Some(config), true) => {
+                        let name = crate::tls::server_name(&address.host)
+                            .expect("https hosts are checked by config");
+                        Some((Arc::clone(config), name))
+                    }
+                    _ => None,
+                };
+                (url.clone(), Endpoint::new(address, config.pool_size, tls))
             })
             .collect();
         let authorization = config
@@ -446,7 +460,7 @@ mod tests {
         b.set("urls", url).unwrap();
         b.set("user", "alice").unwrap();
         b.set_secret("password", Secret::new(password)).unwrap();
-        Transport::new(&b.build().unwrap())
+        Transport::new(&b.build().unwrap(), None)
     }
 
     #[test]

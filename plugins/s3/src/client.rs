@@ -9,6 +9,7 @@
 //! carries (ureq 2 keeps no socket timeouts on pooled connections).
 
 use std::io::Read;
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -71,6 +72,18 @@ pub struct S3Client {
     retry_window: Duration,
 }
 
+/// `cafile=`: TLS trusting exactly the CAs of that PEM bundle (ureq's
+/// default is Mozilla's list, which knows no private CA).
+fn tls_config(cafile: &std::path::Path) -> Result<Arc<tls_io::rustls::ClientConfig>, String> {
+    let roots = tls_io::pem::root_store(cafile).map_err(|e| format!("cafile: {e}"))?;
+    let config = tls_io::rustls::ClientConfig::builder_with_provider(tls_io::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS set-up: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
 /// The `<Code>` of an S3 error body, if any.
 fn error_code(body: &str) -> &str {
     body.split_once("<Code>")
@@ -107,7 +120,11 @@ impl S3Client {
             }
             _ => None,
         };
-        let agent = ureq::AgentBuilder::new()
+        let mut agent = ureq::AgentBuilder::new();
+        if let Some(cafile) = &config.cafile {
+            agent = agent.tls_config(tls_config(cafile)?);
+        }
+        let agent = agent
             .timeout_connect(config.connect_timeout)
             .max_idle_connections(config.pool_size)
             .max_idle_connections_per_host(config.pool_size)

@@ -2,6 +2,7 @@
 //! Credentials never have to be on the command line: they come from the
 //! environment or from a file/stdin, and are never logged.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use chunk_store::MetadataRequest;
@@ -12,6 +13,8 @@ use plugin_glue::Secret;
 
 pub const HELP: &str = "\
 endpoint=URL          (required) S3 endpoint, http:// or https://
+cafile=PATH           PEM bundle of the CA certificates trusted for an
+                      https:// endpoint (default: Mozilla's list built in).
 bucket=NAME           (required) Bucket holding the disk.
 prefix=PREFIX         Key prefix of the disk's objects (default: none;
                       e.g. disks/vol1/). One disk per prefix.
@@ -56,6 +59,7 @@ pub struct Config {
     pub connect_timeout: Duration,
     pub io_timeout: Duration,
     pub retry_window: Duration,
+    pub cafile: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -72,10 +76,12 @@ pub struct ConfigBuilder {
     connect_timeout: Option<Duration>,
     io_timeout: Option<Duration>,
     retry_window: Option<Duration>,
+    cafile: Option<PathBuf>,
 }
 
 pub const KEYS: &str = "endpoint, bucket, prefix, region, addressing, size, chunk-size, grow, \
-                        access-key, secret-key, pool-size, connect-timeout, io-timeout, retry-window";
+                        access-key, secret-key, pool-size, connect-timeout, io-timeout, retry-window, \
+                        cafile";
 
 impl Builder for ConfigBuilder {
     /// Every key except `secret-key` (see `set_secret`).
@@ -115,6 +121,8 @@ impl Builder for ConfigBuilder {
             "connect-timeout" => self.connect_timeout = Some(parse_duration(key, value)?),
             "io-timeout" => self.io_timeout = Some(parse_duration(key, value)?),
             "retry-window" => self.retry_window = Some(parse_duration(key, value)?),
+            "cafile" if value.is_empty() => return Err(ConfigError::new(key, "empty path")),
+            "cafile" => self.cafile = Some(PathBuf::from(value)),
             _ => return Err(ConfigError::new(key, format!("unknown key (keys: {KEYS})"))),
         }
         Ok(())
@@ -184,6 +192,7 @@ impl ConfigBuilder {
                 self.io_timeout.unwrap_or(Duration::from_secs(30)),
             )?,
             retry_window: self.retry_window.unwrap_or(Duration::from_secs(30)),
+            cafile: self.cafile,
         })
     }
 }
@@ -194,6 +203,19 @@ mod tests {
 
     fn no_env(_: &str) -> Option<Secret> {
         None
+    }
+
+    #[test]
+    fn cafile() {
+        let mut b = ConfigBuilder::default();
+        b.set("endpoint", "https://127.0.0.1:3901").unwrap();
+        b.set("bucket", "disks").unwrap();
+        assert_eq!(b.clone().build(no_env).unwrap().cafile, None);
+        assert!(b.set("cafile", "").is_err());
+        b.set("cafile", "/etc/ca.pem").unwrap();
+        let c = b.build(no_env).unwrap();
+        assert_eq!(c.cafile, Some(PathBuf::from("/etc/ca.pem")));
+        assert!(HELP.contains("cafile=") && KEYS.contains("cafile"));
     }
 
     #[test]
