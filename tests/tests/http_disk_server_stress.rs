@@ -15,15 +15,14 @@
 //!   idle connections took the server here from 9 to 2,009 fds, 1 to
 //!   1,001 threads and 3 to 85 MiB RSS (~80 KiB each: thread stack, its
 //!   malloc arena share, the connection's buffers).
-//! - A connection beyond `--workers` gets an immediate `503` with
-//!   `Retry-After: 1` and is closed. So idle connections starve the others
-//!   only when they fill every worker: with the default 128 workers, 128
-//!   silent connections make every other client get 503 for up to
-//!   `--idle-timeout` (default 30 s), and again if they reconnect. Size
-//!   `--workers` above the number of connections expected at once (the
-//!   process needs `2 x workers` + ~10 file descriptors: check
-//!   `LimitNOFILE`) and keep `--idle-timeout` short. Here 1,100 workers
-//!   hold the 1,000 idle connections with room for the real client.
+//! - When every worker is taken, the connection idle the longest is
+//!   closed to make room for a newcomer (its client reconnects), and only
+//!   when every worker is busy with a request does a newcomer get `503`
+//!   with `Retry-After: 1`. Size `--workers` (default 1024) above the
+//!   number of connections expected at once (the server raises its soft
+//!   open-file limit to `2 x workers` + 64, up to the hard limit) so that
+//!   idle connections are rarely closed. Here 1,100 workers hold the 1,000
+//!   idle connections with room for the real client.
 //! - Idle connections the clients never close are dropped by the server
 //!   after `--idle-timeout`: this test leaves half of them open and waits
 //!   for the server to drop them.
