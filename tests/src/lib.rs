@@ -294,6 +294,37 @@ pub struct Nbdkit {
 }
 
 impl Nbdkit {
+    /// nbdkit with the multihttp plugin on `urls` plus extra `key=value`
+    /// parameters, once it serves.
+    pub fn multihttp(urls: &[String], extra: &[&str]) -> Nbdkit {
+        let urls = format!("urls={}", urls.join(","));
+        let mut params = vec![urls.as_str()];
+        params.extend_from_slice(extra);
+        Nbdkit::start(&[], &artifact("libmultihttp.so"), &params)
+    }
+
+    /// Port of the server the multihttp plugin last chose, from its log
+    /// line ("using URL" / "switched from URL to URL"), for http:// and
+    /// https:// URLs alike.
+    pub fn multihttp_active_port(&self) -> Option<u16> {
+        self.proc
+            .output
+            .snapshot()
+            .iter()
+            .rev()
+            .filter(|l| l.contains("multihttp: using ") || l.contains("multihttp: switched from "))
+            .find_map(|l| {
+                // The last URL of the line: its port after the host.
+                let authority = l.rsplit("://").next()?;
+                let port = &authority[authority.find(':')? + 1..];
+                port.chars()
+                    .take_while(char::is_ascii_digit)
+                    .collect::<String>()
+                    .parse()
+                    .ok()
+            })
+    }
+
     /// Starts `nbdkit -f -U <sock> <plugin> <params...>` with extra nbdkit
     /// options before the plugin (e.g. `-r`, `--filter=...`), and waits
     /// until the socket accepts (nbdkit writes the pidfile only then).

@@ -27,34 +27,11 @@ fn plugin() -> PathBuf {
 
 /// nbdkit with the plugin on `urls` plus extra `key=value` parameters.
 fn start(urls: &[String], extra: &[&str]) -> Nbdkit {
-    let urls = format!("urls={}", urls.join(","));
-    let mut params = vec![urls.as_str()];
-    params.extend_from_slice(extra);
-    Nbdkit::start(&[], &plugin(), &params)
+    Nbdkit::multihttp(urls, extra)
 }
 
 fn read_at(path: &Path, offset: usize, len: usize) -> Vec<u8> {
     fs::read(path).expect("read backing file")[offset..offset + len].to_vec()
-}
-
-/// Port of the server the plugin last chose, from its log line
-/// ("using URL" / "switched from URL to URL").
-fn active_port(nbdkit: &Nbdkit) -> Option<u16> {
-    nbdkit
-        .proc
-        .output
-        .snapshot()
-        .iter()
-        .rev()
-        .filter(|l| l.contains("multihttp: using ") || l.contains("multihttp: switched from "))
-        .find_map(|l| {
-            let url = l.rsplit("http://127.0.0.1:").next()?;
-            url.chars()
-                .take_while(char::is_ascii_digit)
-                .collect::<String>()
-                .parse()
-                .ok()
-        })
 }
 
 /// Reads the whole export through NBD into `out` (in 1 MiB requests).
@@ -230,7 +207,9 @@ impl OneServerStopped {
             &["device-size=1M", "io-timeout=1s", "connect-timeout=1s"],
         );
         nbdsh(&nbdkit.uri(), "h.pread(512, 0)");
-        let active_port = active_port(&nbdkit).expect("the plugin logs the server it uses");
+        let active_port = nbdkit
+            .multihttp_active_port()
+            .expect("the plugin logs the server it uses");
         let stopped = servers.iter().position(|s| s.port == active_port).unwrap();
         servers[stopped].proc.signal(libc::SIGSTOP);
         OneServerStopped {
@@ -267,7 +246,7 @@ fn a_stopped_server_is_left_after_the_io_timeout() {
     stopped.proc.signal(libc::SIGCONT);
     assert!(result.contains("served"), "{result}");
     assert!(nbdkit.proc.output.contains("multihttp: leaving "));
-    assert_ne!(active_port(nbdkit), Some(active));
+    assert_ne!(nbdkit.multihttp_active_port(), Some(active));
     // One I/O timeout plus one probe, not a hang (generous for loaded CI).
     assert!(started.elapsed() < Duration::from_secs(20));
     assert!(read_at(disk, 4000, 5000).iter().all(|&b| b == 0x42));
@@ -553,7 +532,7 @@ fn a_flush_after_losing_unflushed_writes_reports_eio_once() {
     let urls: Vec<String> = servers.iter().map(DiskServer::url).collect();
     let nbdkit = start(&urls, &["device-size=1M"]);
     nbdsh(&nbdkit.uri(), "h.pread(512, 0)");
-    let active = active_port(&nbdkit).unwrap();
+    let active = nbdkit.multihttp_active_port().unwrap();
     let victim = servers
         .iter()
         .find(|s| s.port == active)
@@ -896,7 +875,7 @@ fn a_server_answering_503_is_skipped_until_it_holds_the_disk() {
     );
     assert_eq!(result.trim(), "True");
     assert_eq!(
-        active_port(&nbdkit),
+        nbdkit.multihttp_active_port(),
         Some(holder.port),
         "the 503 server was used"
     );
@@ -908,7 +887,7 @@ fn a_server_answering_503_is_skipped_until_it_holds_the_disk() {
          print(h.pread(3333, 7) == b'\\x61' * 3333)",
     );
     assert_eq!(result.trim(), "True\nTrue", "{result}");
-    assert_eq!(active_port(&nbdkit), Some(waiting.port));
+    assert_eq!(nbdkit.multihttp_active_port(), Some(waiting.port));
     assert!(read_at(&disk, 7, 3333).iter().all(|&b| b == 0x61));
     assert!(read_at(&disk, 600001, 4444).iter().all(|&b| b == 0x62));
 }

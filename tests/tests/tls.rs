@@ -8,7 +8,7 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
@@ -331,7 +331,7 @@ fn with_every_worker_in_a_handshake_a_newcomer_is_closed_not_kept_waiting() {
     assert!(!out.status.success(), "served without a free worker");
     assert!(started.elapsed() < Duration::from_secs(3), "kept waiting");
     assert!(server.proc.output.wait_for(
-        "all 1 workers busy, closing the new connection",
+        "all 1 workers busy with requests, closing the new connection",
         Duration::from_secs(5)
     ));
     drop(busy);
@@ -404,42 +404,8 @@ fn unusable_certificate_or_key_files_are_refused_at_start() {
 
 // ------------------------------------------------------------ multihttp
 
-fn plugin() -> PathBuf {
-    artifact("libmultihttp.so")
-}
-
-/// nbdkit with the plugin on `urls` plus extra `key=value` parameters.
-fn multihttp(urls: &[String], extra: &[&str]) -> Nbdkit {
-    let urls = format!("urls={}", urls.join(","));
-    let mut params = vec![urls.as_str()];
-    params.extend_from_slice(extra);
-    Nbdkit::start(&[], &plugin(), &params)
-}
-
 fn cafile(ca: &TestCa) -> String {
     format!("cafile={}", ca.cert.display())
-}
-
-/// Port of the server the plugin last chose, from its log line
-/// ("using URL" / "switched from URL to URL").
-fn active_port(nbdkit: &Nbdkit) -> Option<u16> {
-    nbdkit
-        .proc
-        .output
-        .snapshot()
-        .iter()
-        .rev()
-        .filter(|l| l.contains("multihttp: using ") || l.contains("multihttp: switched from "))
-        .find_map(|l| {
-            // The last URL of the line: its port after the host.
-            let authority = l.rsplit("://").next()?;
-            let port = &authority[authority.find(':')? + 1..];
-            port.chars()
-                .take_while(char::is_ascii_digit)
-                .collect::<String>()
-                .parse()
-                .ok()
-        })
 }
 
 /// nbdsh: writes at odd offsets and sizes (up to 1 MiB + 13), reads each
@@ -474,10 +440,10 @@ fn multihttp_reads_and_writes_through_https_in_a_mixed_list() {
     // HTTPS one is the one used).
     let urls = [format!("https://localhost:{}", tls.port), plain.url()];
     plain.proc.signal(libc::SIGSTOP);
-    let nbdkit = multihttp(&urls, &[&cafile(&ca), "device-size=4M"]);
+    let nbdkit = Nbdkit::multihttp(&urls, &[&cafile(&ca), "device-size=4M"]);
     assert!(nbdsh(&nbdkit.uri(), ROUND_TRIPS).contains("ok"));
     export_matches(&nbdkit, &disk);
-    assert_eq!(active_port(&nbdkit), Some(tls.port));
+    assert_eq!(nbdkit.multihttp_active_port(), Some(tls.port));
 
     // qemu-io, a second real client.
     let mut qemu = Command::new("qemu-io");
@@ -501,11 +467,13 @@ fn multihttp_fails_over_between_two_tls_servers() {
         https_server(&disk, &cert, &[]),
     ];
     let urls: Vec<String> = servers.iter().map(DiskServer::https_url).collect();
-    let nbdkit = multihttp(&urls, &[&cafile(&ca), "device-size=4M"]);
+    let nbdkit = Nbdkit::multihttp(&urls, &[&cafile(&ca), "device-size=4M"]);
     assert!(nbdsh(&nbdkit.uri(), ROUND_TRIPS).contains("ok"));
     // The server in use dies with TLS connections open in the plugin's
     // pool: the next requests fail over, the client sees no error.
-    let port = active_port(&nbdkit).expect("the plugin logs the server it uses");
+    let port = nbdkit
+        .multihttp_active_port()
+        .expect("the plugin logs the server it uses");
     let victim = servers.iter_mut().find(|s| s.port == port).unwrap();
     victim.proc.kill();
     assert!(nbdsh(&nbdkit.uri(), ROUND_TRIPS).contains("ok"));
@@ -530,9 +498,9 @@ fn an_untrusted_server_is_failed_over_and_alone_is_named_with_the_reason() {
 
     // Bad first in the list: the plugin uses the good one, the client
     // sees no error.
-    let nbdkit = multihttp(&[bad.https_url(), good.https_url()], &[&cafile(&trusted)]);
+    let nbdkit = Nbdkit::multihttp(&[bad.https_url(), good.https_url()], &[&cafile(&trusted)]);
     assert!(nbdsh(&nbdkit.uri(), ROUND_TRIPS).contains("ok"));
-    assert_eq!(active_port(&nbdkit), Some(good.port));
+    assert_eq!(nbdkit.multihttp_active_port(), Some(good.port));
     drop(nbdkit);
 
     // Alone, it is refused with its URL and rustls' reason.
@@ -550,7 +518,7 @@ fn an_untrusted_server_is_failed_over_and_alone_is_named_with_the_reason() {
 fn refused_with(urls: &[String], extra: &[&str]) -> String {
     let mut params = vec!["connect-timeout=2s"];
     params.extend_from_slice(extra);
-    let nbdkit = multihttp(urls, &params);
+    let nbdkit = Nbdkit::multihttp(urls, &params);
     let mut cmd = debian_tool("nbdsh");
     cmd.args(["-u", &nbdkit.uri(), "-c", "h.pread(1, 0)"]);
     let client = run(cmd, Duration::from_secs(60));
@@ -590,7 +558,7 @@ fn tls_verify_false_connects_to_an_untrusted_server_and_warns() {
     let disk = pattern_file(dir.path(), "disk", SIZE, 7);
     let untrusted = TestCa::new("untrusted");
     let server = https_server(&disk, &untrusted.server_cert("x", &["DNS:x.example"]), &[]);
-    let nbdkit = multihttp(&[server.https_url()], &["tls-verify=false"]);
+    let nbdkit = Nbdkit::multihttp(&[server.https_url()], &["tls-verify=false"]);
     assert!(nbdsh(&nbdkit.uri(), ROUND_TRIPS).contains("ok"));
     export_matches(&nbdkit, &disk);
     assert!(
@@ -606,7 +574,7 @@ fn a_server_silent_in_the_handshake_is_bounded_by_the_timeouts() {
     let silent = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("https://127.0.0.1:{}", silent.local_addr().unwrap().port());
     let ca = TestCa::new("ca");
-    let nbdkit = multihttp(
+    let nbdkit = Nbdkit::multihttp(
         &[url],
         &[
             &cafile(&ca),
