@@ -399,6 +399,39 @@ fn sigint_to_the_wrapper_alone_also_stops_it_cleanly() {
     sandbox.assert_cleaned_up("vol", Some(pid));
 }
 
+/// SIGHUP is not a stop: the wrapper has nothing to reload, keeps nbdkit
+/// and the device, and still stops cleanly on SIGTERM afterwards.
+#[test]
+fn sighup_to_the_wrapper_keeps_the_volume_attached() {
+    let sandbox = Sandbox::new(&["nbd0"]);
+    let mut wrapper = Proc::spawn("wrapper", sandbox.wrapper("vol", MEMORY, true));
+    wait_attached(&wrapper);
+    let pid = nbdkit_pid(&sandbox, "vol");
+    for round in 1..=3 {
+        wrapper.signal(libc::SIGHUP);
+        assert!(
+            wait_until(EXIT_TIMEOUT, || wrapper
+                .output
+                .count("got SIGHUP: nothing to reload, still serving")
+                >= round),
+            "{}",
+            wrapper.output.snapshot().join("\n")
+        );
+    }
+    assert_eq!(wrapper.wait_timeout(Duration::from_millis(500)), None);
+    assert_eq!(nbdkit_pid(&sandbox, "vol"), pid);
+    // SAFETY: signal 0 only checks that the nbdkit we started still exists.
+    assert_eq!(unsafe { libc::kill(pid, 0) }, 0, "nbdkit is gone");
+    assert!(sandbox.path("sys/nbd0/pid").exists(), "detached");
+    assert!(!sandbox.client_calls().contains("-d "), "detached");
+    group_signal(&wrapper, libc::SIGTERM);
+    let status = wrapper
+        .wait_timeout(EXIT_TIMEOUT)
+        .expect("wrapper exits on SIGTERM");
+    assert_eq!(status.code(), Some(0));
+    sandbox.assert_cleaned_up("vol", Some(pid));
+}
+
 #[test]
 fn nbdkit_dying_detaches_and_exits_non_zero() {
     let sandbox = Sandbox::new(&["nbd0"]);
