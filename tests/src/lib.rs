@@ -278,6 +278,18 @@ pub fn debian_tool(program: &str) -> Command {
     cmd
 }
 
+/// qemu-io, a second real NBD client: writes 7000 bytes of 0x5a at the
+/// odd offset 12345 of the raw export at `uri` and reads them back
+/// verified. The caller checks where they landed.
+pub fn qemu_io_odd_write_and_verify(uri: &str) {
+    let mut qemu = Command::new("qemu-io");
+    qemu.args(["-f", "raw", "-c", "write -P 0x5a 12345 7000"])
+        .args(["-c", "read -P 0x5a 12345 7000"])
+        .arg(uri);
+    let output = run_ok(qemu, Duration::from_secs(60));
+    assert!(!output.contains("verification failed"), "{output}");
+}
+
 /// Runs an `nbdsh` Python snippet against `uri` (variable `h` is the
 /// connected handle) and returns its stdout.
 pub fn nbdsh(uri: &str, script: &str) -> String {

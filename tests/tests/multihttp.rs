@@ -73,12 +73,7 @@ fn unaligned_writes_and_reads_round_trip_through_the_shared_disk() {
     );
 
     // qemu-io, a second real client, at odd offsets.
-    let mut qemu = Command::new("qemu-io");
-    qemu.args(["-f", "raw", "-c", "write -P 0x5a 12345 7000"])
-        .args(["-c", "read -P 0x5a 12345 7000"])
-        .arg(nbdkit.uri());
-    let output = run_ok(qemu, Duration::from_secs(60));
-    assert!(!output.contains("verification failed"), "{output}");
+    harness::qemu_io_odd_write_and_verify(&nbdkit.uri());
     assert!(read_at(&disk, 12345, 7000).iter().all(|&b| b == 0x5a));
     assert_eq!(read_at(&disk, 12344, 1), pattern(4 * MIB, 1)[12344..12345]);
 }

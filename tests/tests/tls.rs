@@ -17,7 +17,7 @@ use harness::garage::Garage;
 use harness::test_ca::{tls_exchange, ServerCert, TestCa};
 use harness::tls_proxy::TlsProxy;
 use harness::{
-    artifact, debian_tool, nbdsh, pattern, pattern_file, run, run_ok, DiskServer, Nbdkit, TempDir,
+    artifact, debian_tool, nbdsh, pattern, pattern_file, run, DiskServer, Nbdkit, TempDir,
 };
 
 const SIZE: usize = 4 << 20;
@@ -446,12 +446,7 @@ fn multihttp_reads_and_writes_through_https_in_a_mixed_list() {
     assert_eq!(nbdkit.multihttp_active_port(), Some(tls.port));
 
     // qemu-io, a second real client.
-    let mut qemu = Command::new("qemu-io");
-    qemu.args(["-f", "raw", "-c", "write -P 0x5a 12345 7000"])
-        .args(["-c", "read -P 0x5a 12345 7000"])
-        .arg(nbdkit.uri());
-    let output = run_ok(qemu, Duration::from_secs(60));
-    assert!(!output.contains("verification failed"), "{output}");
+    harness::qemu_io_odd_write_and_verify(&nbdkit.uri());
     assert!(read_disk(&disk, 12345, 7000).iter().all(|&b| b == 0x5a));
     plain.proc.signal(libc::SIGCONT);
 }
