@@ -564,7 +564,7 @@ mod tests {
     use super::*;
     use std::io::Read;
     use std::net::TcpListener;
-    use tls_io::rustls::{self, ClientConfig, ClientConnection};
+    use tls_io::rustls::ClientConnection;
 
     /// A self-signed certificate for localhost, made by the openssl CLI.
     fn certificate(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
@@ -594,13 +594,7 @@ mod tests {
     /// after the handshake; the client then waits for the server to close.
     fn pipelining_client(port: u16, cert: std::path::PathBuf) -> thread::JoinHandle<()> {
         thread::spawn(move || {
-            let mut roots = rustls::RootCertStore::empty();
-            roots.add_parsable_certificates(tls_io::pem::certificates(&cert).unwrap());
-            let config = ClientConfig::builder_with_provider(tls_io::provider())
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_root_certificates(roots)
-                .with_no_client_auth();
+            let config = tls_io::client_trusting(&cert).unwrap();
             let name = "localhost".try_into().unwrap();
             let mut conn = ClientConnection::new(Arc::new(config), name).unwrap();
             let mut socket = TcpStream::connect(("127.0.0.1", port)).unwrap();

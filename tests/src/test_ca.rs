@@ -207,13 +207,8 @@ pub fn tls_exchange(
     request: &[u8],
     close: bool,
 ) -> Vec<u8> {
-    use tls_io::rustls::{ClientConfig, ClientConnection};
-    let roots = tls_io::pem::root_store(ca_cert).expect("CA certificate");
-    let config = ClientConfig::builder_with_provider(tls_io::provider())
-        .with_safe_default_protocol_versions()
-        .expect("TLS versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    use tls_io::rustls::ClientConnection;
+    let config = tls_io::client_trusting(ca_cert).expect("CA certificate");
     let name = host.to_owned().try_into().expect("server name");
     let mut conn = ClientConnection::new(Arc::new(config), name).expect("TLS client");
     let mut socket = TcpStream::connect(addr).expect("connect");

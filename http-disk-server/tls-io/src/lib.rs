@@ -38,6 +38,18 @@ pub fn provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
     std::sync::Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// A client configuration that trusts exactly the CAs of the PEM bundle
+/// at `cafile` (safe protocol versions, no client certificate). Errors
+/// name the file and what is wrong with it.
+pub fn client_trusting(cafile: &std::path::Path) -> Result<rustls::ClientConfig, String> {
+    let roots = pem::root_store(cafile)?;
+    Ok(rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS set-up: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
 /// Completes the handshake (nothing to do when it is done already).
 pub fn handshake<S: SideData>(
     conn: &mut ConnectionCommon<S>,

@@ -42,10 +42,6 @@ pub fn client_config(config: &Config) -> Result<Option<Arc<ClientConfig>>, Confi
         }
         return Ok(None);
     }
-    let provider = tls_io::provider();
-    let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| ConfigError::new("urls", format!("TLS set-up: {e}")))?;
     let mut client = if config.tls_verify {
         let system = || {
             SYSTEM_CA_BUNDLES
@@ -62,15 +58,17 @@ pub fn client_config(config: &Config) -> Result<Option<Arc<ClientConfig>>, Confi
                 ),
             ));
         };
-        let roots = tls_io::pem::root_store(cafile).map_err(|e| ConfigError::new("cafile", e))?;
-        builder.with_root_certificates(roots).with_no_client_auth()
+        tls_io::client_trusting(cafile).map_err(|e| ConfigError::new("cafile", e))?
     } else {
         log::warn!(
             "multihttp: WARNING: tls-verify=false: the certificates and names of https:// servers \
              are NOT checked; the traffic is encrypted, but anyone on the network path can pose \
              as a server and read or change the disk's data"
         );
-        builder
+        let provider = tls_io::provider();
+        ClientConfig::builder_with_provider(Arc::clone(&provider))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| ConfigError::new("urls", format!("TLS set-up: {e}")))?
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(NoVerification(provider)))
             .with_no_client_auth()

@@ -75,12 +75,7 @@ pub struct S3Client {
 /// `cafile=`: TLS trusting exactly the CAs of that PEM bundle (ureq's
 /// default is Mozilla's list, which knows no private CA).
 fn tls_config(cafile: &std::path::Path) -> Result<Arc<tls_io::rustls::ClientConfig>, String> {
-    let roots = tls_io::pem::root_store(cafile).map_err(|e| format!("cafile: {e}"))?;
-    let config = tls_io::rustls::ClientConfig::builder_with_provider(tls_io::provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS set-up: {e}"))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let config = tls_io::client_trusting(cafile).map_err(|e| format!("cafile: {e}"))?;
     Ok(Arc::new(config))
 }
 
