@@ -2,6 +2,9 @@
 //! run `repeats` times, alternating ours and the peers inside each
 //! repetition, so a slow phase of the machine hits all of them alike.
 
+use std::time::Instant;
+
+use crate::cpu::{self, Watched};
 use crate::progress::Progress;
 use crate::results::{Comparison, Results, Series};
 use crate::settings::Settings;
@@ -21,6 +24,7 @@ pub fn compare_block_targets(
     group: &str,
     ours: &NbdTarget,
     peers: &[Peer],
+    backend: &[Watched],
     workloads: &[Workload],
 ) {
     for target in std::iter::once(ours).chain(peers.iter().map(|p| p.target)) {
@@ -32,6 +36,7 @@ pub fn compare_block_targets(
             group: group.to_owned(),
             case: workload.label(),
             unit: workload.unit(),
+            cpu_roles: cpu_roles(backend),
             ours: Series::new(&ours.name, None),
             peers: peers
                 .iter()
@@ -39,40 +44,67 @@ pub fn compare_block_targets(
                 .collect(),
         };
         for _ in 0..settings.repeats {
-            let outcome = run_one(settings, progress, group, workload, ours);
-            comparison.ours.record(outcome);
+            let (outcome, used) = run_one(settings, progress, group, workload, ours, backend);
+            comparison.ours.record(outcome, used);
             for (series, peer) in comparison.peers.iter_mut().zip(peers) {
                 // A peer that failed once (e.g. cannot write) is not retried.
                 if series.failure.is_some() {
                     progress.skip();
                     continue;
                 }
-                let outcome = run_one(settings, progress, group, workload, peer.target);
-                series.record(outcome);
+                let (outcome, used) =
+                    run_one(settings, progress, group, workload, peer.target, backend);
+                series.record(outcome, used);
             }
         }
         results.comparisons.push(comparison);
     }
 }
 
+/// The roles watched in every run of a group: the target's nbdkit, then
+/// the backend's processes.
+fn cpu_roles(backend: &[Watched]) -> Vec<String> {
+    std::iter::once("nbdkit".to_owned())
+        .chain(backend.iter().map(|w| w.role.clone()))
+        .collect()
+}
+
+/// One run of `workload` on `target`: its figure, and the CPU that
+/// target's nbdkit, the backend and the machine used meanwhile, with the
+/// CPU per unit of work done (per I/O or per MiB).
 fn run_one(
     settings: &Settings,
     progress: &mut Progress,
     group: &str,
     workload: &Workload,
     target: &NbdTarget,
-) -> Result<f64, String> {
+    backend: &[Watched],
+) -> (Result<f64, String>, cpu::CpuUse) {
     let label = format!("{group}: {} on {}", workload.label(), target.name);
     progress.start(&label);
-    let outcome = workload.run(
-        &target.uri(),
-        settings.disk_size,
-        settings.runtime,
-        &settings.work,
-    );
+    let watched: Vec<Watched> = std::iter::once(Watched {
+        role: "nbdkit".into(),
+        pid: target.pid(),
+    })
+    .chain(backend.iter().cloned())
+    .collect();
+    let (outcome, mut used) = cpu::measure(&watched, || {
+        let started = Instant::now();
+        let outcome = workload.run(
+            &target.uri(),
+            settings.disk_size,
+            settings.runtime,
+            &settings.work,
+        );
+        (outcome, started.elapsed().as_secs_f64())
+    });
+    if let (Ok(value), Some(seconds)) = (&outcome, used.watched_seconds) {
+        let work = workload.work_done(*value, settings.runtime, settings.disk_size);
+        used.seconds_per_unit = (work > 0.0).then(|| seconds / work);
+    }
     match &outcome {
         Ok(value) => progress.done(&format!("{value:.1} {}", workload.unit())),
         Err(why) => progress.done(&format!("FAILED: {why}")),
     }
-    outcome
+    (outcome, used)
 }

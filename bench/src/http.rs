@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use harness::{free_port, wait_until, Proc};
 
+use crate::cpu::CpuUse;
 use crate::progress::Progress;
 use crate::results::{Comparison, Results, Series};
 use crate::settings::Settings;
@@ -171,6 +172,8 @@ pub fn compare_servers(
             group: "http-disk-server alone".into(),
             case: case.label.into(),
             unit: "req/s",
+            // nginx runs as several processes: no CPU accounting here.
+            cpu_roles: Vec::new(),
             ours: Series::new("http-disk-server", None),
             peers: if peer_runs {
                 vec![Series::new("nginx", Some(0.9))]
@@ -185,12 +188,12 @@ pub fn compare_servers(
             progress.start(&format!("server: {} on http-disk-server", case.label));
             let outcome = wrk(ours_url, &script, settings.runtime);
             report(progress, &outcome);
-            comparison.ours.record(outcome);
+            comparison.ours.record(outcome, CpuUse::default());
             if let (Some(series), Some(nginx)) = (comparison.peers.first_mut(), nginx) {
                 progress.start(&format!("server: {} on nginx", case.label));
                 let outcome = wrk(&nginx.url, &script, settings.runtime);
                 report(progress, &outcome);
-                series.record(outcome);
+                series.record(outcome, CpuUse::default());
             }
         }
         results.comparisons.push(comparison);

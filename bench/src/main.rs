@@ -4,6 +4,7 @@
 //! Speed is reported, never asserted: CI runs `--quick` as a smoke test.
 
 mod compare;
+mod cpu;
 mod failover;
 mod http;
 mod machine;
@@ -23,6 +24,7 @@ use clap::Parser;
 use harness::{artifact, bin_dir, pattern_file, DiskServer, TempDir};
 
 use compare::{compare_block_targets, Peer};
+use cpu::Watched;
 use progress::Progress;
 use results::{MemoryReading, Results};
 use settings::Settings;
@@ -225,6 +227,10 @@ fn multihttp_group(
                 goal: None,
             },
         ],
+        &[Watched {
+            role: "http-disk-server".into(),
+            pid: server.proc.pid(),
+        }],
         workloads,
     );
     record_memory(results, "nbdkit + multihttp", "multihttp group", ours.pid());
@@ -325,6 +331,7 @@ fn sharded_group(
             target: &file,
             goal: Some(0.8),
         }],
+        &[],
         workloads,
     );
     record_memory(results, "nbdkit + sharded", "sharded group", ours.pid());
@@ -425,6 +432,14 @@ fn s3_group(results: &mut Results, settings: &Settings, progress: &mut Progress)
             target: &peer,
             goal: Some(5.0),
         }],
+        &garage
+            .pid()
+            .map(|pid| Watched {
+                role: "Garage".into(),
+                pid,
+            })
+            .into_iter()
+            .collect::<Vec<_>>(),
         &workloads,
     );
     record_memory(results, "nbdkit + s3", "s3 group", ours.pid());

@@ -52,49 +52,20 @@ pub fn markdown(results: &Results, facts: &[String], mode: &str, chart: Option<&
     for fact in facts {
         let _ = writeln!(md, "- {fact}");
     }
-    let mut group = String::new();
+    let mut groups: Vec<&str> = Vec::new();
     for comparison in &results.comparisons {
-        if comparison.group != group {
-            group = comparison.group.clone();
-            let _ = writeln!(md, "\n## {group}\n");
-            let _ = writeln!(
-                md,
-                "| case | unit | ours | spread | peer | peer figure | spread | ratio | goal |"
-            );
-            let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|");
+        if !groups.contains(&comparison.group.as_str()) {
+            groups.push(&comparison.group);
         }
-        let ours = comparison.ours.failure.as_ref().map_or_else(
-            || figure(comparison.ours.median()),
-            |w| format!("failed: {w}"),
-        );
-        if comparison.peers.is_empty() {
-            let _ = writeln!(
-                md,
-                "| {} | {} | {ours} | {} | — | — | — | — | no peer |",
-                comparison.case,
-                comparison.unit,
-                spread(&comparison.ours)
-            );
-        }
-        for peer in &comparison.peers {
-            let peer_figure = peer
-                .failure
-                .as_ref()
-                .map_or_else(|| figure(peer.median()), |w| format!("cannot: {w}"));
-            let _ = writeln!(
-                md,
-                "| {} | {} | {ours} | {} | {} | {peer_figure} | {} | {} | {} |",
-                comparison.case,
-                comparison.unit,
-                spread(&comparison.ours),
-                peer.target,
-                spread(peer),
-                comparison
-                    .ratio(peer)
-                    .map_or_else(|| "—".into(), |r| format!("{r:.2}×")),
-                verdict(comparison, peer)
-            );
-        }
+    }
+    for group in groups {
+        let comparisons: Vec<&Comparison> = results
+            .comparisons
+            .iter()
+            .filter(|c| c.group == group)
+            .collect();
+        ratio_table(&mut md, group, &comparisons);
+        cpu_table(&mut md, &comparisons);
     }
     let _ = writeln!(md, "\n## Failover pause\n");
     if let Some(why) = &results.failover_failure {
@@ -152,6 +123,115 @@ pub fn markdown(results: &Results, facts: &[String], mode: &str, chart: Option<&
     }
     let _ = writeln!(md, "```");
     md
+}
+
+/// The group's table: each case, ours against each peer.
+fn ratio_table(md: &mut String, group: &str, comparisons: &[&Comparison]) {
+    let _ = writeln!(md, "\n## {group}\n");
+    let _ = writeln!(
+        md,
+        "| case | unit | ours | spread | peer | peer figure | spread | ratio | goal |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|");
+    for comparison in comparisons {
+        let ours = comparison.ours.failure.as_ref().map_or_else(
+            || figure(comparison.ours.median()),
+            |w| format!("failed: {w}"),
+        );
+        if comparison.peers.is_empty() {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {ours} | {} | — | — | — | — | no peer |",
+                comparison.case,
+                comparison.unit,
+                spread(&comparison.ours)
+            );
+        }
+        for peer in &comparison.peers {
+            let peer_figure = peer
+                .failure
+                .as_ref()
+                .map_or_else(|| figure(peer.median()), |w| format!("cannot: {w}"));
+            let _ = writeln!(
+                md,
+                "| {} | {} | {ours} | {} | {} | {peer_figure} | {} | {} | {} |",
+                comparison.case,
+                comparison.unit,
+                spread(&comparison.ours),
+                peer.target,
+                spread(peer),
+                comparison
+                    .ratio(peer)
+                    .map_or_else(|| "—".into(), |r| format!("{r:.2}×")),
+                verdict(comparison, peer)
+            );
+        }
+    }
+}
+
+/// Where the CPU went in each case (medians over the runs): cores used by
+/// each target's nbdkit and by the backend, the machine's busy cores, and
+/// CPU time of nbdkit + backend per unit of work. Groups that did not
+/// watch processes (the HTTP-only group) get none.
+fn cpu_table(md: &mut String, comparisons: &[&Comparison]) {
+    let Some(first) = comparisons.first() else {
+        return;
+    };
+    if first.cpu_roles.is_empty() {
+        return;
+    }
+    let cores_available = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let roles = &first.cpu_roles;
+    let _ = writeln!(
+        md,
+        "\nCPU while each ran (medians; cores used, of {cores_available}): the \
+         throughput ratio on this machine is bounded by CPU per operation when the \
+         machine is busy, and by the backend when it is the one saturated. \
+         Stolen: time the hypervisor gave other guests (a noisy neighbour).\n"
+    );
+    let role_headers: String = roles.iter().map(|r| format!(" {r} |")).collect();
+    let _ = writeln!(
+        md,
+        "| case | target |{role_headers} machine | of which stolen | CPU per op ({}) |",
+        roles.join(" + ")
+    );
+    let _ = writeln!(md, "|---|---|{}---|---|---|", "---|".repeat(roles.len()));
+    for comparison in comparisons {
+        for series in std::iter::once(&comparison.ours).chain(&comparison.peers) {
+            if series.cpu.is_empty() {
+                continue;
+            }
+            let cores: String = (0..roles.len())
+                .map(|i| {
+                    let value = series.cpu_median(|u| u.cores.get(i).copied().flatten());
+                    format!(" {} |", cores_figure(value))
+                })
+                .collect();
+            let machine = cores_figure(series.cpu_median(|u| u.machine_cores));
+            let steal = cores_figure(series.cpu_median(|u| u.steal_cores));
+            let per_op =
+                per_unit_figure(series.cpu_median(|u| u.seconds_per_unit), comparison.unit);
+            let _ = writeln!(
+                md,
+                "| {} | {} |{cores} {machine} | {steal} | {per_op} |",
+                comparison.case, series.target
+            );
+        }
+    }
+}
+
+fn cores_figure(value: Option<f64>) -> String {
+    value.map_or_else(|| "—".into(), |v| format!("{v:.2}"))
+}
+
+/// CPU seconds per unit of work, in a unit that reads well: µs per I/O
+/// for IOPS cases, ms per MiB for throughput cases.
+fn per_unit_figure(seconds: Option<f64>, unit: &str) -> String {
+    match seconds {
+        None => "—".into(),
+        Some(s) if unit == "IOPS" => format!("{:.0} µs/IO", s * 1e6),
+        Some(s) => format!("{:.2} ms/MiB", s * 1e3),
+    }
 }
 
 /// An SVG bar chart: one bar per (case, peer) ratio, a line at 1×, and the
@@ -230,4 +310,73 @@ fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu::CpuUse;
+
+    fn series(name: &str, value: f64, cpu: CpuUse) -> Series {
+        let mut series = Series::new(name, None);
+        series.record(Ok(value), cpu);
+        series
+    }
+
+    fn used(nbdkit: f64, backend: f64, machine: f64, per_unit: f64) -> CpuUse {
+        CpuUse {
+            cores: vec![Some(nbdkit), Some(backend)],
+            machine_cores: Some(machine),
+            steal_cores: Some(0.0),
+            watched_seconds: None,
+            seconds_per_unit: Some(per_unit),
+        }
+    }
+
+    #[test]
+    fn cpu_table_has_a_row_per_target_with_its_medians() {
+        let comparison = Comparison {
+            group: "g".into(),
+            case: "fio 4k randread".into(),
+            unit: "IOPS",
+            cpu_roles: vec!["nbdkit".into(), "Garage".into()],
+            ours: series("ours", 10.0, used(0.25, 1.5, 1.9, 0.000_120)),
+            peers: vec![series("peer", 2.0, used(0.5, 0.4, 1.0, 0.004))],
+        };
+        let mut md = String::new();
+        cpu_table(&mut md, &[&comparison]);
+        assert!(
+            md.contains("| case | target | nbdkit | Garage | machine |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| fio 4k randread | ours | 0.25 | 1.50 | 1.90 | 0.00 | 120 µs/IO |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| fio 4k randread | peer | 0.50 | 0.40 | 1.00 | 0.00 | 4000 µs/IO |"),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn no_cpu_table_for_groups_that_watched_nothing() {
+        let comparison = Comparison {
+            group: "http".into(),
+            case: "GET".into(),
+            unit: "req/s",
+            cpu_roles: Vec::new(),
+            ours: series("ours", 1.0, CpuUse::default()),
+            peers: Vec::new(),
+        };
+        let mut md = String::new();
+        cpu_table(&mut md, &[&comparison]);
+        assert_eq!(md, "");
+    }
+
+    #[test]
+    fn throughput_cases_are_per_mib() {
+        assert_eq!(per_unit_figure(Some(0.0125), "MiB/s"), "12.50 ms/MiB");
+        assert_eq!(per_unit_figure(None, "IOPS"), "—");
+    }
 }

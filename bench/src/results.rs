@@ -2,6 +2,7 @@
 //! its peers, case by case, plus the figures that have no peer (failover
 //! pauses, peak memory). Filled by the groups, read by the report.
 
+use crate::cpu::CpuUse;
 use crate::stats::{median, spread_percent};
 
 /// One measured target in one case: its samples, or why it could not run.
@@ -14,6 +15,8 @@ pub struct Series {
     pub failure: Option<String>,
     /// For a peer: the smallest acceptable ratio ours/peer, if any.
     pub goal: Option<f64>,
+    /// CPU used during each successful run, in the order of `samples`.
+    pub cpu: Vec<CpuUse>,
 }
 
 impl Series {
@@ -23,12 +26,16 @@ impl Series {
             samples: Vec::new(),
             failure: None,
             goal,
+            cpu: Vec::new(),
         }
     }
 
-    pub fn record(&mut self, outcome: Result<f64, String>) {
+    pub fn record(&mut self, outcome: Result<f64, String>, cpu: CpuUse) {
         match outcome {
-            Ok(value) => self.samples.push(value),
+            Ok(value) => {
+                self.samples.push(value);
+                self.cpu.push(cpu);
+            }
             Err(why) => {
                 if self.failure.is_none() {
                     self.failure = Some(why);
@@ -48,6 +55,12 @@ impl Series {
     pub fn spread(&self) -> Option<f64> {
         spread_percent(&self.samples)
     }
+
+    /// Median over the runs of one CPU figure (`None` if no run has it).
+    pub fn cpu_median(&self, figure: impl Fn(&CpuUse) -> Option<f64>) -> Option<f64> {
+        let values: Vec<f64> = self.cpu.iter().filter_map(figure).collect();
+        median(&values)
+    }
 }
 
 /// One case (e.g. "4k randread qd16, 1 conn"): ours first, then peers.
@@ -57,6 +70,9 @@ pub struct Comparison {
     pub case: String,
     /// "IOPS", "MiB/s", "req/s": higher is better for all of them.
     pub unit: &'static str,
+    /// Processes whose CPU each run recorded: "nbdkit" (the target's),
+    /// then the backend's (e.g. "http-disk-server", "Garage").
+    pub cpu_roles: Vec<String>,
     pub ours: Series,
     pub peers: Vec<Series>,
 }

@@ -89,6 +89,16 @@ impl Workload {
         }
     }
 
+    /// How much work a run that measured `value` did: I/Os for IOPS
+    /// figures, MiB for throughput figures (fio runs for `runtime`; a
+    /// copy moves the whole disk).
+    pub fn work_done(&self, value: f64, runtime: Duration, disk_size: u64) -> f64 {
+        match self {
+            Workload::Fio(_) => value * runtime.as_secs_f64(),
+            Workload::CopyOut | Workload::CopyIn(_) => disk_size as f64 / (1 << 20) as f64,
+        }
+    }
+
     /// Runs once against `uri` (a disk of `disk_size` bytes); returns the
     /// figure in [`Workload::unit`], or why it failed.
     pub fn run(

@@ -134,6 +134,11 @@ impl Garage {
         }
     }
 
+    /// The running server's pid (for CPU accounting), if it runs.
+    pub fn pid(&self) -> Option<i32> {
+        self.proc.as_ref().map(Proc::pid)
+    }
+
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.s3_port)
     }
