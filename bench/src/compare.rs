@@ -17,16 +17,29 @@ pub struct Peer<'a> {
     pub goal: Option<f64>,
 }
 
+/// What a group compares: our target, its peers, and the processes
+/// behind them whose CPU is accounted in every run (the server or store
+/// they all talk to; empty when there is none).
+pub struct Lineup<'a> {
+    pub group: &'a str,
+    pub ours: &'a NbdTarget,
+    pub peers: &'a [Peer<'a>],
+    pub backend: &'a [Watched],
+}
+
 pub fn compare_block_targets(
     results: &mut Results,
     settings: &Settings,
     progress: &mut Progress,
-    group: &str,
-    ours: &NbdTarget,
-    peers: &[Peer],
-    backend: &[Watched],
+    lineup: &Lineup,
     workloads: &[Workload],
 ) {
+    let Lineup {
+        group,
+        ours,
+        peers,
+        backend,
+    } = *lineup;
     for target in std::iter::once(ours).chain(peers.iter().map(|p| p.target)) {
         results.note_command(target.command.clone());
     }

@@ -23,7 +23,7 @@ use std::time::Duration;
 use clap::Parser;
 use harness::{artifact, bin_dir, pattern_file, DiskServer, TempDir};
 
-use compare::{compare_block_targets, Peer};
+use compare::{compare_block_targets, Lineup, Peer};
 use cpu::Watched;
 use progress::Progress;
 use results::{MemoryReading, Results};
@@ -215,22 +215,24 @@ fn multihttp_group(
         results,
         settings,
         progress,
-        "multihttp → http-disk-server",
-        &ours,
-        &[
-            Peer {
-                target: &curl,
-                goal: Some(1.2),
-            },
-            Peer {
-                target: &file,
-                goal: None,
-            },
-        ],
-        &[Watched {
-            role: "http-disk-server".into(),
-            pid: server.proc.pid(),
-        }],
+        &Lineup {
+            group: "multihttp → http-disk-server",
+            ours: &ours,
+            peers: &[
+                Peer {
+                    target: &curl,
+                    goal: Some(1.2),
+                },
+                Peer {
+                    target: &file,
+                    goal: None,
+                },
+            ],
+            backend: &[Watched {
+                role: "http-disk-server".into(),
+                pid: server.proc.pid(),
+            }],
+        },
         workloads,
     );
     record_memory(results, "nbdkit + multihttp", "multihttp group", ours.pid());
@@ -325,13 +327,15 @@ fn sharded_group(
         results,
         settings,
         progress,
-        "sharded",
-        &ours,
-        &[Peer {
-            target: &file,
-            goal: Some(0.8),
-        }],
-        &[],
+        &Lineup {
+            group: "sharded",
+            ours: &ours,
+            peers: &[Peer {
+                target: &file,
+                goal: Some(0.8),
+            }],
+            backend: &[],
+        },
         workloads,
     );
     record_memory(results, "nbdkit + sharded", "sharded group", ours.pid());
@@ -426,20 +430,22 @@ fn s3_group(results: &mut Results, settings: &Settings, progress: &mut Progress)
         results,
         &settings,
         progress,
-        "s3 on Garage",
-        &ours,
-        &[Peer {
-            target: &peer,
-            goal: Some(5.0),
-        }],
-        &garage
-            .pid()
-            .map(|pid| Watched {
-                role: "Garage".into(),
-                pid,
-            })
-            .into_iter()
-            .collect::<Vec<_>>(),
+        &Lineup {
+            group: "s3 on Garage",
+            ours: &ours,
+            peers: &[Peer {
+                target: &peer,
+                goal: Some(5.0),
+            }],
+            backend: &garage
+                .pid()
+                .map(|pid| Watched {
+                    role: "Garage".into(),
+                    pid,
+                })
+                .into_iter()
+                .collect::<Vec<_>>(),
+        },
         &workloads,
     );
     record_memory(results, "nbdkit + s3", "s3 group", ours.pid());
