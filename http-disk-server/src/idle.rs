@@ -96,15 +96,13 @@ impl IdleConnections {
     /// Closes the oldest idle connection that `chosen` accepts.
     fn close_first(&self, chosen: impl Fn(&IdleConnection) -> bool, why: &str) -> bool {
         let mut waiting = self.lock();
-        let Some(id) = waiting
+        // Found and removed under one lock: the first match is there.
+        let first = waiting
             .by_age
             .iter()
             .find(|(_, connection)| chosen(connection))
-            .map(|(id, _)| *id)
-        else {
-            return false;
-        };
-        let Some(oldest) = waiting.by_age.remove(&id) else {
+            .map(|(id, _)| *id);
+        let Some(oldest) = first.and_then(|id| waiting.by_age.remove(&id)) else {
             return false;
         };
         // The worker cannot close `fd` before its `end_wait`, which waits

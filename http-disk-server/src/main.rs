@@ -25,9 +25,18 @@ use http_disk_server::{budget, cli, disk, drbd, metrics_listener, server, signal
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 fn main() -> ExitCode {
+    // Before anything else (argument parsing included), so that a SIGHUP
+    // sent as soon as the process exists (systemd allows `reload` right
+    // after exec) never meets the default action, which would kill it. A
+    // stop or reload asked for meanwhile waits in the pipe for the accept
+    // loop.
+    let signal_fd = signals::install();
     let args = cli::Args::parse();
     init_logging(&args.disk, args.verbose);
-    match run(args) {
+    let result = signal_fd
+        .map_err(|e| format!("cannot install signal handlers: {e}"))
+        .and_then(|fd| run(args, fd));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             log::error!("{message}");
@@ -193,13 +202,8 @@ fn raise_open_file_limit(workers: u64) {
     }
 }
 
-fn run(args: cli::Args) -> Result<(), String> {
-    // First, so that a SIGHUP sent as soon as the process exists (systemd
-    // allows `reload` right after exec) never meets the default action,
-    // which would kill it. A stop or reload asked for meanwhile waits in
-    // the pipe for the accept loop.
-    let signal_fd =
-        signals::install().map_err(|e| format!("cannot install signal handlers: {e}"))?;
+/// `signal_fd`: the read end of the signal self-pipe (`signals::install`).
+fn run(args: cli::Args, signal_fd: std::os::unix::io::RawFd) -> Result<(), String> {
     raise_open_file_limit(args.workers);
     let policy_sources = args.policy_sources();
     let policy = policy_sources.load()?;

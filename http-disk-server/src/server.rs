@@ -183,7 +183,7 @@ pub fn accept_loop(listener: &TcpListener, signal_fd: RawFd, state: &Arc<State>)
             Ok(slot) => slot,
             Err((refusal, reason)) => {
                 state.metrics.refused(refusal);
-                refuse_busy(stream, peer, &reason, state.tls.is_some());
+                turn_away(stream, peer, &reason, state.tls.is_some());
                 continue;
             }
         };
@@ -201,9 +201,10 @@ pub fn accept_loop(listener: &TcpListener, signal_fd: RawFd, state: &Arc<State>)
     Ok(())
 }
 
-/// No worker for this connection (see admission.rs): a short 503 so the
-/// client retries or fails over, written without blocking the accept loop.
-fn refuse_busy(stream: TcpStream, peer: SocketAddr, reason: &str, tls: bool) {
+/// No worker for this connection, or its peer at its connection cap (see
+/// admission.rs): a short 503 so the client retries or fails over,
+/// written without blocking the accept loop.
+fn turn_away(stream: TcpStream, peer: SocketAddr, reason: &str, tls: bool) {
     if tls {
         // A 503 needs a TLS handshake, which the accept loop must not
         // wait for: the client sees the connection closed, and retries
