@@ -192,10 +192,14 @@ fn cpu_table(md: &mut String, comparisons: &[&Comparison]) {
     let role_headers: String = roles.iter().map(|r| format!(" {r} |")).collect();
     let _ = writeln!(
         md,
-        "| case | target |{role_headers} machine | of which stolen | CPU per op ({}) |",
+        "| case | target |{role_headers} load tool | machine | of which stolen | CPU per op ({}) |",
         roles.join(" + ")
     );
-    let _ = writeln!(md, "|---|---|{}---|---|---|", "---|".repeat(roles.len()));
+    let _ = writeln!(
+        md,
+        "|---|---|{}---|---|---|---|",
+        "---|".repeat(roles.len())
+    );
     for comparison in comparisons {
         for series in std::iter::once(&comparison.ours).chain(&comparison.peers) {
             if series.cpu.is_empty() {
@@ -207,13 +211,14 @@ fn cpu_table(md: &mut String, comparisons: &[&Comparison]) {
                     format!(" {} |", cores_figure(value))
                 })
                 .collect();
+            let load_tool = cores_figure(series.cpu_median(|u| u.load_tool_cores));
             let machine = cores_figure(series.cpu_median(|u| u.machine_cores));
             let steal = cores_figure(series.cpu_median(|u| u.steal_cores));
             let per_op =
                 per_unit_figure(series.cpu_median(|u| u.seconds_per_unit), comparison.unit);
             let _ = writeln!(
                 md,
-                "| {} | {} |{cores} {machine} | {steal} | {per_op} |",
+                "| {} | {} |{cores} {load_tool} | {machine} | {steal} | {per_op} |",
                 comparison.case, series.target
             );
         }
@@ -328,6 +333,7 @@ mod tests {
             cores: vec![Some(nbdkit), Some(backend)],
             machine_cores: Some(machine),
             steal_cores: Some(0.0),
+            load_tool_cores: Some(0.3),
             watched_seconds: None,
             seconds_per_unit: Some(per_unit),
         }
@@ -346,15 +352,19 @@ mod tests {
         let mut md = String::new();
         cpu_table(&mut md, &[&comparison]);
         assert!(
-            md.contains("| case | target | nbdkit | Garage | machine |"),
+            md.contains("| case | target | nbdkit | Garage | load tool | machine |"),
             "{md}"
         );
         assert!(
-            md.contains("| fio 4k randread | ours | 0.25 | 1.50 | 1.90 | 0.00 | 120 µs/IO |"),
+            md.contains(
+                "| fio 4k randread | ours | 0.25 | 1.50 | 0.30 | 1.90 | 0.00 | 120 µs/IO |"
+            ),
             "{md}"
         );
         assert!(
-            md.contains("| fio 4k randread | peer | 0.50 | 0.40 | 1.00 | 0.00 | 4000 µs/IO |"),
+            md.contains(
+                "| fio 4k randread | peer | 0.50 | 0.40 | 0.30 | 1.00 | 0.00 | 4000 µs/IO |"
+            ),
             "{md}"
         );
     }
