@@ -45,9 +45,12 @@ impl Credentials {
     pub fn load(path: &Path) -> Result<Credentials, String> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read --auth-file {}: {e}", path.display()))?;
-        Self::parse(&text).map_err(|e| format!("--auth-file {}: {e}", path.display()))
+        Self::parse(&text).map_err(|e| format!("--auth-file {}{e}", path.display()))
     }
 
+    /// The error starts with `:N: ` (the line) or `: ` (the whole file),
+    /// so that with the path in front it reads `PATH:N: why` like the list
+    /// files' errors.
     fn parse(text: &str) -> Result<Credentials, String> {
         let mut users = HashMap::new();
         for (number, line) in text.lines().enumerate().map(|(i, l)| (i + 1, l.trim())) {
@@ -56,23 +59,23 @@ impl Credentials {
             }
             let fields: Vec<&str> = line.split(':').collect();
             let [user, salt, hex] = fields[..] else {
-                return Err(format!("line {number}: expected user:salt:sha256hex"));
+                return Err(format!(":{number}: expected user:salt:sha256hex"));
             };
             if user.is_empty() {
-                return Err(format!("line {number}: empty user name"));
+                return Err(format!(":{number}: empty user name"));
             }
             let hash = parse_digest(hex)
-                .ok_or_else(|| format!("line {number}: the hash is not 64 hex digits"))?;
+                .ok_or_else(|| format!(":{number}: the hash is not 64 hex digits"))?;
             let entry = Entry {
                 salt: salt.to_owned(),
                 hash,
             };
             if users.insert(user.to_owned(), entry).is_some() {
-                return Err(format!("line {number}: user {user:?} listed twice"));
+                return Err(format!(":{number}: user {user:?} listed twice"));
             }
         }
         if users.is_empty() {
-            return Err("no user in the file: every request would be refused".into());
+            return Err(": no user in the file: every request would be refused".into());
         }
         Ok(Credentials { users })
     }
@@ -192,13 +195,13 @@ mod tests {
     #[test]
     fn bad_files_are_refused_with_the_line() {
         for (text, expected) in [
-            ("host1:s1\n", "line 1: expected user:salt:sha256hex"),
+            ("host1:s1\n", ":1: expected user:salt:sha256hex"),
             ("# only a comment\n", "no user"),
             (
                 ":s:0000000000000000000000000000000000000000000000000000000000000000",
                 "empty user",
             ),
-            ("u:s:abc", "line 1: the hash is not 64 hex digits"),
+            ("u:s:abc", ":1: the hash is not 64 hex digits"),
         ] {
             let error = Credentials::parse(text).unwrap_err();
             assert!(error.contains(expected), "{text:?}: {error}");
@@ -206,6 +209,6 @@ mod tests {
         let twice = format!("{}\n{}\n", line(HOST1, "a"), line(HOST1, "b"));
         assert!(Credentials::parse(&twice)
             .unwrap_err()
-            .contains("line 2: user \"host1\" listed twice"));
+            .contains(":2: user \"host1\" listed twice"));
     }
 }

@@ -644,9 +644,12 @@ fn with_an_auth_file_only_the_right_credentials_read_or_write() {
     let refused = DiskServer::try_start(&disk, &["--auth-file", bad.to_str().unwrap()])
         .err()
         .expect("a server with a bad --auth-file started");
-    assert!(refused
-        .output_when_closed()
-        .contains("line 1: expected user:salt:sha256hex"));
+    let expected = format!(
+        "--auth-file {}:1: expected user:salt:sha256hex",
+        bad.display()
+    );
+    let output = refused.output_when_closed();
+    assert!(output.contains(&expected), "{output}");
 }
 
 #[test]

@@ -220,7 +220,7 @@ fn sighup_applies_new_lists_and_users_to_kept_alive_connections() {
     replace_file(&auth, &format!("{host1}guest:no-hash\n"));
     let line = server.reload();
     assert!(line.contains("NOT reloaded"), "{line}");
-    let expected = format!("--auth-file {}: line 2: ", auth.display());
+    let expected = format!("--auth-file {}:2: ", auth.display());
     assert!(line.contains(&expected), "{line}");
     replace_file(&auth, &format!("{host1}{guest}"));
     replace_file(&allow_file, "127.0.0.1\n127.0.0.2\n127.0.0.0/33\n");
