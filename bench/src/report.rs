@@ -65,7 +65,8 @@ pub fn markdown(results: &Results, facts: &[String], mode: &str, chart: Option<&
             .filter(|c| c.group == group)
             .collect();
         ratio_table(&mut md, group, &comparisons);
-        cpu_table(&mut md, &comparisons);
+        let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+        cpu_table(&mut md, &comparisons, cores);
     }
     let _ = writeln!(md, "\n## Failover pause\n");
     if let Some(why) = &results.failover_failure {
@@ -173,32 +174,38 @@ fn ratio_table(md: &mut String, group: &str, comparisons: &[&Comparison]) {
 /// each target's nbdkit and by the backend, the machine's busy cores, and
 /// CPU time of nbdkit + backend per unit of work. Groups that did not
 /// watch processes (the HTTP-only group) get none.
-fn cpu_table(md: &mut String, comparisons: &[&Comparison]) {
+fn cpu_table(md: &mut String, comparisons: &[&Comparison], cores_available: usize) {
     let Some(first) = comparisons.first() else {
         return;
     };
     if first.cpu_roles.is_empty() {
         return;
     }
-    let cores_available = std::thread::available_parallelism().map_or(0, |n| n.get());
     let roles = &first.cpu_roles;
     let _ = writeln!(
         md,
         "\nCPU while each ran (medians; cores used, of {cores_available}): the \
          throughput ratio on this machine is bounded by CPU per operation when the \
          machine is busy, and by the backend when it is the one saturated. \
-         Stolen: time the hypervisor gave other guests (a noisy neighbour).\n"
+         Stolen: time the hypervisor gave other guests (a noisy neighbour). \
+         Backend ceiling: the ratio against the goal peer that any client sending \
+         the backend the same requests could reach here, if the backend had every \
+         core to itself (its CPU per operation while ours ran): a goal above it \
+         cannot be met on this machine by any change to the client.\n"
     );
+    let with_ceiling = roles.len() > 1;
     let role_headers: String = roles.iter().map(|r| format!(" {r} |")).collect();
     let _ = writeln!(
         md,
-        "| case | target |{role_headers} load tool | machine | of which stolen | CPU per op ({}) |",
-        roles.join(" + ")
+        "| case | target |{role_headers} load tool | machine | of which stolen | CPU per op ({}) |{}",
+        roles.join(" + "),
+        if with_ceiling { " backend ceiling |" } else { "" }
     );
     let _ = writeln!(
         md,
-        "|---|---|{}---|---|---|---|",
-        "---|".repeat(roles.len())
+        "|---|---|{}---|---|---|---|{}",
+        "---|".repeat(roles.len()),
+        if with_ceiling { "---|" } else { "" }
     );
     for comparison in comparisons {
         for series in std::iter::once(&comparison.ours).chain(&comparison.peers) {
@@ -216,9 +223,19 @@ fn cpu_table(md: &mut String, comparisons: &[&Comparison]) {
             let steal = cores_figure(series.cpu_median(|u| u.steal_cores));
             let per_op =
                 per_unit_figure(series.cpu_median(|u| u.seconds_per_unit), comparison.unit);
+            let ceiling = match (with_ceiling, std::ptr::eq(series, &comparison.ours)) {
+                (false, _) => String::new(),
+                (true, false) => " — |".into(),
+                (true, true) => format!(
+                    " {} |",
+                    comparison
+                        .backend_ceiling(cores_available as f64)
+                        .map_or_else(|| "—".into(), |c| format!("≤ {c:.1}×"))
+                ),
+            };
             let _ = writeln!(
                 md,
-                "| {} | {} |{cores} {load_tool} | {machine} | {steal} | {per_op} |",
+                "| {} | {} |{cores} {load_tool} | {machine} | {steal} | {per_op} |{ceiling}",
                 comparison.case, series.target
             );
         }
@@ -347,10 +364,14 @@ mod tests {
             unit: "IOPS",
             cpu_roles: vec!["nbdkit".into(), "Garage".into()],
             ours: series("ours", 10.0, used(0.25, 1.5, 1.9, 0.000_120)),
-            peers: vec![series("peer", 2.0, used(0.5, 0.4, 1.0, 0.004))],
+            peers: vec![{
+                let mut peer = series("peer", 2.0, used(0.5, 0.4, 1.0, 0.004));
+                peer.goal = Some(5.0);
+                peer
+            }],
         };
         let mut md = String::new();
-        cpu_table(&mut md, &[&comparison]);
+        cpu_table(&mut md, &[&comparison], 2);
         assert!(
             md.contains("| case | target | nbdkit | Garage | load tool | machine |"),
             "{md}"
@@ -380,7 +401,7 @@ mod tests {
             peers: Vec::new(),
         };
         let mut md = String::new();
-        cpu_table(&mut md, &[&comparison]);
+        cpu_table(&mut md, &[&comparison], 2);
         assert_eq!(md, "");
     }
 

@@ -87,6 +87,27 @@ impl Comparison {
         Some(self.ours.median()? / peer)
     }
 
+    /// The highest ratio against the goal peer that any client sending
+    /// the backend the same requests as ours could reach on this machine:
+    /// the backend's CPU per operation while ours ran, as if it had all
+    /// `cores` to itself (and the client and load tool cost nothing),
+    /// against the peer's measured figure. A goal above it cannot be met
+    /// here by any change to the client; one below it is not bound by
+    /// the backend. `None` without a backend, a goal peer or figures.
+    pub fn backend_ceiling(&self, cores: f64) -> Option<f64> {
+        if self.cpu_roles.len() < 2 {
+            return None;
+        }
+        let backend_cores = self
+            .ours
+            .cpu_median(|used| used.cores[1..].iter().copied().sum::<Option<f64>>())?;
+        let peer = self.peers.iter().find(|p| p.goal.is_some())?.median()?;
+        if backend_cores <= 0.0 || peer <= 0.0 {
+            return None;
+        }
+        Some(cores * self.ours.median()? / backend_cores / peer)
+    }
+
     /// Whether the goal against `peer` is met; `None` without a goal or
     /// a ratio.
     pub fn goal_met(&self, peer: &Series) -> Option<bool> {
