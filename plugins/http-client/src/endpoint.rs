@@ -1,6 +1,10 @@
 //! One server URL: where to connect, what to put in `Host` and the request
-//! line, and its connections: at most `pool-size` open at once, idle ones
-//! kept for the next request.
+//! line, and its connections: at most [`Pool::max_open`] open at once, up
+//! to [`Pool::max_idle`] idle ones kept for the next request.
+//!
+//! multihttp bounds both by its `pool-size`. s3 bounds only the idle ones
+//! (its requests go to one store that serves any number of connections,
+//! and nbdkit's threads must not queue behind a pool limit).
 //!
 //! Why a bound on open connections and not only on idle ones: nbdkit runs
 //! 16 threads per NBD connection, so a few clients could keep 64 requests
@@ -17,7 +21,12 @@ use std::time::{Duration, Instant};
 use tls_io::rustls::pki_types::ServerName;
 use tls_io::rustls::ClientConfig;
 
-use crate::connection::{Connection, Deadline, TlsTarget};
+use crate::connection::{Connection, Deadline, Failure, TlsTarget};
+use crate::response::{Body, ResponseHead};
+
+/// Kept-alive connections found closed by the server, in a row, before a
+/// request gives up.
+pub const MAX_STALE_RETRIES: usize = 3;
 
 /// The parts of `http[s]://HOST[:PORT][/PATH][?QUERY]` a request needs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -104,19 +113,39 @@ impl Address {
     }
 }
 
+/// The name a server's certificate must carry for `host` (an IP address
+/// or a DNS name from a URL that [`Address::parse`] accepted).
+pub fn server_name(host: &str) -> Result<ServerName<'static>, String> {
+    ServerName::try_from(host.to_owned())
+        .map_err(|e| format!("{host:?} is not a host name TLS can verify: {e}"))
+}
+
+/// How an endpoint keeps its connections.
+#[derive(Clone, Copy, Debug)]
+pub struct Pool {
+    /// Open connections at most (idle, in use or connecting); requests
+    /// beyond wait for one. At least 1.
+    pub max_open: usize,
+    /// Idle connections kept for the next request; one going idle beyond
+    /// this is closed. 0: a new connection per request.
+    pub max_idle: usize,
+    /// `TCP_QUICKACK` after each request (see `connection`).
+    pub quick_ack: bool,
+}
+
 /// A server and its connections.
 pub struct Endpoint {
     pub address: Address,
     /// `https://`: the client configuration and the name to verify.
     tls: Option<(Arc<ClientConfig>, ServerName<'static>)>,
-    pool: Mutex<Pool>,
+    connections: Mutex<Connections>,
     /// Signalled when a connection goes idle or is closed.
     freed: Condvar,
-    max_open: usize,
+    pool: Pool,
 }
 
 #[derive(Default)]
-struct Pool {
+struct Connections {
     /// Open and unused, most recently used last.
     idle: Vec<Connection>,
     /// Open: idle, in use, or being connected.
@@ -144,20 +173,61 @@ pub struct NewSlot<'a> {
 }
 
 impl Endpoint {
-    /// `max_open` (`pool-size`) is at least 1. `tls` is required for an
-    /// `https://` address (checked by config).
+    /// `tls` is required for an `https://` address (checked by the
+    /// plugins' configuration).
     pub fn new(
         address: Address,
-        max_open: usize,
+        pool: Pool,
         tls: Option<(Arc<ClientConfig>, ServerName<'static>)>,
     ) -> Endpoint {
         Endpoint {
             address,
             tls,
-            pool: Mutex::new(Pool::default()),
+            connections: Mutex::new(Connections::default()),
             freed: Condvar::new(),
-            max_open: max_open.max(1),
+            pool: Pool {
+                max_open: pool.max_open.max(1),
+                ..pool
+            },
         }
+    }
+
+    /// Sends one request (`request`, then `tail`: see
+    /// [`Connection::exchange`]) and reads the reply head. A pooled
+    /// connection the server had closed while idle is not a failure: the
+    /// request goes again on a new connection (callers send only requests
+    /// that may be repeated). Errors say what failed, never the request.
+    pub fn send(
+        &self,
+        request: &[u8],
+        tail: &[u8],
+        connect_timeout: Duration,
+        deadline: &Deadline,
+    ) -> Result<(Lease<'_>, ResponseHead), String> {
+        let mut slot = self.acquire(deadline.at())?;
+        // Bounded: after a stale connection the idle ones are dropped, so
+        // the next try is normally on a new connection.
+        for _ in 0..MAX_STALE_RETRIES {
+            let (mut lease, fresh) = match slot {
+                Slot::Pooled(lease) => (lease, false),
+                Slot::New(new) => (new.connect(connect_timeout, deadline)?, true),
+            };
+            match lease.exchange(request, tail, deadline) {
+                Ok(head) => return Ok((lease, head)),
+                Err(Failure::ClosedBeforeReply(_)) if !fresh => {
+                    // Free this slot before taking one for the new connection.
+                    drop(lease);
+                    // The server probably restarted: its other idle
+                    // connections are stale too.
+                    self.drop_idle();
+                    slot = self.acquire(deadline.at())?;
+                }
+                Err(failure) => return Err(failure.into_message()),
+            }
+        }
+        Err(format!(
+            "{MAX_STALE_RETRIES} kept-alive connections in a row were closed by the server"
+        ))
     }
 
     /// An idle connection that is still open, or a slot for a new one;
@@ -174,7 +244,7 @@ impl Endpoint {
                 }
                 pool.open -= 1;
             }
-            if pool.open < self.max_open {
+            if pool.open < self.pool.max_open {
                 pool.open += 1;
                 return Ok(Slot::New(NewSlot { endpoint: self }));
             }
@@ -182,7 +252,7 @@ impl Endpoint {
             if left.is_zero() {
                 return Err(format!(
                     "all {} connections (pool-size) stayed busy until the deadline",
-                    self.max_open
+                    self.pool.max_open
                 ));
             }
             pool = self
@@ -203,17 +273,29 @@ impl Endpoint {
     }
 
     fn release(&self, connection: Option<Connection>) {
-        let mut pool = self.lock_pool();
-        match connection {
-            Some(connection) => pool.idle.push(connection),
-            None => pool.open -= 1,
-        }
-        self.freed.notify_one();
+        let closed = {
+            let mut pool = self.lock_pool();
+            let closed = match connection {
+                Some(connection) if pool.idle.len() < self.pool.max_idle => {
+                    pool.idle.push(connection);
+                    None
+                }
+                other => {
+                    pool.open -= 1;
+                    other
+                }
+            };
+            self.freed.notify_one();
+            closed
+        };
+        // Closed outside the lock.
+        drop(closed);
     }
 
-    fn lock_pool(&self) -> MutexGuard<'_, Pool> {
-        // Every update of Pool is a single step: still valid after a panic.
-        self.pool.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock_pool(&self) -> MutexGuard<'_, Connections> {
+        // Every update of Connections is a single step: still valid after
+        // a panic.
+        self.connections.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -237,7 +319,8 @@ impl<'a> NewSlot<'a> {
                 .tls
                 .as_ref()
                 .map(|(config, name)| TlsTarget { config, name });
-            match Connection::connect(address, connect_timeout, deadline, tls) {
+            let quick_ack = self.endpoint.pool.quick_ack;
+            match Connection::connect(address, connect_timeout, deadline, tls, quick_ack) {
                 Ok(connection) => {
                     let endpoint = self.endpoint;
                     // The slot now belongs to the lease.
@@ -266,6 +349,27 @@ impl Lease<'_> {
     pub fn keep(mut self) {
         let connection = self.connection.take();
         self.endpoint.release(connection);
+    }
+
+    /// Reads a reply body nobody needs (error text, a PUT's short answer)
+    /// so the connection can be reused: one of up to `max_skip` bytes
+    /// with a known length. Otherwise, or when the server closes it, the
+    /// connection is dropped.
+    pub fn finish_unwanted(
+        mut self,
+        head: &ResponseHead,
+        method: &str,
+        max_skip: u64,
+        deadline: &Deadline,
+    ) {
+        let reusable = match head.body(method) {
+            Ok(Body::None) => true,
+            Ok(Body::Length(len)) if len <= max_skip => self.skip_body(len, deadline).is_ok(),
+            _ => false,
+        };
+        if reusable && head.keep_alive() {
+            self.keep();
+        }
     }
 }
 
