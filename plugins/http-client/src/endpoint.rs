@@ -133,6 +133,23 @@ pub struct Pool {
     pub quick_ack: bool,
 }
 
+/// Why [`Endpoint::send`] failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendError {
+    /// No connection could be opened (resolving, connecting, TLS handshake).
+    Connect(String),
+    /// Waiting for a connection, sending, or reading the reply head.
+    Exchange(String),
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SendError::Connect(why) | SendError::Exchange(why) => f.write_str(why),
+        }
+    }
+}
+
 /// A server and its connections.
 pub struct Endpoint {
     pub address: Address,
@@ -203,14 +220,18 @@ impl Endpoint {
         tail: &[u8],
         connect_timeout: Duration,
         deadline: &Deadline,
-    ) -> Result<(Lease<'_>, ResponseHead), String> {
-        let mut slot = self.acquire(deadline.at())?;
+    ) -> Result<(Lease<'_>, ResponseHead), SendError> {
+        let mut slot = self.acquire(deadline.at()).map_err(SendError::Exchange)?;
         // Bounded: after a stale connection the idle ones are dropped, so
         // the next try is normally on a new connection.
         for _ in 0..MAX_STALE_RETRIES {
             let (mut lease, fresh) = match slot {
                 Slot::Pooled(lease) => (lease, false),
-                Slot::New(new) => (new.connect(connect_timeout, deadline)?, true),
+                Slot::New(new) => (
+                    new.connect(connect_timeout, deadline)
+                        .map_err(SendError::Connect)?,
+                    true,
+                ),
             };
             match lease.exchange(request, tail, deadline) {
                 Ok(head) => return Ok((lease, head)),
@@ -220,14 +241,14 @@ impl Endpoint {
                     // The server probably restarted: its other idle
                     // connections are stale too.
                     self.drop_idle();
-                    slot = self.acquire(deadline.at())?;
+                    slot = self.acquire(deadline.at()).map_err(SendError::Exchange)?;
                 }
-                Err(failure) => return Err(failure.into_message()),
+                Err(failure) => return Err(SendError::Exchange(failure.into_message())),
             }
         }
-        Err(format!(
+        Err(SendError::Exchange(format!(
             "{MAX_STALE_RETRIES} kept-alive connections in a row were closed by the server"
-        ))
+        )))
     }
 
     /// An idle connection that is still open, or a slot for a new one;

@@ -150,7 +150,9 @@ impl Transport {
         }
         // A reallocation would have left a copy of the head in freed memory.
         debug_assert!(wire.bytes.len() <= wire.capacity, "head capacity too small");
-        endpoint.send(&wire.bytes, tail, self.connect_timeout, deadline)
+        endpoint
+            .send(&wire.bytes, tail, self.connect_timeout, deadline)
+            .map_err(|e| e.to_string())
     }
 
     /// HEAD probe, bounded as a whole by `connect-timeout`.
