@@ -2,9 +2,10 @@
 //! possible, reads the reply head through a small buffer and the body
 //! straight into the caller's buffer, all under a per-request deadline.
 //!
-//! Cost per request is the point of this module (see `transport.rs` for
-//! why it replaced ureq): a healthy 4 KiB read is one send and one or two
-//! recvs, with no setsockopt. Socket timeouts are set once per connection
+//! Cost per request is the point of this module (see multihttp's
+//! `transport.rs` for why it replaced ureq): a healthy 4 KiB read is one
+//! send and one or two recvs, with no setsockopt (s3 adds one: quick ACKs
+//! below). Socket timeouts are set once per connection
 //! to the request's step timeout (`io-timeout` for data) and lowered only
 //! when the deadline is closer than that, so a request ends at most
 //! [`DEADLINE_SLACK`] after its deadline.
