@@ -470,4 +470,116 @@ mod tests {
             assert!(Address::parse(bad).is_err(), "{bad:?} accepted");
         }
     }
+
+    /// A one-thread HTTP server on loopback: accepts connections one
+    /// after the other and answers each request head it reads with the
+    /// next of `replies`; returns its URL and, at the end, how many
+    /// connections it accepted.
+    fn serve(replies: Vec<&'static str>) -> (String, std::thread::JoinHandle<usize>) {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/disk", listener.local_addr().unwrap());
+        let handle = std::thread::spawn(move || {
+            let mut replies = replies.into_iter().peekable();
+            let mut accepted = 0;
+            while replies.peek().is_some() {
+                let (mut stream, _) = listener.accept().unwrap();
+                accepted += 1;
+                'requests: while replies.peek().is_some() {
+                    let mut head = Vec::new();
+                    let mut byte = [0u8];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        match stream.read(&mut byte) {
+                            Ok(1) => head.push(byte[0]),
+                            // The client closed this connection: next one.
+                            _ => break 'requests,
+                        }
+                    }
+                    let reply = replies.next().expect("peeked");
+                    stream.write_all(reply.as_bytes()).unwrap();
+                }
+            }
+            accepted
+        });
+        (url, handle)
+    }
+
+    fn get(endpoint: &Endpoint, limit: usize) -> Result<(Vec<u8>, bool), String> {
+        let deadline = Deadline::new(Duration::from_secs(10), Duration::from_secs(10));
+        let request = crate::request::Request {
+            method: "GET",
+            target: &endpoint.address.target,
+            host: &endpoint.address.authority,
+            user_agent: "test",
+            headers: &[],
+            content_length: None,
+        };
+        let mut wire = Vec::new();
+        request.write_head(&mut wire, None)?;
+        let (mut lease, head) = endpoint
+            .send(&wire, &[], Duration::from_secs(5), &deadline)
+            .map_err(|e| e.to_string())?;
+        let framing = head.body("GET")?;
+        let body = lease.read_to_vec(framing, limit, &deadline)?;
+        let kept = framing != Body::UntilClose && head.keep_alive();
+        if kept {
+            lease.keep();
+        }
+        Ok((body, kept))
+    }
+
+    fn pooled(url: &str, max_idle: usize) -> Endpoint {
+        let pool = Pool {
+            max_open: 4,
+            max_idle,
+            quick_ack: true,
+        };
+        Endpoint::new(parse(url), pool, None)
+    }
+
+    const CHUNKED: &str =
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6;x=1\r\n world\r\n0\r\n\r\n";
+    const LENGTH: &str = "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc";
+
+    #[test]
+    fn chunked_and_sized_replies_share_one_kept_alive_connection() {
+        let (url, server) = serve(vec![CHUNKED, LENGTH, CHUNKED]);
+        let endpoint = pooled(&url, 1);
+        assert_eq!(get(&endpoint, 100), Ok((b"hello world".to_vec(), true)));
+        assert_eq!(get(&endpoint, 100), Ok((b"abc".to_vec(), true)));
+        assert_eq!(get(&endpoint, 100), Ok((b"hello world".to_vec(), true)));
+        drop(endpoint);
+        assert_eq!(server.join().unwrap(), 1, "connections accepted");
+    }
+
+    #[test]
+    fn no_idle_connections_kept_means_one_connection_per_request() {
+        let (url, server) = serve(vec![LENGTH, LENGTH, LENGTH]);
+        let endpoint = pooled(&url, 0);
+        for _ in 0..3 {
+            assert_eq!(get(&endpoint, 100), Ok((b"abc".to_vec(), true)));
+        }
+        drop(endpoint);
+        assert_eq!(server.join().unwrap(), 3, "connections accepted");
+    }
+
+    #[test]
+    fn bodies_over_the_limit_and_cut_chunked_bodies_are_errors() {
+        let (url, server) = serve(vec![CHUNKED, LENGTH]);
+        let endpoint = pooled(&url, 1);
+        let e = get(&endpoint, 10).unwrap_err();
+        assert!(e.contains("larger than 10"), "{e}");
+        // That connection was dropped (its body unread): a new one.
+        let e = get(&endpoint, 2).unwrap_err();
+        assert!(e.contains("more than 2"), "{e}");
+        drop(endpoint);
+        assert_eq!(server.join().unwrap(), 2, "connections accepted");
+
+        let (url, server) = serve(vec![
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhel",
+        ]);
+        let e = get(&pooled(&url, 1), 100).unwrap_err();
+        assert!(e.contains("cut short"), "{e}");
+        server.join().unwrap();
+    }
 }
