@@ -286,6 +286,34 @@ fn a_stopped_store_gives_eio_after_the_retry_window_and_service_resumes() {
     assert_eq!(nbdsh(&reopened.uri(), &check).trim(), "True");
 }
 
+/// A store restart closes every kept-alive connection while it is idle:
+/// the next requests go on new connections without a failed attempt
+/// (nbdkit -v logs each retried failure as "failed, retrying"), so a
+/// stale connection costs no backoff and never counts toward the retry
+/// window.
+#[test]
+fn connections_the_store_closed_while_idle_are_replaced_without_a_failed_attempt() {
+    let mut garage = Garage::start();
+    let mut params = garage.params("stale/");
+    params.extend(["size=1M".to_owned(), "chunk-size=64K".to_owned()]);
+    let params: Vec<&str> = params.iter().map(String::as_str).collect();
+    let nbdkit = Nbdkit::try_start(&["-v"], &plugin(), &params)
+        .unwrap_or_else(|proc| panic!("{}", proc.output_when_closed()));
+    nbdsh(&nbdkit.uri(), "h.pwrite(b'\\x3c' * (1 << 20), 0)");
+    garage.stop();
+    garage.start_again();
+    let result = nbdsh(
+        &nbdkit.uri(),
+        "print(h.pread(1 << 20, 0) == b'\\x3c' * (1 << 20))\n\
+         h.pwrite(b'\\x3d' * 4096, 0)\n\
+         print(h.pread(4096, 0) == b'\\x3d' * 4096)",
+    );
+    assert_eq!(result.trim(), "True\nTrue");
+    let log = nbdkit.proc.output.snapshot().join("\n");
+    assert!(log.contains("bytes in objects of"), "no debug lines: {log}");
+    assert!(!log.contains("failed, retrying"), "{log}");
+}
+
 #[test]
 fn an_outage_shorter_than_the_retry_window_is_invisible_to_the_client() {
     let mut garage = Garage::start();
