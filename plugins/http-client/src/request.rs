@@ -9,6 +9,19 @@
 
 use std::io::Write as _;
 
+use crate::connection::COALESCE_BODY;
+
+/// A request body as sent: the part copied after the head into one write,
+/// and the tail sent by itself after it (a large body is not copied; see
+/// [`crate::connection::Connection::exchange`]).
+pub fn split_body(body: &[u8]) -> (&[u8], &[u8]) {
+    if body.len() > COALESCE_BODY {
+        (&[], body)
+    } else {
+        (body, &[])
+    }
+}
+
 /// One request's head.
 #[derive(Clone, Copy, Debug)]
 pub struct Request<'a> {
@@ -178,6 +191,14 @@ mod tests {
             )),
             "{text}"
         );
+    }
+
+    #[test]
+    fn small_bodies_go_with_the_head_large_ones_after_it() {
+        let small = vec![1u8; COALESCE_BODY];
+        assert_eq!(split_body(&small), (&small[..], &[][..]));
+        let large = vec![1u8; COALESCE_BODY + 1];
+        assert_eq!(split_body(&large), (&[][..], &large[..]));
     }
 
     #[test]

@@ -32,9 +32,9 @@ use http_disk_protocol::{headers, ByteRange};
 use plugin_glue::secret::{wipe, Secret};
 
 use crate::config::Config;
-use http_client::connection::{Deadline, COALESCE_BODY};
+use http_client::connection::Deadline;
 use http_client::endpoint::{Address, Endpoint, Lease, Pool};
-use http_client::request::{Request, SecretHeader};
+use http_client::request::{split_body, Request, SecretHeader};
 use http_client::response::{Body, ResponseHead};
 
 use crate::error::Attempt;
@@ -129,30 +129,29 @@ impl Transport {
             .endpoints
             .get(url)
             .ok_or_else(|| format!("{url} is not a configured URL"))?;
-        let tail = if body.len() > COALESCE_BODY {
-            body
-        } else {
-            &[]
-        };
-        let inline_body = body.len() - tail.len();
+        let (inline_body, tail) = split_body(body);
         let request = request(endpoint, method, extra_headers, body.len());
-        let secret = self.authorization.as_ref().map(|value| SecretHeader {
-            name: "Authorization",
-            value: value.expose(),
-        });
-        let mut wire = RequestBytes::with_capacity(request.capacity(secret.as_ref()) + inline_body);
+        let secret = self.secret_header();
+        let mut wire =
+            RequestBytes::with_capacity(request.capacity(secret.as_ref()) + inline_body.len());
         request.write_head(&mut wire.bytes, secret.as_ref())?;
         if secret.is_some() {
             wire.secret_len = wire.bytes.len();
         }
-        if tail.is_empty() {
-            wire.bytes.extend_from_slice(body);
-        }
+        wire.bytes.extend_from_slice(inline_body);
         // A reallocation would have left a copy of the head in freed memory.
         debug_assert!(wire.bytes.len() <= wire.capacity, "head capacity too small");
         endpoint
             .send(&wire.bytes, tail, self.connect_timeout, deadline)
             .map_err(|e| e.to_string())
+    }
+
+    /// The Authorization header of every request, when `user=` is set.
+    fn secret_header(&self) -> Option<SecretHeader<'_>> {
+        self.authorization.as_ref().map(|value| SecretHeader {
+            name: "Authorization",
+            value: value.expose(),
+        })
     }
 
     /// HEAD probe, bounded as a whole by `connect-timeout`.
@@ -431,10 +430,7 @@ mod tests {
             (headers::WRITEBACK, "1"),
         ];
         let request = request(endpoint, "POST", &extra, usize::MAX);
-        let secret = t.authorization.as_ref().map(|value| SecretHeader {
-            name: "Authorization",
-            value: value.expose(),
-        });
+        let secret = t.secret_header();
         let capacity = request.capacity(secret.as_ref());
         let mut wire = Vec::with_capacity(capacity);
         request.write_head(&mut wire, secret.as_ref()).unwrap();
