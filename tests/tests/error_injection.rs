@@ -195,14 +195,7 @@ fn s3_under_injected_errors_keeps_old_or_new_data_and_converges() {
     let garage = Garage::start();
     let dir = TempDir::new().unwrap();
     let mut params = garage.params("faults/");
-    // pool-size=0: Garage answers kept-alive connections ~43 ms late (see
-    // the plugin's pool-size key); fresh ones take this test from ~2 min
-    // to ~25 s.
-    params.extend([
-        format!("size={DISK_SIZE}"),
-        "chunk-size=64K".to_owned(),
-        "pool-size=0".to_owned(),
-    ]);
+    params.extend([format!("size={DISK_SIZE}"), "chunk-size=64K".to_owned()]);
     faults_then_clean_restart("s3", &params, &zeros_model(dir.path()));
 }
 

@@ -289,15 +289,7 @@ fn s3_returns_to_baseline_after_10000_connections() {
     let garage = Garage::start();
     let dir = TempDir::new().unwrap();
     let mut params = garage.params("reconnect/");
-    // pool-size=0: Garage answers kept-alive connections ~43 ms late (see
-    // the plugin's pool-size key), which would make 10,000 cycles take
-    // minutes; a fresh TCP connection per request also puts thousands more
-    // sockets through nbdkit's fd table.
-    params.extend([
-        format!("size={DISK_SIZE}"),
-        "chunk-size=64K".to_owned(),
-        "pool-size=0".to_owned(),
-    ]);
+    params.extend([format!("size={DISK_SIZE}"), "chunk-size=64K".to_owned()]);
     let params: Vec<&str> = params.iter().map(String::as_str).collect();
     let nbdkit = Nbdkit::start(NBDKIT_OPTIONS, &artifact("libs3.so"), &params);
     let model = fill_with_pattern(&nbdkit, dir.path());

@@ -5,6 +5,7 @@
 //!
 //! Run: `cargo test --release -p integration-tests --test s3`
 
+use std::collections::BTreeSet;
 use std::fs;
 use std::path::PathBuf;
 use std::process::Command;
@@ -285,6 +286,34 @@ fn a_stopped_store_gives_eio_after_the_retry_window_and_service_resumes() {
     assert_eq!(nbdsh(&reopened.uri(), &check).trim(), "True");
 }
 
+/// A store restart closes every kept-alive connection while it is idle:
+/// the next requests go on new connections without a failed attempt
+/// (nbdkit -v logs each retried failure as "failed, retrying"), so a
+/// stale connection costs no backoff and never counts toward the retry
+/// window.
+#[test]
+fn connections_the_store_closed_while_idle_are_replaced_without_a_failed_attempt() {
+    let mut garage = Garage::start();
+    let mut params = garage.params("stale/");
+    params.extend(["size=1M".to_owned(), "chunk-size=64K".to_owned()]);
+    let params: Vec<&str> = params.iter().map(String::as_str).collect();
+    let nbdkit = Nbdkit::try_start(&["-v"], &plugin(), &params)
+        .unwrap_or_else(|proc| panic!("{}", proc.output_when_closed()));
+    nbdsh(&nbdkit.uri(), "h.pwrite(b'\\x3c' * (1 << 20), 0)");
+    garage.stop();
+    garage.start_again();
+    let result = nbdsh(
+        &nbdkit.uri(),
+        "print(h.pread(1 << 20, 0) == b'\\x3c' * (1 << 20))\n\
+         h.pwrite(b'\\x3d' * 4096, 0)\n\
+         print(h.pread(4096, 0) == b'\\x3d' * 4096)",
+    );
+    assert_eq!(result.trim(), "True\nTrue");
+    let log = nbdkit.proc.output.snapshot().join("\n");
+    assert!(log.contains("bytes in objects of"), "no debug lines: {log}");
+    assert!(!log.contains("failed, retrying"), "{log}");
+}
+
 #[test]
 fn an_outage_shorter_than_the_retry_window_is_invisible_to_the_client() {
     let mut garage = Garage::start();
@@ -400,4 +429,105 @@ fn a_three_node_cluster_loses_a_node_under_fio_verify_without_client_errors() {
     let output = workload.output.snapshot().join("\n");
     assert!(status.is_some_and(|s| s.success()), "fio failed:\n{output}");
     assert!(!output.contains("verify: bad"), "{output}");
+}
+
+/// Distinct TCP connections to (or from) `port` the kernel knows now: an
+/// open one has an entry on both sides, a closed one keeps its TIME_WAIT
+/// entry on the side that closed first for 60 s. So this counts every
+/// connection of the last minute, each by its ephemeral port.
+fn connections_with(port: u16) -> BTreeSet<u16> {
+    let port_of = |address: &str| {
+        address
+            .rsplit(':')
+            .next()
+            .and_then(|p| u16::from_str_radix(p, 16).ok())
+    };
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|table| fs::read_to_string(table).ok())
+        .flat_map(|text| {
+            text.lines()
+                .skip(1)
+                .filter_map(|line| {
+                    let fields: Vec<&str> = line.split_whitespace().collect();
+                    let (local, remote) = (port_of(fields.get(1)?)?, port_of(fields.get(2)?)?);
+                    match (local == port, remote == port) {
+                        (true, false) => Some(remote),
+                        (false, true) => Some(local),
+                        _ => None,
+                    }
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// 4 KiB reads, one at a time, spread over the 32 chunks of a 2 MiB disk
+/// written first: each is one ranged GET. Prints the seconds the reads took.
+const SEQUENTIAL_SMALL_READS: &str = "
+import time
+h.pwrite(b'\\x5a' * (2 << 20), 0)
+start = time.monotonic()
+for i in range(COUNT):
+    assert h.pread(4096, (i * 7919) % 512 * 4096) == b'\\x5a' * 4096
+print('seconds', time.monotonic() - start)
+";
+
+/// Runs [`SEQUENTIAL_SMALL_READS`]: how long the reads took.
+fn time_small_reads(nbdkit: &Nbdkit, count: usize) -> Duration {
+    let script = SEQUENTIAL_SMALL_READS.replace("COUNT", &count.to_string());
+    let output = nbdsh(&nbdkit.uri(), &script);
+    let seconds = output
+        .lines()
+        .find_map(|l| l.strip_prefix("seconds "))
+        .and_then(|s| s.trim().parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no timing in {output:?}"));
+    Duration::from_secs_f64(seconds)
+}
+
+/// With the default pool-size, requests reuse kept-alive connections: a
+/// few hundred reads (plus the writes before them) open a handful of
+/// connections, not one per request as with pool-size=0 or a client that
+/// reconnects each time.
+#[test]
+fn requests_reuse_kept_alive_connections() {
+    const READS: usize = 300;
+    let garage = Garage::start();
+    let nbdkit = start(&garage, "reuse/", &["size=2M", "chunk-size=64K"]);
+    let before = connections_with(garage.s3_port);
+    time_small_reads(&nbdkit, READS);
+    let new: Vec<u16> = connections_with(garage.s3_port)
+        .difference(&before)
+        .copied()
+        .collect();
+    eprintln!("{READS} reads: {} new connections", new.len());
+    // nbdsh sends one request at a time; a few more connections may come
+    // from the writes' overlap or a connection the store closed.
+    assert!(
+        new.len() <= 8,
+        "{} new TCP connections to the store for {READS} reads and 32 writes",
+        new.len()
+    );
+}
+
+/// Guards a known mechanism, not a speed goal: Garage (hyper, Nagle on)
+/// sends a GET reply's body only once its head is ACKed, and Linux delays
+/// that ACK ~40 ms on a kept-alive connection, so every read took ~43 ms
+/// until the plugin set TCP_QUICKACK after each request. Hundreds of
+/// kept-alive 4 KiB reads must take far less than 40 ms each (a 5x
+/// margin: ~1 ms each on loopback when the ACK is not delayed).
+#[test]
+fn kept_alive_reads_do_not_wait_for_a_delayed_ack() {
+    const READS: usize = 400;
+    const DELAYED_ACK: Duration = Duration::from_millis(40);
+    let garage = Garage::start();
+    let nbdkit = start(&garage, "quickack/", &["size=2M", "chunk-size=64K"]);
+    let took = time_small_reads(&nbdkit, READS);
+    eprintln!("{READS} kept-alive reads took {took:?}");
+    let limit = DELAYED_ACK * READS as u32 / 5;
+    assert!(
+        took < limit,
+        "{READS} reads took {took:?} (limit {limit:?}): {:?} each, the delayed-ACK stall is back",
+        took / READS as u32
+    );
 }

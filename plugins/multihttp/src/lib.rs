@@ -6,9 +6,10 @@
 //! [`plugin_glue::guard`] (a panic becomes EIO, never an abort) and calls
 //! into the modules that do the work:
 //! - [`config`]: keys, defaults, validation, help text;
-//! - [`transport`]: the HTTP requests the plugin sends, over
-//!   [`endpoint`] (a URL and its idle connections), [`connection`] (one
-//!   keep-alive connection under a deadline) and [`response`] (reply heads);
+//! - [`transport`]: the HTTP requests the plugin sends, over the shared
+//!   `http-client` crate (re-exported here as [`endpoint`]: a URL and its
+//!   idle connections, [`connection`]: one keep-alive connection under a
+//!   deadline, and [`response`]: reply heads);
 //! - [`tls`]: the TLS client configuration of `https://` URLs;
 //! - [`reply`]: which replies are trusted;
 //! - [`discovery`]: parallel HEAD probes of all URLs;
@@ -20,16 +21,15 @@
 
 pub mod cluster;
 pub mod config;
-pub mod connection;
 pub mod discovery;
-pub mod endpoint;
 pub mod error;
 pub mod health;
 pub mod ops;
 pub mod reply;
-pub mod response;
 pub mod tls;
 pub mod transport;
+
+pub use http_client::{connection, endpoint, response};
 
 #[cfg(not(test))]
 mod plugin;

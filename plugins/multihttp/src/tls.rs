@@ -77,12 +77,7 @@ pub fn client_config(config: &Config) -> Result<Option<Arc<ClientConfig>>, Confi
     Ok(Some(Arc::new(client)))
 }
 
-/// The name a server's certificate must carry for `host` (an IP address
-/// or a DNS name from a URL that `Address::parse` accepted).
-pub fn server_name(host: &str) -> Result<ServerName<'static>, String> {
-    ServerName::try_from(host.to_owned())
-        .map_err(|e| format!("{host:?} is not a host name TLS can verify: {e}"))
-}
+pub use http_client::endpoint::server_name;
 
 /// `tls-verify=false`: any certificate, any name. Handshake signatures
 /// are still checked (the server must hold the key of the certificate

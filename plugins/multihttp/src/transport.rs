@@ -8,7 +8,7 @@
 //! is given up after about `io-timeout`. Every failure comes back as an
 //! [`Attempt`]: fail over, or a fatal error for the client.
 //!
-//! Why our own HTTP/1.1 client (`connection`, `response`, `endpoint`)
+//! Why our own HTTP/1.1 client (the `http-client` crate, shared with s3)
 //! instead of ureq 2: measured with `strace -c` on 4 KiB reads, ureq spent
 //! ~31 syscalls per request where nbdkit's curl plugin spends ~9: two
 //! setsockopt before every recv (its per-request deadline), two more when
@@ -22,7 +22,6 @@
 //! setsockopt while a request is far from its deadline.
 
 use std::collections::HashMap;
-use std::io::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,11 +32,13 @@ use http_disk_protocol::{headers, ByteRange};
 use plugin_glue::secret::{wipe, Secret};
 
 use crate::config::Config;
-use crate::connection::{Deadline, Failure, COALESCE_BODY};
-use crate::endpoint::{Address, Endpoint, Lease, Slot};
+use http_client::connection::Deadline;
+use http_client::endpoint::{Address, Endpoint, Lease, Pool};
+use http_client::request::{split_body, Request, SecretHeader};
+use http_client::response::{Body, ResponseHead};
+
 use crate::error::Attempt;
 use crate::reply::{self, ServerInfo};
-use crate::response::{Body, ResponseHead};
 
 /// Slowest payload rate a working server is allowed (1 MiB/s).
 pub const MIN_TRANSFER_RATE: u64 = 1 << 20;
@@ -53,10 +54,6 @@ pub struct Transport {
     /// `Basic base64(user:password)`, never in ordinary memory.
     authorization: Option<Secret>,
 }
-
-/// Kept-alive connections found closed by the server, in a row, before a
-/// request gives up.
-const MAX_STALE_RETRIES: usize = 3;
 
 /// Error replies with bodies up to this size are read to keep their
 /// connection; larger ones are dropped with it.
@@ -89,7 +86,14 @@ impl Transport {
                     }
                     _ => None,
                 };
-                (url.clone(), Endpoint::new(address, config.pool_size, tls))
+                // pool-size bounds the open connections, not only the idle
+                // ones: see http_client::endpoint.
+                let pool = Pool {
+                    max_open: config.pool_size,
+                    max_idle: config.pool_size,
+                    quick_ack: false,
+                };
+                (url.clone(), Endpoint::new(address, pool, tls))
             })
             .collect();
         let authorization = config
@@ -110,9 +114,9 @@ impl Transport {
         Deadline::new(total, self.io_timeout)
     }
 
-    /// Sends one request and reads the reply head. A pooled connection the
-    /// server had closed while idle is not a server failure: the request
-    /// goes again on a new connection (every request here is idempotent).
+    /// Sends one request and reads the reply head (every request here is
+    /// idempotent: the endpoint may send it again on a new connection
+    /// when a kept-alive one turns out closed).
     fn exchange(
         &self,
         url: &str,
@@ -125,101 +129,29 @@ impl Transport {
             .endpoints
             .get(url)
             .ok_or_else(|| format!("{url} is not a configured URL"))?;
-        let tail = if body.len() > COALESCE_BODY {
-            body
-        } else {
-            &[]
-        };
-        let inline_body = body.len() - tail.len();
-        let mut wire = RequestBytes::with_capacity(
-            self.head_capacity(endpoint, method, extra_headers) + inline_body,
-        );
-        self.write_head(&mut wire.bytes, endpoint, method, extra_headers, body.len());
-        if self.authorization.is_some() {
+        let (inline_body, tail) = split_body(body);
+        let request = request(endpoint, method, extra_headers, body.len());
+        let secret = self.secret_header();
+        let mut wire =
+            RequestBytes::with_capacity(request.capacity(secret.as_ref()) + inline_body.len());
+        request.write_head(&mut wire.bytes, secret.as_ref())?;
+        if secret.is_some() {
             wire.secret_len = wire.bytes.len();
         }
-        if tail.is_empty() {
-            wire.bytes.extend_from_slice(body);
-        }
+        wire.bytes.extend_from_slice(inline_body);
         // A reallocation would have left a copy of the head in freed memory.
         debug_assert!(wire.bytes.len() <= wire.capacity, "head capacity too small");
-        let mut slot = endpoint.acquire(deadline.at())?;
-        // Bounded: after a stale connection the idle ones are dropped, so
-        // the next try is normally on a new connection.
-        for _ in 0..MAX_STALE_RETRIES {
-            let (mut lease, fresh) = match slot {
-                Slot::Pooled(lease) => (lease, false),
-                Slot::New(new) => (new.connect(self.connect_timeout, deadline)?, true),
-            };
-            match lease.exchange(&wire.bytes, tail, deadline) {
-                Ok(head) => return Ok((lease, head)),
-                Err(Failure::ClosedBeforeReply(_)) if !fresh => {
-                    // Free this slot before taking one for the new connection.
-                    drop(lease);
-                    // The server probably restarted: its other idle
-                    // connections are stale too.
-                    endpoint.drop_idle();
-                    slot = endpoint.acquire(deadline.at())?;
-                }
-                Err(failure) => return Err(failure.into_message()),
-            }
-        }
-        Err(format!(
-            "{MAX_STALE_RETRIES} kept-alive connections in a row were closed by the server"
-        ))
+        endpoint
+            .send(&wire.bytes, tail, self.connect_timeout, deadline)
+            .map_err(|e| e.to_string())
     }
 
-    /// An upper bound of the head's size, so that its buffer is never
-    /// reallocated (see [`RequestBytes`]).
-    fn head_capacity(&self, endpoint: &Endpoint, method: &str, extra: &[(&str, &str)]) -> usize {
-        // Request line, Host, User-Agent, Content-Length and the blank
-        // line take less than this besides the lengths added below.
-        const FIXED: usize = 128;
-        FIXED
-            + method.len()
-            + endpoint.address.target.len()
-            + endpoint.address.authority.len()
-            + self.authorization.as_ref().map_or(0, |a| a.len() + 17)
-            + extra
-                .iter()
-                .map(|(name, value)| name.len() + value.len() + 4)
-                .sum::<usize>()
-    }
-
-    /// Writes the request head straight into the request's buffer (no
-    /// intermediate String: it would be one more freed copy of the
-    /// Authorization header per request).
-    fn write_head(
-        &self,
-        wire: &mut Vec<u8>,
-        endpoint: &Endpoint,
-        method: &str,
-        extra_headers: &[(&str, &str)],
-        body_len: usize,
-    ) {
-        let address = &endpoint.address;
-        // Writing to a Vec cannot fail.
-        let _ = write!(
-            wire,
-            "{method} {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: multihttp/{}\r\n",
-            address.target,
-            address.authority,
-            env!("CARGO_PKG_VERSION")
-        );
-        if let Some(value) = &self.authorization {
-            wire.extend_from_slice(b"Authorization: ");
-            wire.extend_from_slice(value.expose());
-            wire.extend_from_slice(b"\r\n");
-        }
-        for (name, value) in extra_headers {
-            let _ = write!(wire, "{name}: {value}\r\n");
-        }
-        // Bodies are always Content-Length framed: the old server never
-        // answers `100 Continue`, and chunked bodies would need it.
-        if matches!(method, "PUT" | "POST") {
-            let _ = write!(wire, "Content-Length: {body_len}\r\n");
-        }
-        wire.extend_from_slice(b"\r\n");
+    /// The Authorization header of every request, when `user=` is set.
+    fn secret_header(&self) -> Option<SecretHeader<'_>> {
+        self.authorization.as_ref().map(|value| SecretHeader {
+            name: "Authorization",
+            value: value.expose(),
+        })
     }
 
     /// HEAD probe, bounded as a whole by `connect-timeout`.
@@ -367,6 +299,25 @@ impl Transport {
     }
 }
 
+/// The head of a request to `endpoint`. Bodies are always Content-Length
+/// framed: the old server never answers `100 Continue`, and chunked
+/// bodies would need it.
+fn request<'a>(
+    endpoint: &'a Endpoint,
+    method: &'a str,
+    extra_headers: &'a [(&'a str, &'a str)],
+    body_len: usize,
+) -> Request<'a> {
+    Request {
+        method,
+        target: &endpoint.address.target,
+        host: &endpoint.address.authority,
+        user_agent: concat!("multihttp/", env!("CARGO_PKG_VERSION")),
+        headers: extra_headers,
+        content_length: matches!(method, "PUT" | "POST").then_some(body_len as u64),
+    }
+}
+
 /// `Basic base64(user:password)` for the Authorization header, assembled
 /// and encoded in [`Secret`] memory only (`user:password` never exists in
 /// ordinary memory, and is zeroed as soon as it is encoded).
@@ -425,18 +376,10 @@ impl Drop for RequestBytes {
     }
 }
 
-/// Reads a reply body nobody needs (error text, a PUT's short answer) so
-/// the connection can be reused; drops the connection when that is not
-/// possible or not worth it.
-fn finish_unwanted(mut lease: Lease<'_>, head: &ResponseHead, method: &str, deadline: &Deadline) {
-    let reusable = match head.body(method) {
-        Ok(Body::None) => true,
-        Ok(Body::Length(len)) if len <= SKIPPABLE_BODY => lease.skip_body(len, deadline).is_ok(),
-        _ => false,
-    };
-    if reusable && head.keep_alive() {
-        lease.keep();
-    }
+/// Reads a reply body nobody needs so the connection can be reused, or
+/// drops the connection.
+fn finish_unwanted(lease: Lease<'_>, head: &ResponseHead, method: &str, deadline: &Deadline) {
+    lease.finish_unwanted(head, method, SKIPPABLE_BODY, deadline);
 }
 
 /// The server's one-line reason for an error reply.
@@ -486,9 +429,11 @@ mod tests {
             (headers::MAY_TRIM, "1"),
             (headers::WRITEBACK, "1"),
         ];
-        let capacity = t.head_capacity(endpoint, "POST", &extra);
+        let request = request(endpoint, "POST", &extra, usize::MAX);
+        let secret = t.secret_header();
+        let capacity = request.capacity(secret.as_ref());
         let mut wire = Vec::with_capacity(capacity);
-        t.write_head(&mut wire, endpoint, "POST", &extra, usize::MAX);
+        request.write_head(&mut wire, secret.as_ref()).unwrap();
         assert!(wire.len() <= capacity, "{} > {capacity}", wire.len());
         let text = String::from_utf8(wire).unwrap();
         assert!(

@@ -14,7 +14,8 @@ use plugin_glue::Secret;
 pub const HELP: &str = "\
 endpoint=URL          (required) S3 endpoint, http:// or https://
 cafile=PATH           PEM bundle of the CA certificates trusted for an
-                      https:// endpoint (default: Mozilla's list built in).
+                      https:// endpoint (default: Mozilla's list built into
+                      the plugin, not the system's bundle).
 bucket=NAME           (required) Bucket holding the disk.
 prefix=PREFIX         Key prefix of the disk's objects (default: none;
                       e.g. disks/vol1/). One disk per prefix.
@@ -32,11 +33,11 @@ secret-key=+FILE      Secret key, as in nbdkit: +FILE, -FD or - (a literal
                       $AWS_SECRET_ACCESS_KEY; $AWS_SESSION_TOKEN is used
                       when set. Both are removed from the environment once
                       read (/proc/PID/environ, core dumps, --run commands).
-pool-size=N           Idle keep-alive connections kept (default 16). 0: a
-                      new connection per request, faster with stores that
-                      answer reused connections slowly (Garage 2.5 on
-                      loopback: ~43 ms per request with keep-alive, ~1 ms
-                      without, from a Nagle/delayed-ACK interplay).
+pool-size=N           Idle keep-alive connections kept for the next
+                      requests (default 16, one per nbdkit thread of an NBD
+                      connection). It never holds requests back: more run
+                      at once on extra connections, closed after their
+                      reply. 0: a new connection per request.
 connect-timeout=TIME  TCP connect timeout (default 5s).
 io-timeout=TIME       Deadline of one request, plus 1 s per MiB (default 30s).
 retry-window=TIME     How long network errors and 5xx replies are retried,

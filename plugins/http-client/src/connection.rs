@@ -2,9 +2,10 @@
 //! possible, reads the reply head through a small buffer and the body
 //! straight into the caller's buffer, all under a per-request deadline.
 //!
-//! Cost per request is the point of this module (see `transport.rs` for
-//! why it replaced ureq): a healthy 4 KiB read is one send and one or two
-//! recvs, with no setsockopt. Socket timeouts are set once per connection
+//! Cost per request is the point of this module (see multihttp's
+//! `transport.rs` for why it replaced ureq): a healthy 4 KiB read is one
+//! send and one or two recvs, with no setsockopt (s3 adds one: quick ACKs
+//! below). Socket timeouts are set once per connection
 //! to the request's step timeout (`io-timeout` for data) and lowered only
 //! when the deadline is closer than that, so a request ends at most
 //! [`DEADLINE_SLACK`] after its deadline.
@@ -13,6 +14,21 @@
 //! (`tls-io`) arm the socket timeout before every socket call they make,
 //! with the same rule, so the deadline bounds the handshake and every TLS
 //! read and write too. Plain connections never touch that code.
+//!
+//! Quick ACKs ([`Connection::connect`]'s `quick_ack`, s3 only): one
+//! `TCP_QUICKACK` setsockopt per request, between sending it and reading
+//! its reply. Why: Garage (hyper, Nagle on) writes a reply's head and its
+//! body in two segments, and sends the body only once the head is ACKed;
+//! on a kept-alive connection Linux delays that ACK by ~40 ms (it has
+//! switched to delayed-ACK mode, seeing requests and replies alternate),
+//! so every GET took ~43 ms. New connections start in quick-ACK mode,
+//! which is why a connection per request (s3's old `pool-size=0`) did not
+//! stall. The flag is not sticky (the kernel drops back to delayed ACKs
+//! when we send the next request), hence once per request, after the
+//! send. Not for multihttp: http-disk-server sets TCP_NODELAY, so its
+//! replies never wait for our ACK, and multihttp's requests are tuned to
+//! as few syscalls as possible (a setsockopt would add a fourth to a
+//! 4 KiB read's three, for nothing).
 
 use std::io::{self, Read};
 use std::net::{SocketAddr, TcpStream};
@@ -23,7 +39,8 @@ use std::time::{Duration, Instant};
 use tls_io::rustls::pki_types::ServerName;
 use tls_io::rustls::{ClientConfig, ClientConnection};
 
-use crate::response::{self, ResponseHead};
+use crate::chunked::ChunkedDecoder;
+use crate::response::{self, Body, ResponseHead};
 
 /// Largest reply head accepted (status line and headers). Our server's
 /// are ~200 bytes; a peer sending endless headers is cut off here.
@@ -103,6 +120,8 @@ pub struct Connection {
     buf: Box<[u8]>,
     start: usize,
     end: usize,
+    /// Set `TCP_QUICKACK` after each request is sent (see the top comment).
+    quick_ack: bool,
 }
 
 /// The TCP socket and its timeouts as last set.
@@ -121,12 +140,13 @@ pub struct TlsTarget<'a> {
 
 impl Connection {
     /// Connects, and for `tls` completes the handshake; both within
-    /// `connect_timeout` and the deadline.
+    /// `connect_timeout` and the deadline. `quick_ack`: see the top comment.
     pub fn connect(
         address: SocketAddr,
         connect_timeout: Duration,
         deadline: &Deadline,
         tls: Option<TlsTarget<'_>>,
+        quick_ack: bool,
     ) -> io::Result<Connection> {
         let timeout = deadline.next_timeout()?.min(connect_timeout);
         let stream = TcpStream::connect_timeout(&address, timeout)?;
@@ -155,6 +175,7 @@ impl Connection {
             buf: vec![0; MAX_HEAD].into_boxed_slice(),
             start: 0,
             end: 0,
+            quick_ack,
         })
     }
 
@@ -206,6 +227,9 @@ impl Connection {
                 }
                 _ => Failure::Other(format!("sending the request: {}", describe(&e))),
             });
+        }
+        if self.quick_ack {
+            self.socket.quick_ack();
         }
         self.read_head(deadline)
     }
@@ -325,6 +349,68 @@ impl Connection {
         Ok(())
     }
 
+    /// Reads a whole body delimited as `body` into a new buffer, refusing
+    /// one of more than `limit` bytes. After `Ok`, the connection is at
+    /// the next reply (reusable if the head allows keep-alive), except
+    /// after [`Body::UntilClose`], where the server has closed it.
+    pub fn read_to_vec(
+        &mut self,
+        body: Body,
+        limit: usize,
+        deadline: &Deadline,
+    ) -> Result<Vec<u8>, String> {
+        match body {
+            Body::None => Ok(Vec::new()),
+            Body::Length(len) => {
+                let len = usize::try_from(len)
+                    .ok()
+                    .filter(|&len| len <= limit)
+                    .ok_or_else(|| format!("body of {len} bytes, more than {limit}"))?;
+                let mut out = vec![0; len];
+                self.read_body(&mut out, deadline)?;
+                Ok(out)
+            }
+            Body::Chunked => self.read_chunked(limit, deadline),
+            Body::UntilClose => {
+                let mut out = Vec::new();
+                loop {
+                    out.extend_from_slice(&self.buf[self.start..self.end]);
+                    self.start = self.end;
+                    if out.len() > limit {
+                        return Err(format!("body longer than {limit} bytes"));
+                    }
+                    self.compact();
+                    match self.fill(deadline) {
+                        Ok(0) => return Ok(out),
+                        Ok(_) => {}
+                        Err(e) => return Err(format!("reading the body: {}", describe(&e))),
+                    }
+                }
+            }
+            Body::Encoded => Err("a Transfer-Encoding other than chunked".into()),
+        }
+    }
+
+    fn read_chunked(&mut self, limit: usize, deadline: &Deadline) -> Result<Vec<u8>, String> {
+        let mut decoder = ChunkedDecoder::new(limit);
+        let mut out = Vec::new();
+        loop {
+            let used = decoder
+                .feed(&self.buf[self.start..self.end], &mut out)
+                .map_err(|e| format!("chunked body: {e}"))?;
+            self.start += used;
+            if decoder.is_done() {
+                return Ok(out);
+            }
+            self.compact();
+            match self.fill(deadline) {
+                Ok(0) => return Err("chunked body cut short: the connection closed".into()),
+                Ok(_) => {}
+                Err(e) => return Err(format!("chunked body: {}", describe(&e))),
+            }
+        }
+    }
+
     /// Reads and drops `len` body bytes.
     pub fn skip_body(&mut self, mut len: u64, deadline: &Deadline) -> Result<(), String> {
         loop {
@@ -388,6 +474,25 @@ impl Connection {
 }
 
 impl Socket {
+    /// ACK what arrives now at once (see the top comment). A failure
+    /// costs only speed: ignored.
+    fn quick_ack(&self) {
+        #[cfg(target_os = "linux")]
+        {
+            let one: libc::c_int = 1;
+            // SAFETY: a valid socket fd and an int option of its size.
+            unsafe {
+                libc::setsockopt(
+                    self.stream.as_raw_fd(),
+                    libc::IPPROTO_TCP,
+                    libc::TCP_QUICKACK,
+                    (&one as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                );
+            }
+        }
+    }
+
     fn arm_read(&mut self, deadline: &Deadline) -> io::Result<()> {
         let want = deadline.next_timeout()?;
         if needs_change(self.read_timeout, want) {

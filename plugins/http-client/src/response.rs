@@ -1,6 +1,9 @@
 //! Reply heads: parsed with `httparse` (the parser hyper uses), then read
 //! for what the plugin needs: status, headers, how the body is delimited,
 //! and whether the connection may carry another request.
+//!
+//! Moved from multihttp (unchanged but for [`Body::Chunked`]) to be shared
+//! with s3.
 
 /// Most header lines in a reply; more is refused as malformed.
 pub const MAX_HEADERS: usize = 48;
@@ -21,8 +24,13 @@ pub enum Body {
     /// No body (HEAD, 1xx, 204, 304).
     None,
     Length(u64),
-    /// `Transfer-Encoding`: our servers never send one, so it is not
-    /// decoded; the connection cannot be reused after such a reply.
+    /// `Transfer-Encoding: chunked` (and nothing else): decoded by
+    /// [`crate::chunked`] for small bodies (s3: listings and error
+    /// documents of stores other than Garage). multihttp's servers never
+    /// send it: there it is refused like `Encoded`.
+    Chunked,
+    /// Any other `Transfer-Encoding` (a compression we never asked for):
+    /// not decoded; the connection cannot be reused after such a reply.
     Encoded,
     /// Until the server closes the connection.
     UntilClose,
@@ -52,8 +60,18 @@ impl ResponseHead {
         if method == "HEAD" || matches!(self.status, 100..=199 | 204 | 304) {
             return Ok(Body::None);
         }
-        if self.header("Transfer-Encoding").is_some() {
-            return Ok(Body::Encoded);
+        let mut codings = self
+            .all("Transfer-Encoding")
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|c| !c.is_empty());
+        if let Some(first) = codings.next() {
+            let only_chunked = first.eq_ignore_ascii_case("chunked") && codings.next().is_none();
+            return Ok(if only_chunked {
+                Body::Chunked
+            } else {
+                Body::Encoded
+            });
         }
         let mut length = None;
         for value in self.all("Content-Length") {
@@ -72,7 +90,13 @@ impl ResponseHead {
     }
 
     /// Whether the server keeps the connection open after this reply.
+    /// Never after a reply with both `Transfer-Encoding` and
+    /// `Content-Length` (RFC 9112 §6.1: a sign of smuggling; the
+    /// connection must be closed once the reply is read).
     pub fn keep_alive(&self) -> bool {
+        if self.header("Transfer-Encoding").is_some() && self.header("Content-Length").is_some() {
+            return false;
+        }
         let has_token = |token: &str| {
             self.all("Connection")
                 .flat_map(|v| v.split(','))
@@ -156,7 +180,17 @@ mod tests {
             Ok(Body::None)
         );
         let te = head("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n");
-        assert_eq!(te.body("GET"), Ok(Body::Encoded));
+        assert_eq!(te.body("GET"), Ok(Body::Chunked));
+        assert!(!te.keep_alive(), "both framings: the connection must close");
+        let chunked = head("HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked\r\n\r\n");
+        assert_eq!(chunked.body("GET"), Ok(Body::Chunked));
+        assert!(chunked.keep_alive());
+        for other in ["gzip, chunked", "chunked, gzip", "gzip"] {
+            let h = head(&format!(
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: {other}\r\n\r\n"
+            ));
+            assert_eq!(h.body("GET"), Ok(Body::Encoded), "{other}");
+        }
         let same = head("HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 3, 3\r\n\r\n");
         assert_eq!(same.body("GET"), Ok(Body::Length(3)));
         let conflict = head("HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n");
