@@ -382,9 +382,6 @@ fn s3_group(results: &mut Results, settings: &Settings, progress: &mut Progress)
         let mut ours_params = garage.params("ours/");
         ours_params.push(format!("size={}", settings.disk_size));
         ours_params.push("chunk-size=64K".into());
-        // Garage answers kept-alive connections ~40x slower (see the
-        // plugin's pool-size= key): a connection per request here.
-        ours_params.push("pool-size=0".into());
         let ours = NbdTarget::start("s3", &[], &plugin, &ours_params)?;
         let access = format!("AWS_ACCESS_KEY_ID={}", garage.access_key);
         let secret = format!("AWS_SECRET_ACCESS_KEY={}", garage.secret_key);

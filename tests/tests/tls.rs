@@ -641,7 +641,7 @@ fn s3_reaches_an_https_endpoint_through_its_cafile() {
     assert!(nbdsh(&nbdkit.uri(), ROUND_TRIPS).contains("ok"));
     drop(nbdkit);
 
-    // Without it (ureq's built-in Mozilla roots) the store is refused.
+    // Without it (the plugin's built-in Mozilla roots) the store is refused.
     let other = TestCa::new("other");
     for extra in [String::new(), cafile(&other)] {
         // Retrying cannot help: no need to wait the default 30 s.
