@@ -357,10 +357,11 @@ fn connection_churn_and_idle_connections_leave_nothing_behind() {
 }
 
 /// Kept-alive connections of a whole pool: each made a request and stays
-/// open and idle, as multihttp's connection pools keep them (up to
-/// `pool-size` 16 per host, up to 64 hosts).
+/// open and idle, as multihttp's connection pools keep them (16 per NBD
+/// connection of a host, and the wrapper attaches with one; up to 64
+/// hosts).
 const POOL_CONNECTIONS: usize = 700;
-/// multihttp's largest pool to one server (its `pool-size` default), so
+/// multihttp's pool to one server for one NBD connection (its default), so
 /// 700 connections come from 44 hosts (127.0.1.1, 127.0.1.2...), each
 /// well under the server's `--max-connections-per-peer`.
 const POOL_SIZE: usize = 16;

@@ -98,6 +98,100 @@ fn concurrent_requests_share_at_most_pool_size_connections() {
     assert!(opened <= 3, "{opened} connections opened for one fio run");
 }
 
+/// The most connections to `port` seen while `load` runs (for at most
+/// 30 s); the load must then succeed.
+fn most_connections_while(mut load: Proc, port: u16) -> usize {
+    let mut most_open = 0;
+    let started = Instant::now();
+    while load.exited().is_none() && started.elapsed() < Duration::from_secs(30) {
+        most_open = most_open.max(sockets_to(port, ESTABLISHED));
+        thread::sleep(Duration::from_millis(10));
+    }
+    let status = load.wait_timeout(Duration::from_secs(10));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "load failed: {}",
+        load.output_when_closed()
+    );
+    most_open
+}
+
+/// 64 reads in flight at a time for 2 s on exactly one NBD connection
+/// (one libnbd handle; fio may open a second connection to read the size
+/// while its first is still closing).
+fn one_client_load(nbdkit: &Nbdkit) -> Proc {
+    let mut nbdsh = debian_tool("nbdsh");
+    nbdsh.args([
+        "-u",
+        &nbdkit.uri(),
+        "-c",
+        "import time\n\
+         end = time.monotonic() + 2\n\
+         n = 0\n\
+         while time.monotonic() < end:\n\
+         \x20   for i in range(64):\n\
+         \x20       h.aio_pread(nbd.Buffer(4096), (n * 7919 % 4096) * 4096,\n\
+         \x20                   completion=lambda err: 1)\n\
+         \x20       n += 1\n\
+         \x20   while h.aio_in_flight() > 0:\n\
+         \x20       h.poll(-1)\n\
+         print('reads', n)",
+    ]);
+    Proc::spawn("nbdsh", nbdsh)
+}
+
+/// fio 4 KiB random reads at queue depth 16 on 4 NBD connections, 2 s.
+fn four_clients_load(nbdkit: &Nbdkit) -> Proc {
+    let mut fio = debian_tool("fio");
+    fio.args([
+        "--name=load",
+        "--ioengine=nbd",
+        &format!("--uri={}", nbdkit.uri()),
+        "--rw=randread",
+        "--bs=4k",
+        "--iodepth=16",
+        "--numjobs=4",
+        "--time_based",
+        "--runtime=2s",
+        "--output-format=terse",
+    ]);
+    Proc::spawn("fio", fio)
+}
+
+/// The default pool is 16 connections per NBD client connection (nbdkit's
+/// 16 request threads each), at most 64: more clients get more HTTP
+/// connections instead of queueing for 16, and the extra ones close when
+/// the clients leave.
+#[test]
+fn the_default_pool_grows_with_the_nbd_clients_and_shrinks_after() {
+    let dir = TempDir::new().unwrap();
+    let disk = pattern_file(dir.path(), "disk.img", 16 * MIB, 4);
+    let server = DiskServer::start(&disk, &[]);
+    let nbdkit = Nbdkit::start(
+        &[],
+        &plugin(),
+        &[&format!("urls={}", server.url()), "device-size=16M"],
+    );
+    let one_client = most_connections_while(one_client_load(&nbdkit), server.port);
+    assert!(
+        (1..=16).contains(&one_client),
+        "{one_client} connections for one NBD client with 64 reads in flight"
+    );
+    // 4 clients x 16 requests in flight: beyond one client's 16.
+    let four_clients = most_connections_while(four_clients_load(&nbdkit), server.port);
+    assert!(
+        (17..=64).contains(&four_clients),
+        "{four_clients} connections for four NBD clients (16 each, at most 64)"
+    );
+    // The clients are gone: back to one client's bound, at once.
+    let started = Instant::now();
+    while sockets_to(server.port, ESTABLISHED) > 16 && started.elapsed() < Duration::from_secs(5) {
+        thread::sleep(Duration::from_millis(20));
+    }
+    let left = sockets_to(server.port, ESTABLISHED);
+    assert!(left <= 16, "{left} connections kept after the clients left");
+}
+
 #[test]
 fn a_kept_alive_connection_closed_by_the_server_is_retried_not_failed_over() {
     let peer = ScriptedPeer::start(Script::OneReplyPerConnection { size: MIB as u64 });

@@ -156,17 +156,22 @@ pub struct Endpoint {
     /// `https://`: the client configuration and the name to verify.
     tls: Option<(Arc<ClientConfig>, ServerName<'static>)>,
     connections: Mutex<Connections>,
-    /// Signalled when a connection goes idle or is closed.
+    /// Signalled when a connection goes idle or is closed, or the bounds
+    /// grow.
     freed: Condvar,
-    pool: Pool,
+    quick_ack: bool,
 }
 
-#[derive(Default)]
 struct Connections {
     /// Open and unused, most recently used last.
     idle: Vec<Connection>,
     /// Open: idle, in use, or being connected.
     open: usize,
+    /// The bounds in force ([`Pool`]'s, or as changed by
+    /// [`Endpoint::set_bounds`]); under the lock, so a change is seen by
+    /// every waiter and releaser at once.
+    max_open: usize,
+    max_idle: usize,
 }
 
 /// What [`Endpoint::acquire`] hands out: a connection to use, or the right
@@ -200,13 +205,37 @@ impl Endpoint {
         Endpoint {
             address,
             tls,
-            connections: Mutex::new(Connections::default()),
-            freed: Condvar::new(),
-            pool: Pool {
+            connections: Mutex::new(Connections {
+                idle: Vec::new(),
+                open: 0,
                 max_open: pool.max_open.max(1),
-                ..pool
-            },
+                max_idle: pool.max_idle,
+            }),
+            freed: Condvar::new(),
+            quick_ack: pool.quick_ack,
         }
+    }
+
+    /// Changes the bounds (e.g. multihttp's pool growing with its NBD
+    /// clients). Requests waiting for a connection see a larger bound at
+    /// once; with a smaller one, connections beyond it are closed as they
+    /// are released, never taken from a request.
+    pub fn set_bounds(&self, max_open: usize, max_idle: usize) {
+        let mut pool = self.lock_pool();
+        pool.max_open = max_open.max(1);
+        pool.max_idle = max_idle;
+        let excess = pool.idle.len().saturating_sub(max_idle);
+        let closed: Vec<Connection> = pool.idle.drain(..excess).collect();
+        pool.open -= closed.len();
+        self.freed.notify_all();
+        drop(pool);
+        // Closed outside the lock.
+        drop(closed);
+    }
+
+    /// The bound on open connections in force.
+    pub fn max_open(&self) -> usize {
+        self.lock_pool().max_open
     }
 
     /// Sends one request (`request`, then `tail`: see
@@ -265,7 +294,7 @@ impl Endpoint {
                 }
                 pool.open -= 1;
             }
-            if pool.open < self.pool.max_open {
+            if pool.open < pool.max_open {
                 pool.open += 1;
                 return Ok(Slot::New(NewSlot { endpoint: self }));
             }
@@ -273,7 +302,7 @@ impl Endpoint {
             if left.is_zero() {
                 return Err(format!(
                     "all {} connections (pool-size) stayed busy until the deadline",
-                    self.pool.max_open
+                    pool.max_open
                 ));
             }
             pool = self
@@ -297,7 +326,9 @@ impl Endpoint {
         let closed = {
             let mut pool = self.lock_pool();
             let closed = match connection {
-                Some(connection) if pool.idle.len() < self.pool.max_idle => {
+                Some(connection)
+                    if pool.idle.len() < pool.max_idle && pool.open <= pool.max_open =>
+                {
                     pool.idle.push(connection);
                     None
                 }
@@ -340,7 +371,7 @@ impl<'a> NewSlot<'a> {
                 .tls
                 .as_ref()
                 .map(|(config, name)| TlsTarget { config, name });
-            let quick_ack = self.endpoint.pool.quick_ack;
+            let quick_ack = self.endpoint.quick_ack;
             match Connection::connect(address, connect_timeout, deadline, tls, quick_ack) {
                 Ok(connection) => {
                     let endpoint = self.endpoint;
@@ -580,6 +611,63 @@ mod tests {
         ]);
         let e = get(&pooled(&url, 1), 100).unwrap_err();
         assert!(e.contains("cut short"), "{e}");
+        server.join().unwrap();
+    }
+
+    /// An endpoint nobody listens on: only its slots are used.
+    fn unconnected(max_open: usize) -> Endpoint {
+        let pool = Pool {
+            max_open,
+            max_idle: max_open,
+            quick_ack: false,
+        };
+        Endpoint::new(parse("http://127.0.0.1:9/"), pool, None)
+    }
+
+    fn is_new(slot: &Slot<'_>) -> bool {
+        matches!(slot, Slot::New(_))
+    }
+
+    #[test]
+    fn a_request_waiting_for_a_connection_gets_one_when_the_bound_grows() {
+        let endpoint = unconnected(1);
+        let held = endpoint.acquire(Instant::now() + Duration::from_secs(1));
+        assert!(held.as_ref().is_ok_and(is_new));
+        // At the bound: a short wait ends in an error naming it.
+        let e = endpoint
+            .acquire(Instant::now() + Duration::from_millis(50))
+            .err()
+            .expect("no second slot at max_open 1");
+        assert!(e.contains("all 1 connections"), "{e}");
+        std::thread::scope(|scope| {
+            let waiter = scope.spawn(|| {
+                let started = Instant::now();
+                let slot = endpoint.acquire(Instant::now() + Duration::from_secs(30));
+                (slot.as_ref().is_ok_and(is_new), started.elapsed())
+            });
+            std::thread::sleep(Duration::from_millis(100));
+            endpoint.set_bounds(2, 2);
+            let (got_one, waited) = waiter.join().unwrap();
+            assert!(got_one);
+            // Woken by the change, not by its 30 s deadline.
+            assert!(waited < Duration::from_secs(10), "{waited:?}");
+        });
+        assert_eq!(endpoint.max_open(), 2);
+        drop(held);
+    }
+
+    #[test]
+    fn a_smaller_bound_closes_idle_connections_beyond_it() {
+        let (url, server) = serve(vec![LENGTH]);
+        let endpoint = pooled(&url, 2);
+        get(&endpoint, 100).unwrap();
+        let counts = || {
+            let pool = endpoint.lock_pool();
+            (pool.idle.len(), pool.open)
+        };
+        assert_eq!(counts(), (1, 1), "kept alive after its reply");
+        endpoint.set_bounds(1, 0);
+        assert_eq!(counts(), (0, 0), "closed by the smaller bound");
         server.join().unwrap();
     }
 }

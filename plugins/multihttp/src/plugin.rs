@@ -34,6 +34,13 @@ struct MultiHttp {
     server_at_open: Option<ServerInfo>,
 }
 
+/// Closing the NBD connection: the pools may shrink back.
+impl Drop for MultiHttp {
+    fn drop(&mut self) {
+        self.cluster.transport().client_connection(false);
+    }
+}
+
 impl MultiHttp {
     fn has(&self, feature: Feature) -> bool {
         self.server_at_open.is_some_and(|info| info.has(feature))
@@ -96,6 +103,12 @@ impl Server for MultiHttp {
                 "multihttp_default_pool_size={}",
                 config::DEFAULT_POOL_SIZE
             );
+            let _ = writeln!(
+                out,
+                "multihttp_default_pool_size_max={}",
+                config::DEFAULT_POOL_MAX
+            );
+            let _ = writeln!(out, "multihttp_default_pool_per_client_connection=yes");
             let _ = writeln!(out, "multihttp_max_urls={}", config::MAX_URLS);
             let _ = writeln!(out, "multihttp_parallel_probe=yes");
             let _ = writeln!(out, "multihttp_https=yes");
@@ -164,6 +177,7 @@ impl Server for MultiHttp {
                         }
                     },
                 };
+                cluster.transport().client_connection(true);
                 Ok(Box::new(MultiHttp {
                     cluster,
                     server_at_open,

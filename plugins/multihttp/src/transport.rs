@@ -22,7 +22,7 @@
 //! setsockopt while a request is far from its deadline.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tls_io::rustls::ClientConfig;
@@ -31,7 +31,7 @@ use base64::Engine;
 use http_disk_protocol::{headers, ByteRange};
 use plugin_glue::secret::{wipe, Secret};
 
-use crate::config::Config;
+use crate::config::{Config, PoolSize};
 use http_client::connection::Deadline;
 use http_client::endpoint::{Address, Endpoint, Lease, Pool};
 use http_client::request::{split_body, Request, SecretHeader};
@@ -53,6 +53,9 @@ pub struct Transport {
     io_timeout: Duration,
     /// `Basic base64(user:password)`, never in ordinary memory.
     authorization: Option<Secret>,
+    pool_size: PoolSize,
+    /// NBD client connections open now (they size the default pool).
+    client_connections: Mutex<usize>,
 }
 
 /// Error replies with bodies up to this size are read to keep their
@@ -88,9 +91,10 @@ impl Transport {
                 };
                 // pool-size bounds the open connections, not only the idle
                 // ones: see http_client::endpoint.
+                let bound = config.pool_size.bound(0);
                 let pool = Pool {
-                    max_open: config.pool_size,
-                    max_idle: config.pool_size,
+                    max_open: bound,
+                    max_idle: bound,
                     quick_ack: false,
                 };
                 (url.clone(), Endpoint::new(address, pool, tls))
@@ -105,7 +109,32 @@ impl Transport {
             connect_timeout: config.connect_timeout,
             io_timeout: config.io_timeout,
             authorization,
+            pool_size: config.pool_size,
+            client_connections: Mutex::new(0),
         }
+    }
+
+    /// An NBD client connection opened (`true`) or closed: the pools'
+    /// bound follows (see [`PoolSize`]). Under one lock, so concurrent
+    /// opens and closes apply their bounds in order.
+    pub fn client_connection(&self, opened: bool) {
+        let mut count = self
+            .client_connections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        *count = if opened {
+            *count + 1
+        } else {
+            count.saturating_sub(1)
+        };
+        let bound = self.pool_size.bound(*count);
+        for endpoint in self.endpoints.values() {
+            endpoint.set_bounds(bound, bound);
+        }
+        log::debug!(
+            "{} NBD client connection(s): up to {bound} HTTP connections per server",
+            *count
+        );
     }
 
     /// Deadline of a whole request moving `bytes` at `rate` or faster.
