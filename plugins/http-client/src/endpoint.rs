@@ -172,6 +172,10 @@ struct Connections {
     /// every waiter and releaser at once.
     max_open: usize,
     max_idle: usize,
+    /// Requests waiting in [`Endpoint::acquire`]: a release wakes one
+    /// only if there is one (std's `notify_one` is a futex syscall even
+    /// with nobody waiting, once per request otherwise).
+    waiting: usize,
 }
 
 /// What [`Endpoint::acquire`] hands out: a connection to use, or the right
@@ -210,6 +214,7 @@ impl Endpoint {
                 open: 0,
                 max_open: pool.max_open.max(1),
                 max_idle: pool.max_idle,
+                waiting: 0,
             }),
             freed: Condvar::new(),
             quick_ack: pool.quick_ack,
@@ -283,33 +288,49 @@ impl Endpoint {
     /// An idle connection that is still open, or a slot for a new one;
     /// waits for one of them until `until`.
     pub fn acquire(&self, until: Instant) -> Result<Slot<'_>, String> {
-        let mut pool = self.lock_pool();
         loop {
-            while let Some(connection) = pool.idle.pop() {
-                if connection.is_reusable_now() {
-                    return Ok(Slot::Pooled(Lease {
-                        endpoint: self,
-                        connection: Some(connection),
-                    }));
+            let connection = {
+                let mut pool = self.lock_pool();
+                loop {
+                    if let Some(connection) = pool.idle.pop() {
+                        break connection;
+                    }
+                    if pool.open < pool.max_open {
+                        pool.open += 1;
+                        return Ok(Slot::New(NewSlot { endpoint: self }));
+                    }
+                    let left = until.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(format!(
+                            "all {} connections (pool-size) stayed busy until the deadline",
+                            pool.max_open
+                        ));
+                    }
+                    pool.waiting += 1;
+                    pool = self
+                        .freed
+                        .wait_timeout(pool, left)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                    pool.waiting -= 1;
                 }
-                pool.open -= 1;
+            };
+            // Checked outside the lock: it is a syscall, and with many
+            // requests in flight the others need the pool meanwhile.
+            let lease = Lease {
+                endpoint: self,
+                connection: Some(connection),
+            };
+            if lease
+                .connection
+                .as_ref()
+                .is_some_and(Connection::is_reusable_now)
+            {
+                return Ok(Slot::Pooled(lease));
             }
-            if pool.open < pool.max_open {
-                pool.open += 1;
-                return Ok(Slot::New(NewSlot { endpoint: self }));
-            }
-            let left = until.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(format!(
-                    "all {} connections (pool-size) stayed busy until the deadline",
-                    pool.max_open
-                ));
-            }
-            pool = self
-                .freed
-                .wait_timeout(pool, left)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            // Closed by the server while idle: dropping the lease closes
+            // it and frees its place in the pool.
+            drop(lease);
         }
     }
 
@@ -337,7 +358,9 @@ impl Endpoint {
                     other
                 }
             };
-            self.freed.notify_one();
+            if pool.waiting > 0 {
+                self.freed.notify_one();
+            }
             closed
         };
         // Closed outside the lock.
@@ -654,6 +677,31 @@ mod tests {
         });
         assert_eq!(endpoint.max_open(), 2);
         drop(held);
+    }
+
+    #[test]
+    fn a_request_waiting_for_a_connection_is_woken_when_one_is_released() {
+        let endpoint = unconnected(1);
+        let held = endpoint.acquire(Instant::now() + Duration::from_secs(1));
+        assert!(held.as_ref().is_ok_and(is_new));
+        std::thread::scope(|scope| {
+            let waiter = scope.spawn(|| {
+                let started = Instant::now();
+                let slot = endpoint.acquire(Instant::now() + Duration::from_secs(30));
+                (slot.as_ref().is_ok_and(is_new), started.elapsed())
+            });
+            // Released only once the waiter is counted as waiting.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while endpoint.lock_pool().waiting == 0 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            drop(held);
+            let (got_one, waited) = waiter.join().unwrap();
+            assert!(got_one);
+            // Woken by the release, not by its 30 s deadline.
+            assert!(waited < Duration::from_secs(10), "{waited:?}");
+        });
+        assert_eq!(endpoint.lock_pool().waiting, 0);
     }
 
     #[test]
