@@ -312,4 +312,25 @@ mod tests {
         health.success(0);
         assert_eq!(health.server_left(0, "gone"), 1);
     }
+
+    #[test]
+    fn the_file_is_replaced_never_rewritten_in_place() {
+        use std::io::Read;
+        let dir = tempfile::tempdir().unwrap();
+        let (health, path) = health(&dir);
+        health.server_chosen(0);
+        let old = std::fs::read_to_string(&path).unwrap();
+        // A monitoring script that opened the file before an update...
+        let mut reader = std::fs::File::open(&path).unwrap();
+        health.server_left(0, "gone");
+        let mut seen = String::new();
+        reader.read_to_string(&mut seen).unwrap();
+        // ...reads the whole old text, not a truncated or mixed one: the
+        // update was a new file renamed over the old.
+        assert_eq!(seen, old);
+        let new = std::fs::read_to_string(&path).unwrap();
+        assert_ne!(new, old);
+        assert_eq!(field(&new, "current"), "");
+        assert!(!dir.path().join("status.tmp").exists());
+    }
 }
