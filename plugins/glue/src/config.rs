@@ -167,8 +167,7 @@ pub fn read_password(key: &str, value: &str) -> Result<Secret, ConfigError> {
     // SAFETY: `out` is a NUL-terminated malloc'd string now owned by us.
     let password = unsafe {
         let bytes = std::slice::from_raw_parts_mut(out.cast::<u8>(), libc::strlen(out));
-        let password = Secret::new(bytes);
-        wipe(bytes);
+        let password = Secret::take(bytes);
         libc::free(out.cast());
         password
     };

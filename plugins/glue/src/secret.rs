@@ -49,6 +49,15 @@ impl Secret {
         })
     }
 
+    /// A secret taking the bytes of a buffer we do not own (e.g. one
+    /// malloc'd by nbdkit), which is zeroed: after this, the value lives
+    /// only in the secret's own memory.
+    pub fn take(bytes: &mut [u8]) -> Secret {
+        let secret = Secret::new(bytes);
+        wipe(bytes);
+        secret
+    }
+
     /// A secret of at most `capacity` bytes written in place by `fill`,
     /// which returns how many it wrote: the value is never assembled in
     /// ordinary memory first (e.g. an `Authorization` header built from a
@@ -297,6 +306,14 @@ mod tests {
         assert!(take_env("PLUGIN_GLUE_TEST_SECRET").is_none());
         std::env::set_var("PLUGIN_GLUE_TEST_EMPTY", "");
         assert!(take_env("PLUGIN_GLUE_TEST_EMPTY").is_none());
+    }
+
+    #[test]
+    fn take_moves_the_bytes_and_zeroes_the_source() {
+        let mut source = *b"password from nbdkit";
+        let secret = Secret::take(&mut source);
+        assert_eq!(secret.expose(), b"password from nbdkit");
+        assert!(source.iter().all(|&b| b == 0), "{source:?}");
     }
 
     #[test]
