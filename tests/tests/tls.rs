@@ -547,6 +547,49 @@ fn a_certificate_for_another_name_is_refused() {
     );
 }
 
+/// http-disk-server with `cert` on `[::1]` (the harness's servers listen
+/// on 127.0.0.1), and the `https://[::1]:PORT` URL to reach it.
+fn https_server_on_ipv6_loopback(disk: &Path, cert: &ServerCert) -> (harness::Proc, String) {
+    let port = harness::free_port();
+    let mut cmd = Command::new(artifact("http-disk-server"));
+    cmd.arg("--disk").arg(disk);
+    cmd.args(["--ip", "::1", "--port", &port.to_string()]);
+    cmd.arg("--tls-cert").arg(&cert.cert);
+    cmd.arg("--tls-key").arg(&cert.key);
+    let proc = harness::Proc::spawn("http-disk-server-v6", cmd);
+    assert!(
+        proc.output
+            .wait_for("Server ready!", Duration::from_secs(20)),
+        "the server did not start on [::1]"
+    );
+    (proc, format!("https://[::1]:{port}"))
+}
+
+#[test]
+fn an_ipv6_literal_url_is_checked_against_the_certificate_address() {
+    let dir = TempDir::new().unwrap();
+    let disk = pattern_file(dir.path(), "disk", SIZE, 9);
+    let ca = TestCa::new("ca");
+    // A certificate for the address ::1 only: the brackets of the URL are
+    // not part of the name checked.
+    let (_server, url) = https_server_on_ipv6_loopback(&disk, &ca.server_cert("v6", &["IP:::1"]));
+    let nbdkit = Nbdkit::multihttp(
+        std::slice::from_ref(&url),
+        &[&cafile(&ca), "device-size=4M"],
+    );
+    assert!(nbdsh(&nbdkit.uri(), ROUND_TRIPS).contains("ok"));
+    export_matches(&nbdkit, &disk);
+    drop(nbdkit);
+    // A certificate for 127.0.0.1 does not serve ::1.
+    let (_other, url) =
+        https_server_on_ipv6_loopback(&disk, &ca.server_cert("v4", &["IP:127.0.0.1"]));
+    let output = refused_with(std::slice::from_ref(&url), &[&cafile(&ca)]);
+    assert!(
+        output.contains(&url) && output.contains("not valid for name"),
+        "{output}"
+    );
+}
+
 #[test]
 fn tls_verify_false_connects_to_an_untrusted_server_and_warns() {
     let dir = TempDir::new().unwrap();
