@@ -39,9 +39,13 @@ struct Cli {
     /// One-minute smoke run: short runs, one repetition, small disks.
     #[arg(long)]
     quick: bool,
-    /// Repetitions of each case per target (default 3, quick 1).
+    /// Repetitions of each case per target (default 5, quick 1).
     #[arg(long)]
     repeats: Option<usize>,
+    /// Measure nothing: copy the current bench/ANALYSIS.md into the report
+    /// (`--out`, default BENCHMARKS.md), keeping its measured sections.
+    #[arg(long)]
+    update_analysis: bool,
     /// Only these groups (comma-separated): multihttp, server, sharded, s3, failover.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -60,6 +64,15 @@ fn main() {
             eprintln!("unknown group {group:?}; groups: {}", GROUPS.join(", "));
             std::process::exit(2);
         }
+    }
+    if cli.update_analysis {
+        let (out, _) = output_paths(&cli, &harness::workspace_root());
+        if let Err(why) = update_analysis(&out) {
+            eprintln!("{}: {why}", out.display());
+            std::process::exit(1);
+        }
+        println!("updated the analysis in {}", out.display());
+        return;
     }
     let wanted = |group: &str| cli.only.is_empty() || cli.only.iter().any(|g| g == group);
     let scratch = TempDir::new().expect("temp dir for the benchmark");
@@ -145,6 +158,12 @@ fn main() {
         eprintln!("our components failed:\n  {}", our_failures.join("\n  "));
         std::process::exit(1);
     }
+}
+
+fn update_analysis(report: &Path) -> Result<(), String> {
+    let text = fs::read_to_string(report).map_err(|e| e.to_string())?;
+    let updated = report::with_analysis(&text, report::ANALYSIS)?;
+    fs::write(report, updated).map_err(|e| e.to_string())
 }
 
 fn output_paths(cli: &Cli, root: &Path) -> (PathBuf, PathBuf) {

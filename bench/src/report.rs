@@ -30,6 +30,42 @@ fn verdict(comparison: &Comparison, peer: &Series) -> String {
 }
 
 /// The markdown report.
+/// The hand-written analysis of the misses (bench/ANALYSIS.md), copied
+/// into every report between the measured sections and the generated
+/// "Not run" / "Commands" ones.
+pub const ANALYSIS: &str = include_str!("../ANALYSIS.md");
+
+/// Where the generated sections after the analysis start.
+const AFTER_ANALYSIS: [&str; 2] = ["\n## Not run\n", "\n## Commands\n"];
+
+/// `report` with its copy of the analysis replaced by `analysis`, keeping
+/// every measured and generated section as it is: an edit of ANALYSIS.md
+/// reaches BENCHMARKS.md without a new run (`bench/run --update-analysis`),
+/// and without pasting by hand, which once cut the Commands section off.
+pub fn with_analysis(report: &str, analysis: &str) -> Result<String, String> {
+    let heading = analysis
+        .lines()
+        .next()
+        .filter(|line| line.starts_with("## "))
+        .ok_or("the analysis does not start with a '## ' heading")?;
+    let start = report
+        .find(&format!("\n{heading}\n"))
+        .map(|at| at + 1)
+        .ok_or_else(|| format!("the report has no {heading:?} section"))?;
+    let end = AFTER_ANALYSIS
+        .iter()
+        .filter_map(|marker| report[start..].find(marker))
+        .min()
+        .map(|at| start + at)
+        .ok_or("the report has no Commands section after the analysis")?;
+    Ok(format!(
+        "{}{}\n{}",
+        &report[..start],
+        analysis.trim_end(),
+        &report[end..]
+    ))
+}
+
 pub fn markdown(results: &Results, facts: &[String], mode: &str, chart: Option<&str>) -> String {
     let mut md = String::new();
     let _ = writeln!(md, "# Benchmarks\n");
@@ -106,7 +142,7 @@ pub fn markdown(results: &Results, facts: &[String], mode: &str, chart: Option<&
     }
     // The analysis of each missed goal is written by hand (it comes from
     // profiling, not from this run), kept next to the code that measures.
-    let _ = writeln!(md, "\n{}", include_str!("../ANALYSIS.md").trim_end());
+    let _ = writeln!(md, "\n{}", ANALYSIS.trim_end());
     if !results.skipped.is_empty() {
         let _ = writeln!(md, "\n## Not run\n");
         for (group, why) in &results.skipped {
@@ -336,6 +372,38 @@ fn escape(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_analysis_is_replaced_and_the_generated_sections_kept() {
+        let report = "# Benchmarks\n\n| table |\n\n## Why each remaining miss is a miss\n\nold text\n\n## Not run\n\n- s3: no Garage\n\n## Commands\n\n```\nfio\n```\n";
+        let analysis = "## Why each remaining miss is a miss\n\nnew text\n";
+        let updated = super::with_analysis(report, analysis).unwrap();
+        assert_eq!(
+            updated,
+            "# Benchmarks\n\n| table |\n\n## Why each remaining miss is a miss\n\nnew text\n\n## Not run\n\n- s3: no Garage\n\n## Commands\n\n```\nfio\n```\n"
+        );
+        // Idempotent, and a report without the sections is refused.
+        assert_eq!(super::with_analysis(&updated, analysis).unwrap(), updated);
+        assert!(super::with_analysis("# Benchmarks\n", analysis).is_err());
+        let cut = "## Why each remaining miss is a miss\n\nold\n";
+        assert!(super::with_analysis(&format!("x\n{cut}"), analysis).is_err());
+    }
+
+    /// The published report carries the current analysis and all of its
+    /// generated sections (fix: `bench/run --update-analysis`).
+    #[test]
+    fn benchmarks_md_is_complete_and_has_the_current_analysis() {
+        let published = include_str!("../../BENCHMARKS.md");
+        assert!(
+            published.contains("\n## Commands\n"),
+            "BENCHMARKS.md lost its Commands section"
+        );
+        assert_eq!(
+            super::with_analysis(published, super::ANALYSIS).as_deref(),
+            Ok(published),
+            "BENCHMARKS.md does not carry the current bench/ANALYSIS.md: run bench/run --update-analysis"
+        );
+    }
+
     use super::*;
     use crate::cpu::CpuUse;
 
