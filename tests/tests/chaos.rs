@@ -33,12 +33,18 @@
 //! The server now drops a change whose client has closed the connection
 //! (http-disk-server `handlers::abandoned`; deterministic test:
 //! `a_stopped_server_that_resumes_does_not_apply_the_writes_it_was_left_with`
-//! in multihttp.rs), so here every stopped server is continued. What no
-//! server can recall is a write already past that check when the host
-//! froze; on a pool only the DRBD Primary's server answers, and DRBD
-//! fences a Primary that hung. `CHAOS_FENCE=1` plays that fence: a stopped
-//! server that was in use, or that the plugin left while it was stopped,
-//! is SIGKILLed instead of continued.
+//! in multihttp.rs). What no server can recall is a write already past
+//! that check when the host froze (the thread may sit preempted between
+//! the check and its pwrite on this busy 2-core machine, and SIGSTOP
+//! freezes it there); on a pool only the DRBD Primary's server answers,
+//! and DRBD fences a Primary that hung. So by default this test plays that
+//! fence: a stopped server that was in use, or that the plugin left while
+//! it was stopped, is SIGKILLed instead of continued; the others are
+//! continued. Without the fence (`CHAOS_FENCE=0`) every stopped server is
+//! continued, and one of about fifteen runs so far failed with a stale block
+//! (2026-11-26, CI: "bad header numberio" at the very offset of the PUT
+//! the plugin abandoned on the stopped server, which did not log it as
+//! dropped: frozen after the check).
 //!
 //! **Failover pause.** A second NBD connection (the probe, an `nbdsh`
 //! script) does one small verified write+read every ~10 ms and records when
@@ -57,8 +63,9 @@
 //!
 //! Knobs: `CHAOS_SEED` replays the chaos loop's choices (not its timing:
 //! which server is in use when depends on the run), `CHAOS_SECONDS`
-//! changes the 60 s duration, `CHAOS_FENCE=1` kills instead of continuing
-//! stopped servers that may hold abandoned requests. The summary is printed; see it with `-- --nocapture`.
+//! changes the 60 s duration, `CHAOS_FENCE=0` continues stopped servers
+//! that may hold abandoned requests instead of killing them. The summary
+//! is printed; see it with `-- --nocapture`.
 //!
 //! Run (about 65 s): `cargo test --release -p integration-tests --test chaos -- --nocapture`
 
@@ -184,7 +191,7 @@ struct ActionCounts {
     /// Kills and stops aimed at the server the plugin was using.
     on_the_server_in_use: usize,
     /// Stopped servers that may hold requests the plugin gave up on,
-    /// killed instead of continued (`CHAOS_FENCE=1`; module doc).
+    /// killed instead of continued (unless `CHAOS_FENCE=0`; module doc).
     fenced: usize,
     /// Restarts that failed (the server's output is printed); the slot
     /// stays dead and a later action may restart it.
@@ -683,7 +690,7 @@ fn sixty_seconds_of_server_kills_stops_and_restarts_under_fio_verify() {
         now.subsec_nanos().into()
     });
     let chaos = env_u64("CHAOS_SECONDS").map_or(DEFAULT_CHAOS, Duration::from_secs);
-    let fence_left_servers = std::env::var_os("CHAOS_FENCE").is_some();
+    let fence_left_servers = std::env::var("CHAOS_FENCE").map_or(true, |v| v != "0");
     println!("chaos seed {seed} for {chaos:?} (replay the choices with CHAOS_SEED={seed})");
     let mut rng = Rng::new(seed);
 
