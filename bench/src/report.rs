@@ -29,7 +29,6 @@ fn verdict(comparison: &Comparison, peer: &Series) -> String {
     }
 }
 
-/// The markdown report.
 /// The hand-written analysis of the misses (bench/ANALYSIS.md), copied
 /// into every report between the measured sections and the generated
 /// "Not run" / "Commands" ones.
@@ -66,6 +65,7 @@ pub fn with_analysis(report: &str, analysis: &str) -> Result<String, String> {
     ))
 }
 
+/// The markdown report.
 pub fn markdown(results: &Results, facts: &[String], mode: &str, chart: Option<&str>) -> String {
     let mut md = String::new();
     let _ = writeln!(md, "# Benchmarks\n");
@@ -372,20 +372,23 @@ fn escape(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use crate::cpu::CpuUse;
+
     #[test]
     fn the_analysis_is_replaced_and_the_generated_sections_kept() {
         let report = "# Benchmarks\n\n| table |\n\n## Why each remaining miss is a miss\n\nold text\n\n## Not run\n\n- s3: no Garage\n\n## Commands\n\n```\nfio\n```\n";
         let analysis = "## Why each remaining miss is a miss\n\nnew text\n";
-        let updated = super::with_analysis(report, analysis).unwrap();
+        let updated = with_analysis(report, analysis).unwrap();
         assert_eq!(
             updated,
             "# Benchmarks\n\n| table |\n\n## Why each remaining miss is a miss\n\nnew text\n\n## Not run\n\n- s3: no Garage\n\n## Commands\n\n```\nfio\n```\n"
         );
         // Idempotent, and a report without the sections is refused.
-        assert_eq!(super::with_analysis(&updated, analysis).unwrap(), updated);
-        assert!(super::with_analysis("# Benchmarks\n", analysis).is_err());
+        assert_eq!(with_analysis(&updated, analysis).unwrap(), updated);
+        assert!(with_analysis("# Benchmarks\n", analysis).is_err());
         let cut = "## Why each remaining miss is a miss\n\nold\n";
-        assert!(super::with_analysis(&format!("x\n{cut}"), analysis).is_err());
+        assert!(with_analysis(&format!("x\n{cut}"), analysis).is_err());
     }
 
     /// The published report carries the current analysis and all of its
@@ -398,14 +401,11 @@ mod tests {
             "BENCHMARKS.md lost its Commands section"
         );
         assert_eq!(
-            super::with_analysis(published, super::ANALYSIS).as_deref(),
+            with_analysis(published, ANALYSIS).as_deref(),
             Ok(published),
             "BENCHMARKS.md does not carry the current bench/ANALYSIS.md: run bench/run --update-analysis"
         );
     }
-
-    use super::*;
-    use crate::cpu::CpuUse;
 
     fn series(name: &str, value: f64, cpu: CpuUse) -> Series {
         let mut series = Series::new(name, None);
