@@ -317,20 +317,15 @@ impl Endpoint {
             };
             // Checked outside the lock: it is a syscall, and with many
             // requests in flight the others need the pool meanwhile.
-            let lease = Lease {
-                endpoint: self,
-                connection: Some(connection),
-            };
-            if lease
-                .connection
-                .as_ref()
-                .is_some_and(Connection::is_reusable_now)
-            {
-                return Ok(Slot::Pooled(lease));
+            if connection.is_reusable_now() {
+                return Ok(Slot::Pooled(Lease {
+                    endpoint: self,
+                    connection: Some(connection),
+                }));
             }
-            // Closed by the server while idle: dropping the lease closes
-            // it and frees its place in the pool.
-            drop(lease);
+            // Closed by the server while idle: close it and free its place.
+            drop(connection);
+            self.release(None);
         }
     }
 
