@@ -10,12 +10,18 @@ use std::time::Duration;
 
 use crate::{artifact, free_port, Proc};
 
+/// Where servers listen unless a test asks for another address.
+const LOOPBACK: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
 /// How long the server gets to print `Server ready!`.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// A running `http-disk-server` on 127.0.0.1.
+/// A running `http-disk-server` on 127.0.0.1 (or `::1`, see
+/// [`DiskServer::start_on_ip`]).
 pub struct DiskServer {
     pub proc: Proc,
+    /// The address it listens on (`--ip`).
+    pub ip: IpAddr,
     pub port: u16,
     pub disk: PathBuf,
     /// Port of `--metrics-listen` on 127.0.0.1, when started with it.
@@ -27,29 +33,39 @@ impl DiskServer {
     /// on a free port of 127.0.0.1, and waits for `Server ready!`.
     /// Panics with the server's output if it does not become ready.
     pub fn start(disk: &Path, args: &[&str]) -> DiskServer {
-        Self::try_launch(disk, args, false).unwrap_or_else(not_ready)
+        Self::try_launch(disk, LOOPBACK, args, false).unwrap_or_else(not_ready)
+    }
+
+    /// As [`DiskServer::start`], listening on `ip` (e.g. `::1`) instead.
+    pub fn start_on_ip(disk: &Path, ip: IpAddr, args: &[&str]) -> DiskServer {
+        Self::try_launch(disk, ip, args, false).unwrap_or_else(not_ready)
     }
 
     /// As [`DiskServer::start`], with `--metrics-listen` on a second free
     /// port of 127.0.0.1 ([`DiskServer::metrics_url`]).
     pub fn start_with_metrics(disk: &Path, args: &[&str]) -> DiskServer {
-        Self::try_launch(disk, args, true).unwrap_or_else(not_ready)
+        Self::try_launch(disk, LOOPBACK, args, true).unwrap_or_else(not_ready)
     }
 
     /// As [`DiskServer::start`] but returns the process when it exits or
     /// does not print `Server ready!` in time, so tests can check refusals.
     /// Retries with another port if the free port was taken meanwhile.
     pub fn try_start(disk: &Path, args: &[&str]) -> Result<DiskServer, Proc> {
-        Self::try_launch(disk, args, false)
+        Self::try_launch(disk, LOOPBACK, args, false)
     }
 
-    fn try_launch(disk: &Path, args: &[&str], metrics: bool) -> Result<DiskServer, Proc> {
+    fn try_launch(
+        disk: &Path,
+        ip: IpAddr,
+        args: &[&str],
+        metrics: bool,
+    ) -> Result<DiskServer, Proc> {
         let mut attempt = 0;
         loop {
             attempt += 1;
             let port = free_port();
             let metrics_port = metrics.then(free_port);
-            match Self::launch(disk, port, metrics_port, args) {
+            match Self::launch(disk, ip, port, metrics_port, args) {
                 Ok(server) => return Ok(server),
                 Err(proc) if attempt < 3 && proc.output.contains("already in use") => continue,
                 Err(proc) => return Err(proc),
@@ -59,11 +75,12 @@ impl DiskServer {
 
     /// Starts the server on a given port of 127.0.0.1 (no retry).
     pub fn start_on_port(disk: &Path, port: u16, args: &[&str]) -> Result<DiskServer, Proc> {
-        Self::launch(disk, port, None, args)
+        Self::launch(disk, LOOPBACK, port, None, args)
     }
 
     fn launch(
         disk: &Path,
+        ip: IpAddr,
         port: u16,
         metrics_port: Option<u16>,
         args: &[&str],
@@ -71,7 +88,7 @@ impl DiskServer {
         let mut cmd = Command::new(artifact("http-disk-server"));
         cmd.arg("--disk")
             .arg(disk)
-            .args(["--ip", "127.0.0.1", "--port", &port.to_string()]);
+            .args(["--ip", &ip.to_string(), "--port", &port.to_string()]);
         if let Some(metrics_port) = metrics_port {
             cmd.arg("--metrics-listen")
                 .arg(format!("127.0.0.1:{metrics_port}"));
@@ -86,6 +103,7 @@ impl DiskServer {
         }
         Ok(DiskServer {
             proc,
+            ip,
             port,
             disk: disk.to_path_buf(),
             metrics_port,
@@ -100,19 +118,19 @@ impl DiskServer {
         format!("http://127.0.0.1:{port}")
     }
 
-    /// `http://127.0.0.1:PORT`
+    /// `http://127.0.0.1:PORT` (`http://[::1]:PORT` on IPv6).
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("http://{}", self.addr())
     }
 
     /// `https://127.0.0.1:PORT`, for a server started with `--tls-cert`.
     pub fn https_url(&self) -> String {
-        format!("https://127.0.0.1:{}", self.port)
+        format!("https://{}", self.addr())
     }
 
-    /// `127.0.0.1:PORT`, for raw TCP clients.
+    /// `127.0.0.1:PORT` (`[::1]:PORT` on IPv6), for raw TCP clients.
     pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        SocketAddr::new(self.ip, self.port).to_string()
     }
 
     /// Sends raw bytes on a fresh connection, half-closes it, and returns

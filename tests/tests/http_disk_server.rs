@@ -700,25 +700,11 @@ fn allow_list_refuses_before_the_body() {
     assert_eq!(&read_disk(&disk)[..4], b"okay");
 
     // IPv6 loopback, matched by an IPv6 network.
-    let port = harness::free_port();
-    let mut cmd = Command::new(harness::artifact("http-disk-server"));
-    cmd.arg("--disk").arg(&disk);
-    cmd.args([
-        "--ip",
-        "::1",
-        "--port",
-        &port.to_string(),
-        "--allow",
-        "::1/128",
-    ]);
-    let proc = harness::Proc::spawn("http-disk-server-v6", cmd);
-    assert!(proc
-        .output
-        .wait_for("Server ready!", Duration::from_secs(20)));
+    let v6_server = DiskServer::start_on_ip(&disk, "::1".parse().unwrap(), &["--allow", "::1/128"]);
     let head = b"HEAD / HTTP/1.1\r\nConnection: close\r\n\r\n";
-    let reply = raw_exchange(&format!("[::1]:{port}"), head, false);
+    let reply = raw_exchange(&v6_server.addr(), head, false);
     assert_eq!(status_of(&reply), 200);
-    drop(proc);
+    drop(v6_server);
 
     // No --ip: one dual-stack socket; IPv4 peers (seen as ::ffff:a.b.c.d)
     // match IPv4 networks, IPv6 peers IPv6 ones.

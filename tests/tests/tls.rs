@@ -7,7 +7,7 @@
 //!       cargo test --release -p integration-tests --test tls`
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -24,13 +24,20 @@ const SIZE: usize = 4 << 20;
 
 /// Starts a TLS server on `disk` with `cert`, plus `args`.
 fn https_server(disk: &Path, cert: &ServerCert, args: &[&str]) -> DiskServer {
+    https_server_on(IpAddr::V4(Ipv4Addr::LOCALHOST), disk, cert, args)
+}
+
+const IPV6_LOOPBACK: IpAddr = IpAddr::V6(Ipv6Addr::LOCALHOST);
+
+/// As [`https_server`], listening on `ip`.
+fn https_server_on(ip: IpAddr, disk: &Path, cert: &ServerCert, args: &[&str]) -> DiskServer {
     let (cert, key) = (
         cert.cert.display().to_string(),
         cert.key.display().to_string(),
     );
     let mut all = vec!["--tls-cert", &cert, "--tls-key", &key];
     all.extend_from_slice(args);
-    DiskServer::start(disk, &all)
+    DiskServer::start_on_ip(disk, ip, &all)
 }
 
 /// Runs curl (silent, errors shown, 30 s at most) with `args`.
@@ -547,24 +554,6 @@ fn a_certificate_for_another_name_is_refused() {
     );
 }
 
-/// http-disk-server with `cert` on `[::1]` (the harness's servers listen
-/// on 127.0.0.1), and the `https://[::1]:PORT` URL to reach it.
-fn https_server_on_ipv6_loopback(disk: &Path, cert: &ServerCert) -> (harness::Proc, String) {
-    let port = harness::free_port();
-    let mut cmd = Command::new(artifact("http-disk-server"));
-    cmd.arg("--disk").arg(disk);
-    cmd.args(["--ip", "::1", "--port", &port.to_string()]);
-    cmd.arg("--tls-cert").arg(&cert.cert);
-    cmd.arg("--tls-key").arg(&cert.key);
-    let proc = harness::Proc::spawn("http-disk-server-v6", cmd);
-    assert!(
-        proc.output
-            .wait_for("Server ready!", Duration::from_secs(20)),
-        "the server did not start on [::1]"
-    );
-    (proc, format!("https://[::1]:{port}"))
-}
-
 #[test]
 fn an_ipv6_literal_url_is_checked_against_the_certificate_address() {
     let dir = TempDir::new().unwrap();
@@ -572,7 +561,13 @@ fn an_ipv6_literal_url_is_checked_against_the_certificate_address() {
     let ca = TestCa::new("ca");
     // A certificate for the address ::1 only: the brackets of the URL are
     // not part of the name checked.
-    let (_server, url) = https_server_on_ipv6_loopback(&disk, &ca.server_cert("v6", &["IP:::1"]));
+    let server = https_server_on(
+        IPV6_LOOPBACK,
+        &disk,
+        &ca.server_cert("v6", &["IP:::1"]),
+        &[],
+    );
+    let url = server.https_url();
     let nbdkit = Nbdkit::multihttp(
         std::slice::from_ref(&url),
         &[&cafile(&ca), "device-size=4M"],
@@ -581,8 +576,13 @@ fn an_ipv6_literal_url_is_checked_against_the_certificate_address() {
     export_matches(&nbdkit, &disk);
     drop(nbdkit);
     // A certificate for 127.0.0.1 does not serve ::1.
-    let (_other, url) =
-        https_server_on_ipv6_loopback(&disk, &ca.server_cert("v4", &["IP:127.0.0.1"]));
+    let other = https_server_on(
+        IPV6_LOOPBACK,
+        &disk,
+        &ca.server_cert("v4", &["IP:127.0.0.1"]),
+        &[],
+    );
+    let url = other.https_url();
     let output = refused_with(std::slice::from_ref(&url), &[&cafile(&ca)]);
     assert!(
         output.contains(&url) && output.contains("not valid for name"),
