@@ -34,8 +34,9 @@ fn verdict(comparison: &Comparison, peer: &Series) -> String {
 /// "Not run" / "Commands" ones.
 pub const ANALYSIS: &str = include_str!("../ANALYSIS.md");
 
-/// Where the generated sections after the analysis start.
-const AFTER_ANALYSIS: [&str; 2] = ["\n## Not run\n", "\n## Commands\n"];
+/// The generated sections written after the analysis, in this order.
+const NOT_RUN: &str = "## Not run";
+const COMMANDS: &str = "## Commands";
 
 /// `report` with its copy of the analysis replaced by `analysis`, keeping
 /// every measured and generated section as it is: an edit of ANALYSIS.md
@@ -51,9 +52,9 @@ pub fn with_analysis(report: &str, analysis: &str) -> Result<String, String> {
         .find(&format!("\n{heading}\n"))
         .map(|at| at + 1)
         .ok_or_else(|| format!("the report has no {heading:?} section"))?;
-    let end = AFTER_ANALYSIS
+    let end = [NOT_RUN, COMMANDS]
         .iter()
-        .filter_map(|marker| report[start..].find(marker))
+        .filter_map(|heading| report[start..].find(&format!("\n{heading}\n")))
         .min()
         .map(|at| start + at)
         .ok_or("the report has no Commands section after the analysis")?;
@@ -144,12 +145,12 @@ pub fn markdown(results: &Results, facts: &[String], mode: &str, chart: Option<&
     // profiling, not from this run), kept next to the code that measures.
     let _ = writeln!(md, "\n{}", ANALYSIS.trim_end());
     if !results.skipped.is_empty() {
-        let _ = writeln!(md, "\n## Not run\n");
+        let _ = writeln!(md, "\n{NOT_RUN}\n");
         for (group, why) in &results.skipped {
             let _ = writeln!(md, "- {group}: {why}");
         }
     }
-    let _ = writeln!(md, "\n## Commands\n");
+    let _ = writeln!(md, "\n{COMMANDS}\n");
     let _ = writeln!(
         md,
         "Everything runs on loopback in a temp directory; `SOCK`/`URI`/`URL` are that run's."
@@ -397,7 +398,7 @@ mod tests {
     fn benchmarks_md_is_complete_and_has_the_current_analysis() {
         let published = include_str!("../../BENCHMARKS.md");
         assert!(
-            published.contains("\n## Commands\n"),
+            published.contains(&format!("\n{COMMANDS}\n")),
             "BENCHMARKS.md lost its Commands section"
         );
         assert_eq!(
