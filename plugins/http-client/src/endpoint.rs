@@ -473,6 +473,7 @@ impl Drop for Lease<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::connection::MAX_HEAD;
 
     fn parse(url: &str) -> Address {
         Address::parse(url).unwrap_or_else(|e| panic!("{url}: {e}"))
@@ -630,6 +631,51 @@ mod tests {
         let e = get(&pooled(&url, 1), 100).unwrap_err();
         assert!(e.contains("cut short"), "{e}");
         server.join().unwrap();
+    }
+
+    /// Leaked so that [`serve`] can send it like the constant replies.
+    fn leaked(text: String) -> &'static str {
+        Box::leak(text.into_boxed_str())
+    }
+
+    #[test]
+    fn a_body_larger_than_the_receive_buffer_arrives_whole_and_the_next_reply_too() {
+        // Several buffers' worth, not a multiple of one, so the body is
+        // received in many reads, some of its bytes with the head.
+        let body: String = (0..300 * 1024 + 7)
+            .map(|i| char::from(b'a' + (i % 23) as u8))
+            .collect();
+        let big = leaked(format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ));
+        let (url, server) = serve(vec![big, LENGTH]);
+        let endpoint = pooled(&url, 1);
+        assert_eq!(get(&endpoint, 1 << 20), Ok((body.into_bytes(), true)));
+        assert_eq!(get(&endpoint, 100), Ok((b"abc".to_vec(), true)));
+        drop(endpoint);
+        assert_eq!(server.join().unwrap(), 1, "connections accepted");
+    }
+
+    #[test]
+    fn a_reply_head_over_the_limit_is_refused() {
+        let padding = "x".repeat(MAX_HEAD);
+        let (url, server) = serve(vec![
+            leaked(format!(
+                "HTTP/1.1 200 OK\r\nX-Pad: {padding}\r\nContent-Length: 0\r\n\r\n"
+            )),
+            leaked(format!(
+                "HTTP/1.1 200 OK\r\nX-Pad: {}\r\nContent-Length: 3\r\n\r\nabc",
+                &padding[..MAX_HEAD - 100]
+            )),
+        ]);
+        let endpoint = pooled(&url, 1);
+        let e = get(&endpoint, 100).unwrap_err();
+        assert!(e.contains(&format!("larger than {MAX_HEAD} bytes")), "{e}");
+        // Just under the limit is fine (on a new connection).
+        assert_eq!(get(&endpoint, 100), Ok((b"abc".to_vec(), true)));
+        drop(endpoint);
+        assert_eq!(server.join().unwrap(), 2, "connections accepted");
     }
 
     /// An endpoint nobody listens on: only its slots are used.
