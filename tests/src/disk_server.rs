@@ -282,24 +282,47 @@ pub fn connect_from(source: IpAddr, addr: &str) -> std::io::Result<TcpStream> {
     Ok(stream)
 }
 
-/// A kept-alive HTTP connection, for checks that a later request on the
-/// same connection is treated differently (policy reloads).
+/// A reply read from a [`KeptAlive`] connection.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    /// The first header of that name (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A kept-alive raw HTTP connection: exact request bytes in, parsed
+/// replies out, for checks that depend on the connection (keep-alive,
+/// idle closes, a later request treated differently after a reload).
 pub struct KeptAlive {
     reader: BufReader<TcpStream>,
 }
 
-/// A reply's status and headers (its body is read and dropped).
-#[derive(Debug)]
-pub struct ReplyHead {
-    pub status: u16,
-    pub headers: String,
-}
-
 impl KeptAlive {
+    /// Connects to `addr` (IPv4 or IPv6) from the kernel's choice of
+    /// source address.
+    pub fn open(addr: &str) -> KeptAlive {
+        let stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+        KeptAlive::over(stream)
+    }
+
     /// Connects to `addr` from `source` (see [`connect_from`]).
-    pub fn open(source: IpAddr, addr: &str) -> KeptAlive {
+    pub fn open_from(source: IpAddr, addr: &str) -> KeptAlive {
         let stream = connect_from(source, addr)
             .unwrap_or_else(|e| panic!("connect from {source} to {addr}: {e}"));
+        KeptAlive::over(stream)
+    }
+
+    fn over(stream: TcpStream) -> KeptAlive {
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();
@@ -308,36 +331,103 @@ impl KeptAlive {
         }
     }
 
+    pub fn send(&mut self, raw: &[u8]) {
+        self.reader
+            .get_mut()
+            .write_all(raw)
+            .expect("send the request");
+    }
+
+    /// Reads one final reply (skipping `100 Continue`); `head` = reply to
+    /// a HEAD request (no body whatever Content-Length says). Panics when
+    /// none comes: [`KeptAlive::try_reply`] when that is expected.
+    pub fn reply(&mut self, head: bool) -> Reply {
+        self.try_reply(head).expect("a reply")
+    }
+
+    /// [`KeptAlive::reply`], or `None` when the connection is closed (or
+    /// reset) instead of a complete reply.
+    pub fn try_reply(&mut self, head: bool) -> Option<Reply> {
+        loop {
+            let status_line = self.line()?;
+            let status = status_of(status_line.as_bytes());
+            assert!(status != 0, "no reply (got {status_line:?})");
+            let mut headers = Vec::new();
+            loop {
+                let line = self.line()?;
+                if line.is_empty() {
+                    break;
+                }
+                let (n, v) = line.split_once(':').expect("header with ':'");
+                headers.push((n.trim().to_owned(), v.trim().to_owned()));
+            }
+            if status == 100 {
+                continue;
+            }
+            let mut reply = Reply {
+                status,
+                headers,
+                body: Vec::new(),
+            };
+            // Replies to HEAD, error replies to HEAD included, carry none.
+            if !head {
+                let len: usize = reply
+                    .header("Content-Length")
+                    .map(|v| v.parse().expect("numeric Content-Length"))
+                    .unwrap_or(0);
+                reply.body = vec![0; len];
+                self.reader.read_exact(&mut reply.body).ok()?;
+            }
+            return Some(reply);
+        }
+    }
+
+    /// One line without its line end; `None` at EOF or on an error.
+    fn line(&mut self) -> Option<String> {
+        let mut line = String::new();
+        match self.reader.read_line(&mut line) {
+            Ok(0) | Err(_) => None,
+            Ok(_) => Some(line.trim_end_matches(['\r', '\n']).to_owned()),
+        }
+    }
+
+    /// Sends `raw` and reads its reply (a HEAD's when `raw` is one).
+    pub fn request(&mut self, raw: &[u8]) -> Reply {
+        self.send(raw);
+        self.reply(raw.starts_with(b"HEAD "))
+    }
+
     /// Sends a HEAD with `extra` header lines (each ending in CRLF) and
     /// reads its reply; `None` when the connection is closed instead.
-    pub fn head(&mut self, extra: &str) -> Option<ReplyHead> {
+    pub fn head(&mut self, extra: &str) -> Option<Reply> {
         let request = format!("HEAD / HTTP/1.1\r\nHost: t\r\n{extra}\r\n");
         self.reader.get_mut().write_all(request.as_bytes()).ok()?;
-        let mut headers = String::new();
-        loop {
-            let mut line = String::new();
-            match self.reader.read_line(&mut line) {
-                Ok(0) | Err(_) => return None,
-                Ok(_) if line == "\r\n" => break,
-                Ok(_) => headers.push_str(&line),
-            }
-        }
-        let status = status_of(headers.as_bytes());
-        // Error replies to HEAD carry no body either: nothing more to read.
-        Some(ReplyHead { status, headers })
+        self.try_reply(true)
+    }
+
+    /// The next line exactly as sent (an interim `100 Continue` is not
+    /// skipped), without its line end; panics when none comes.
+    pub fn next_line(&mut self) -> String {
+        self.line().expect("a line from the server")
     }
 
     /// Whether the server closed the connection (EOF or reset within
-    /// 10 s); false when it is still open after that (read timed out).
+    /// 10 s of silence; whatever it sent before closing is dropped);
+    /// false when it is still open after that (read timed out).
     pub fn closed_by_server(&mut self) -> bool {
-        let mut byte = [0u8; 1];
-        match self.reader.read(&mut byte) {
-            Ok(0) => true,
-            Ok(_) => false,
-            Err(e) => !matches!(
-                e.kind(),
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-            ),
+        let mut buf = [0u8; 4096];
+        loop {
+            match self.reader.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    return !matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    )
+                }
+            }
         }
     }
 }

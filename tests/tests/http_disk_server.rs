@@ -5,13 +5,13 @@
 //! Run: `cargo build --release -p http-disk-server &&
 //!       cargo test --release -p integration-tests --test http_disk_server`
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use harness::disk_server::{auth_file, raw_exchange, status_of};
+use harness::disk_server::{auth_file, raw_exchange, status_of, KeptAlive, Reply};
 use harness::{pattern, pattern_file, run, run_ok, wait_until, DiskServer, TempDir};
 
 const SIZE: usize = 1 << 20;
@@ -43,100 +43,8 @@ impl Drop for LoopDevice {
     }
 }
 
-/// A reply read from a connection.
-#[derive(Debug)]
-struct Reply {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Reply {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// A persistent raw HTTP connection (keep-alive tests, exact bytes).
-struct Conn {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
-}
-
-impl Conn {
-    fn open(addr: &str) -> Conn {
-        let stream = TcpStream::connect(addr).expect("connect to the server");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        Conn {
-            writer: stream.try_clone().unwrap(),
-            reader: BufReader::new(stream),
-        }
-    }
-
-    fn send(&mut self, raw: &[u8]) {
-        self.writer.write_all(raw).expect("send request");
-    }
-
-    /// Reads one final reply (skipping `100 Continue`); `head` = reply to
-    /// a HEAD request (no body whatever Content-Length says).
-    fn reply(&mut self, head: bool) -> Reply {
-        loop {
-            let mut status_line = String::new();
-            self.reader
-                .read_line(&mut status_line)
-                .expect("read status line");
-            let status = status_of(status_line.as_bytes());
-            assert!(status != 0, "no reply (got {status_line:?})");
-            let mut headers = Vec::new();
-            loop {
-                let mut line = String::new();
-                self.reader.read_line(&mut line).expect("read header");
-                let line = line.trim_end();
-                if line.is_empty() {
-                    break;
-                }
-                let (n, v) = line.split_once(':').expect("header with ':'");
-                headers.push((n.trim().to_owned(), v.trim().to_owned()));
-            }
-            if status == 100 {
-                continue;
-            }
-            let mut reply = Reply {
-                status,
-                headers,
-                body: Vec::new(),
-            };
-            let len: usize = reply
-                .header("Content-Length")
-                .map(|v| v.parse().expect("numeric Content-Length"))
-                .unwrap_or(0);
-            if !head {
-                reply.body = vec![0; len];
-                self.reader.read_exact(&mut reply.body).expect("read body");
-            }
-            return reply;
-        }
-    }
-
-    fn request(&mut self, raw: &[u8]) -> Reply {
-        self.send(raw);
-        self.reply(raw.starts_with(b"HEAD "))
-    }
-
-    /// Whether the server closed the connection (EOF within 10 s).
-    fn closed_by_server(&mut self) -> bool {
-        let mut byte = [0u8; 1];
-        matches!(self.reader.read(&mut byte), Ok(0) | Err(_))
-    }
-}
-
 fn get(addr: &str, range: &str) -> Reply {
-    Conn::open(addr).request(
+    KeptAlive::open(addr).request(
         format!("GET /any/path HTTP/1.1\r\nHost: t\r\nRange: {range}\r\nConnection: close\r\n\r\n")
             .as_bytes(),
     )
@@ -150,11 +58,11 @@ fn put(addr: &str, start: u64, data: &[u8], extra: &str) -> Reply {
     )
     .into_bytes();
     raw.extend_from_slice(data);
-    Conn::open(addr).request(&raw)
+    KeptAlive::open(addr).request(&raw)
 }
 
 fn post(addr: &str, headers: &str) -> Reply {
-    Conn::open(addr).request(
+    KeptAlive::open(addr).request(
         format!("POST / HTTP/1.1\r\nHost: t\r\n{headers}Connection: close\r\n\r\n").as_bytes(),
     )
 }
@@ -179,7 +87,7 @@ fn round_trips(disk: &Path, mut expected: Vec<u8>) {
     let size = expected.len() as u64;
 
     // HEAD: size, ranges, extensions; no body.
-    let head = Conn::open(&addr).request(b"HEAD /whatever HTTP/1.1\r\nHost: t\r\n\r\n");
+    let head = KeptAlive::open(&addr).request(b"HEAD /whatever HTTP/1.1\r\nHost: t\r\n\r\n");
     assert_eq!(head.status, 200);
     assert_eq!(
         head.header("Content-Length"),
@@ -361,7 +269,7 @@ fn keep_alive_and_http_1_0() {
     let disk = pattern_file(dir.path(), "disk.img", SIZE, 31);
     let mut expected = pattern(SIZE, 31);
     let server = DiskServer::start(&disk, &["-v"]);
-    let mut conn = Conn::open(&server.addr());
+    let mut conn = KeptAlive::open(&server.addr());
     for i in 0..150u64 {
         let start = i * 4099 + 1;
         let data = pattern(300, i);
@@ -400,11 +308,11 @@ fn keep_alive_and_http_1_0() {
     assert_eq!(read_disk(&disk), expected);
 
     // HTTP/1.0: served, then closed, unless it asks for keep-alive.
-    let mut old = Conn::open(&server.addr());
+    let mut old = KeptAlive::open(&server.addr());
     let reply = old.request(b"GET / HTTP/1.0\r\nRange: bytes=5-9\r\n\r\n");
     assert_eq!((reply.status, &reply.body[..]), (206, &expected[5..10]));
     assert!(old.closed_by_server());
-    let mut old = Conn::open(&server.addr());
+    let mut old = KeptAlive::open(&server.addr());
     for _ in 0..3 {
         let reply = old.request(b"HEAD / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
         assert_eq!(reply.header("Connection"), Some("keep-alive"));
@@ -435,7 +343,7 @@ fn idle_and_slow_clients_do_not_delay_others() {
     std::thread::sleep(Duration::from_millis(200));
     // Another client is served at once, many times over.
     let started = Instant::now();
-    let mut conn = Conn::open(&server.addr());
+    let mut conn = KeptAlive::open(&server.addr());
     for _ in 0..50 {
         assert_eq!(conn.request(b"HEAD / HTTP/1.1\r\n\r\n").status, 200);
         assert_eq!(get(&server.addr(), "bytes=0-99").status, 206);
@@ -452,13 +360,12 @@ fn idle_timeout_drops_silent_and_slow_clients() {
     let disk = pattern_file(dir.path(), "disk.img", SIZE, 42);
     let original = read_disk(&disk);
     let server = DiskServer::start(&disk, &["--idle-timeout", "1"]);
-    let mut silent = Conn::open(&server.addr());
-    let mut slow = Conn::open(&server.addr());
+    let mut silent = KeptAlive::open(&server.addr());
+    let mut slow = KeptAlive::open(&server.addr());
     slow.send(b"PUT / HTTP/1.1\r\nContent-Range: bytes 0-99/-1\r\nContent-Length: 100\r\n\r\nabc");
     let started = Instant::now();
     assert!(silent.closed_by_server());
-    let mut rest = Vec::new();
-    let _ = slow.reader.read_to_end(&mut rest);
+    assert!(slow.closed_by_server());
     assert!(started.elapsed() < Duration::from_secs(8));
     assert_eq!(read_disk(&disk), original, "a stalled body wrote something");
     assert!(server.answers());
@@ -494,7 +401,7 @@ fn concurrent_writers_land_where_they_aim() {
             std::thread::spawn(move || {
                 // Interleaved 1000-byte slots, odd offsets: writer w owns
                 // slots w, w+8, w+16...
-                let mut conn = Conn::open(&addr);
+                let mut conn = KeptAlive::open(&addr);
                 for round in 0..40u64 {
                     let start = (round * 8 + w) * 1000 + 1;
                     let data = pattern(1000, w * 1000 + round);
@@ -556,14 +463,14 @@ fn idle_connections_make_room_for_new_clients() {
     let server = DiskServer::start(&disk, &["--workers", "2"]);
     let addr = server.addr();
     let head = b"HEAD / HTTP/1.1\r\n\r\n";
-    let mut older = Conn::open(&addr);
+    let mut older = KeptAlive::open(&addr);
     assert_eq!(older.request(head).status, 200);
     std::thread::sleep(Duration::from_millis(50));
-    let mut newer = Conn::open(&addr);
+    let mut newer = KeptAlive::open(&addr);
     assert_eq!(newer.request(head).status, 200);
     // Both workers are taken by idle kept-alive connections: a newcomer
     // is served, and the one idle the longest closed.
-    let mut third = Conn::open(&addr);
+    let mut third = KeptAlive::open(&addr);
     assert_eq!(third.request(head).status, 200, "the newcomer was refused");
     assert!(older.closed_by_server(), "the longest idle was not closed");
     // Each newcomer takes the place of the longest idle: `newer`, then
@@ -571,11 +478,11 @@ fn idle_connections_make_room_for_new_clients() {
     let mut silent = TcpStream::connect(&addr).unwrap();
     assert!(newer.closed_by_server());
     std::thread::sleep(Duration::from_millis(50));
-    let mut fourth = Conn::open(&addr);
+    let mut fourth = KeptAlive::open(&addr);
     assert_eq!(fourth.request(head).status, 200);
     assert!(third.closed_by_server());
     std::thread::sleep(Duration::from_millis(50));
-    let mut fifth = Conn::open(&addr);
+    let mut fifth = KeptAlive::open(&addr);
     assert_eq!(fifth.request(head).status, 200);
     silent
         .set_read_timeout(Some(Duration::from_secs(10)))
@@ -659,7 +566,7 @@ fn readonly_server_refuses_writes() {
     let original = read_disk(&disk);
     let server = DiskServer::start(&disk, &["--readonly"]);
     let addr = server.addr();
-    let head = Conn::open(&addr).request(b"HEAD / HTTP/1.1\r\n\r\n");
+    let head = KeptAlive::open(&addr).request(b"HEAD / HTTP/1.1\r\n\r\n");
     assert_eq!(
         head.header("X-Disk-Features"),
         Some("flush, trim, zero, writeback, readonly")
@@ -684,10 +591,9 @@ fn allow_list_refuses_before_the_body() {
     let original = read_disk(&disk);
     let denied = DiskServer::start(&disk, &["--allow", "10.0.0.0/8", "--allow", "fd00::/8"]);
     // A PUT waiting for 100 Continue must get 403 instead, and no body read.
-    let mut conn = Conn::open(&denied.addr());
+    let mut conn = KeptAlive::open(&denied.addr());
     conn.send(b"PUT / HTTP/1.1\r\nContent-Range: bytes 0-3/-1\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n");
-    let mut first = String::new();
-    conn.reader.read_line(&mut first).unwrap();
+    let first = conn.next_line();
     assert!(first.starts_with("HTTP/1.1 403"), "{first:?}");
     assert_eq!(get(&denied.addr(), "bytes=0-3").status, 403);
     // Refused before anything else is looked at, even a broken request.
@@ -728,10 +634,9 @@ fn oversized_writes_get_413_before_their_body() {
     let disk = pattern_file(dir.path(), "disk.img", SIZE, 53);
     let original = read_disk(&disk);
     let server = DiskServer::start(&disk, &["--max-request-size", "64K"]);
-    let mut conn = Conn::open(&server.addr());
+    let mut conn = KeptAlive::open(&server.addr());
     conn.send(b"PUT / HTTP/1.1\r\nContent-Range: bytes 0-65536/-1\r\nContent-Length: 65537\r\nExpect: 100-continue\r\n\r\n");
-    let mut first = String::new();
-    conn.reader.read_line(&mut first).unwrap();
+    let first = conn.next_line();
     assert!(first.starts_with("HTTP/1.1 413"), "{first:?}");
     // curl sending the body anyway still gets the 413, not a reset.
     let body = dir.path().join("big");
@@ -760,7 +665,7 @@ fn sigterm_finishes_the_request_in_flight_and_exits_0() {
     let dir = TempDir::new().unwrap();
     let disk = pattern_file(dir.path(), "disk.img", SIZE, 61);
     let mut server = DiskServer::start(&disk, &[]);
-    let mut conn = Conn::open(&server.addr());
+    let mut conn = KeptAlive::open(&server.addr());
     conn.send(
         b"PUT / HTTP/1.1\r\nContent-Range: bytes 10-19/-1\r\nContent-Length: 10\r\n\r\n01234",
     );
@@ -854,7 +759,7 @@ fn missing_device_is_awaited_with_503() {
     let dir = TempDir::new().unwrap();
     let disk = dir.path().join("appears-later.img");
     let mut server = DiskServer::start(&disk, &[]);
-    let mut conn = Conn::open(&server.addr());
+    let mut conn = KeptAlive::open(&server.addr());
     for _ in 0..3 {
         // HEAD replies never carry a body, errors included: the same
         // connection must read three clean replies.

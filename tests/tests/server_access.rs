@@ -144,7 +144,7 @@ fn sighup_with_only_command_line_lists_is_harmless() {
     let dir = TempDir::new().unwrap();
     let disk = pattern_file(dir.path(), "disk.img", SIZE, 63);
     let mut server = DiskServer::start(&disk, &["--allow", "127.0.0.0/8"]);
-    let mut kept = KeptAlive::open(LOCAL, &server.addr());
+    let mut kept = KeptAlive::open_from(LOCAL, &server.addr());
     assert_eq!(kept.head("").map(|r| r.status), Some(200));
     for _ in 0..5 {
         let line = server.reload();
@@ -191,12 +191,12 @@ fn sighup_applies_new_lists_and_users_to_kept_alive_connections() {
     let as_newcomer = basic_auth("newcomer", "secret-three-0123456789");
     let status = |conn: &mut KeptAlive, credentials: &str| conn.head(credentials).map(|r| r.status);
 
-    let mut from_other = KeptAlive::open(OTHER, &server.addr());
-    let mut as_guest_conn = KeptAlive::open(LOCAL, &server.addr());
+    let mut from_other = KeptAlive::open_from(OTHER, &server.addr());
+    let mut as_guest_conn = KeptAlive::open_from(LOCAL, &server.addr());
     assert_eq!(status(&mut from_other, &as_host1), Some(200));
     assert_eq!(status(&mut as_guest_conn, &as_guest), Some(200));
     assert_eq!(status(&mut as_guest_conn, &as_newcomer), Some(401));
-    let mut as_guest_conn = KeptAlive::open(LOCAL, &server.addr());
+    let mut as_guest_conn = KeptAlive::open_from(LOCAL, &server.addr());
     assert_eq!(status(&mut as_guest_conn, &as_guest), Some(200));
 
     // 127.0.0.2 leaves the allow list, guest leaves and newcomer joins.
@@ -212,7 +212,7 @@ fn sighup_applies_new_lists_and_users_to_kept_alive_connections() {
     assert_eq!(status(&mut from_other, &as_host1), Some(403));
     assert!(from_other.closed_by_server());
     assert_eq!(status(&mut as_guest_conn, &as_guest), Some(401));
-    let mut as_newcomer_conn = KeptAlive::open(LOCAL, &server.addr());
+    let mut as_newcomer_conn = KeptAlive::open_from(LOCAL, &server.addr());
     assert_eq!(status(&mut as_newcomer_conn, &as_newcomer), Some(200));
 
     // Broken files: the reload is refused, naming file and line, and the
@@ -231,9 +231,9 @@ fn sighup_applies_new_lists_and_users_to_kept_alive_connections() {
         "{line}"
     );
     assert_eq!(status(&mut as_newcomer_conn, &as_newcomer), Some(200));
-    let mut conn = KeptAlive::open(LOCAL, &server.addr());
+    let mut conn = KeptAlive::open_from(LOCAL, &server.addr());
     assert_eq!(status(&mut conn, &as_guest), Some(401));
-    let mut conn = KeptAlive::open(OTHER, &server.addr());
+    let mut conn = KeptAlive::open_from(OTHER, &server.addr());
     assert_eq!(status(&mut conn, &as_host1), Some(403));
 
     let log = server.proc.output.snapshot().join("\n");
@@ -318,8 +318,8 @@ fn sighup_under_load_reloads_every_time_and_drops_no_client() {
         if fio.exited().is_some() {
             break;
         }
-        let mut from_other = KeptAlive::open(OTHER, &server.addr());
-        let mut as_guest_conn = KeptAlive::open(LOCAL, &server.addr());
+        let mut from_other = KeptAlive::open_from(OTHER, &server.addr());
+        let mut as_guest_conn = KeptAlive::open_from(LOCAL, &server.addr());
         let before = (
             from_other.head(&as_host1).map(|r| r.status),
             as_guest_conn.head(&as_guest).map(|r| r.status),
@@ -359,9 +359,9 @@ fn sighup_under_load_reloads_every_time_and_drops_no_client() {
             assert_eq!(from_other.head(&as_host1).map(|r| r.status), now);
             assert_eq!(as_guest_conn.head(&as_guest).map(|r| r.status), now_guest);
         } else {
-            let mut conn = KeptAlive::open(OTHER, &server.addr());
+            let mut conn = KeptAlive::open_from(OTHER, &server.addr());
             assert_eq!(conn.head(&as_host1).map(|r| r.status), now);
-            let mut conn = KeptAlive::open(LOCAL, &server.addr());
+            let mut conn = KeptAlive::open_from(LOCAL, &server.addr());
             assert_eq!(conn.head(&as_guest).map(|r| r.status), now_guest);
         }
         thread::sleep(Duration::from_millis(50));
@@ -479,14 +479,14 @@ fn a_peer_at_its_cap_makes_room_with_its_own_idle_connection() {
         status
     };
     // The longest idle connection of all is another host's.
-    let mut local = KeptAlive::open(LOCAL, &addr);
+    let mut local = KeptAlive::open_from(LOCAL, &addr);
     assert_eq!(served_then_idle(&mut local), Some(200));
-    let mut oldest = KeptAlive::open(OTHER, &addr);
+    let mut oldest = KeptAlive::open_from(OTHER, &addr);
     assert_eq!(served_then_idle(&mut oldest), Some(200));
-    let mut second = KeptAlive::open(OTHER, &addr);
+    let mut second = KeptAlive::open_from(OTHER, &addr);
     assert_eq!(served_then_idle(&mut second), Some(200));
     // A third connection from 127.0.0.2: its own oldest idle one goes.
-    let mut third = KeptAlive::open(OTHER, &addr);
+    let mut third = KeptAlive::open_from(OTHER, &addr);
     assert_eq!(third.head("").map(|r| r.status), Some(200));
     assert!(oldest.closed_by_server(), "127.0.0.2's oldest was kept");
     assert_eq!(second.head("").map(|r| r.status), Some(200));
