@@ -70,7 +70,15 @@ struct TimedStream {
     tls: Option<tls::Session>,
     idle: Duration,
     deadline: Option<Instant>,
+    /// The socket's read timeout as last set (`None`: unknown).
+    armed: Option<Duration>,
 }
+
+/// A read timeout is lowered only when the time left is this much shorter
+/// than the one set: a request head may then end up to this much past its
+/// deadline, and in exchange a healthy request costs no setsockopt (it
+/// was one of five syscalls per 4 KiB read).
+const REARM_SLACK: Duration = Duration::from_millis(100);
 
 impl io::Read for TimedStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
@@ -100,7 +108,8 @@ impl tls_io::Socket for TimedStream {
         self.stream.as_raw_fd()
     }
 
-    /// Sets the socket's read timeout for the next read.
+    /// Sets the socket's read timeout for the next read, when the one set
+    /// is too long (by more than [`REARM_SLACK`]) or too short.
     fn arm_read(&mut self) -> io::Result<()> {
         let wait = match self.deadline {
             None => self.idle,
@@ -115,13 +124,23 @@ impl tls_io::Socket for TimedStream {
                 left.min(self.idle)
             }
         };
-        self.stream.set_read_timeout(Some(wait))
+        if needs_rearm(self.armed, wait) {
+            self.stream.set_read_timeout(Some(wait))?;
+            self.armed = Some(wait);
+        }
+        Ok(())
     }
 
     /// The send timeout is the idle timeout, set once per connection.
     fn arm_write(&mut self) -> io::Result<()> {
         Ok(())
     }
+}
+
+/// Whether a read that must wait at most `wait` needs the socket's read
+/// timeout changed from `armed` (see [`REARM_SLACK`]).
+fn needs_rearm(armed: Option<Duration>, wait: Duration) -> bool {
+    armed.is_none_or(|armed| wait > armed || wait + REARM_SLACK < armed)
 }
 
 /// How often a waiting connection checks for a stop request.
@@ -283,6 +302,8 @@ fn serve_connection(stream: TcpStream, peer: SocketAddr, state: &State) {
             tls: session.clone(),
             idle,
             deadline: None,
+            // Set just above.
+            armed: Some(idle),
         },
     );
     let mut writer =
@@ -370,24 +391,28 @@ fn serve_connection(stream: TcpStream, peer: SocketAddr, state: &State) {
         state
             .metrics
             .count_reply(&request, &reply, &result, state.disk.get().is_some());
-        let line = format!(
-            "{peer} {} {} {}-> {}{} ({} ms)",
-            request.method,
-            request.target,
-            describe_range(&request),
-            reply.status,
-            match reply.reason() {
-                "" => String::new(),
-                reason => format!(" {reason}"),
-            },
-            started.elapsed().as_millis()
-        );
         // 503 is the expected answer while the disk is held elsewhere:
         // logging each one would flood syslog with every client's retry.
-        if reply.status >= 500 && reply.status != 503 {
-            log::error!("{line}");
+        let level = if reply.status >= 500 && reply.status != 503 {
+            log::Level::Error
         } else {
-            log::debug!("{line}");
+            log::Level::Debug
+        };
+        // Formatted only when logged: most requests are not (`-v` off).
+        if log::log_enabled!(level) {
+            log::log!(
+                level,
+                "{peer} {} {} {}-> {}{} ({} ms)",
+                request.method,
+                request.target,
+                describe_range(&request),
+                reply.status,
+                match reply.reason() {
+                    "" => String::new(),
+                    reason => format!(" {reason}"),
+                },
+                started.elapsed().as_millis()
+            );
         }
         if let Err(e) = result {
             log::debug!("{peer}: reply not delivered: {e}");
@@ -567,6 +592,21 @@ mod tests {
     use std::net::TcpListener;
     use tls_io::rustls::ClientConnection;
 
+    #[test]
+    fn the_read_timeout_is_set_again_only_when_it_must_change() {
+        let idle = Duration::from_secs(30);
+        // Unknown: set.
+        assert!(needs_rearm(None, idle));
+        // A head read right after the request started (its deadline is
+        // the idle timeout from now): the timeout set is close enough.
+        assert!(!needs_rearm(Some(idle), idle));
+        assert!(!needs_rearm(Some(idle), idle - Duration::from_millis(1)));
+        // A head running late: lowered, so the deadline holds.
+        assert!(needs_rearm(Some(idle), idle - REARM_SLACK * 2));
+        // Never left shorter than a read may wait.
+        assert!(needs_rearm(Some(idle - REARM_SLACK * 2), idle));
+    }
+
     /// A self-signed certificate for localhost, made by the openssl CLI.
     fn certificate(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
         let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
@@ -636,6 +676,7 @@ mod tests {
             tls: Some(session.clone()),
             idle,
             deadline: Some(Instant::now() + idle),
+            armed: None,
         });
         reader.get_mut().finish_handshake().unwrap();
         reader.get_mut().deadline = None;
