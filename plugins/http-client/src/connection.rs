@@ -331,8 +331,8 @@ impl Connection {
     /// 2026-11-26 (fio 1 MiB reads through multihttp, 1 and 4 NBD
     /// connections, interleaved runs): receiving into this 64 KiB buffer,
     /// which stays in cache, and copying from it cut nbdkit's CPU per MiB
-    /// from 700–850 µs to 460–500 µs (nbdkit + curl: 470–620) and raised
-    /// throughput by 30–40 %. Receiving straight into `dest` in 64 KiB
+    /// from 720–850 µs to 490–630 µs (nbdkit + curl: 530–600) and raised
+    /// throughput by 15–40 %. Receiving straight into `dest` in 64 KiB
     /// pieces did not help: what costs is the kernel writing the large,
     /// cache-cold destination (nbdkit keeps a buffer per worker thread,
     /// 16 per NBD connection). TLS decrypts from rustls' own buffers.
