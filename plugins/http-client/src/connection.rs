@@ -476,8 +476,8 @@ impl Connection {
         }
     }
 
-    /// One plain-socket read of at most `dest.len()` bytes into the
-    /// (empty) buffer, copied to `dest`: never reads past the body.
+    /// One read of at most `dest.len()` bytes into the (empty) buffer,
+    /// copied to `dest`: never reads past the body.
     fn receive_through_buffer(
         &mut self,
         dest: &mut [u8],
@@ -486,8 +486,12 @@ impl Connection {
         debug_assert_eq!(self.start, self.end, "buffered bytes are consumed first");
         (self.start, self.end) = (0, 0);
         let want = dest.len().min(self.buf.len());
-        self.socket.arm_read(deadline)?;
-        let n = self.socket.stream.read(&mut self.buf[..want])?;
+        let n = receive(
+            &mut self.socket,
+            &mut self.tls,
+            &mut self.buf[..want],
+            deadline,
+        )?;
         dest[..n].copy_from_slice(&self.buf[..n]);
         Ok(n)
     }
