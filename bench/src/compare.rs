@@ -8,22 +8,25 @@ use crate::cpu::{self, Watched};
 use crate::progress::Progress;
 use crate::results::{Comparison, Results, Series};
 use crate::settings::Settings;
-use crate::targets::NbdTarget;
+use crate::targets::Target;
 use crate::workload::Workload;
 
 /// A peer and the smallest acceptable ratio ours/peer (if any).
 pub struct Peer<'a> {
-    pub target: &'a NbdTarget,
+    pub target: &'a dyn Target,
     pub goal: Option<f64>,
 }
 
-/// What a group compares: our target, its peers, and the processes
-/// behind them whose CPU is accounted in every run (the server or store
-/// they all talk to; empty when there is none).
+/// What a group compares: our target, its peers, the backend driven
+/// alone with ours's requests if the group can (the measured ceiling,
+/// see `Series::ceiling`), and the processes behind them whose CPU is
+/// accounted in every run (the server or store they all talk to; empty
+/// when there is none).
 pub struct Lineup<'a> {
     pub group: &'a str,
-    pub ours: &'a NbdTarget,
+    pub ours: &'a dyn Target,
     pub peers: &'a [Peer<'a>],
+    pub alone: Option<&'a dyn Target>,
     pub backend: &'a [Watched],
 }
 
@@ -38,10 +41,17 @@ pub fn compare_block_targets(
         group,
         ours,
         peers,
+        alone,
         backend,
     } = *lineup;
-    for target in std::iter::once(ours).chain(peers.iter().map(|p| p.target)) {
-        results.note_command(target.command.clone());
+    // Every target after ours, each with its series' role.
+    let others: Vec<(&dyn Target, Series)> = peers
+        .iter()
+        .map(|p| (p.target, Series::new(p.target.name(), p.goal)))
+        .chain(alone.map(|a| (a, Series::ceiling(a.name()))))
+        .collect();
+    for target in std::iter::once(ours).chain(others.iter().map(|(t, _)| *t)) {
+        results.note_command(target.command().to_owned());
     }
     for workload in workloads {
         results.note_command(workload.command_line(settings.runtime));
@@ -50,23 +60,20 @@ pub fn compare_block_targets(
             case: workload.label(),
             unit: workload.unit(),
             cpu_roles: cpu_roles(backend),
-            ours: Series::new(&ours.name, None),
-            peers: peers
-                .iter()
-                .map(|p| Series::new(&p.target.name, p.goal))
-                .collect(),
+            ours: Series::new(ours.name(), None),
+            peers: others.iter().map(|(_, series)| series.clone()).collect(),
         };
         for _ in 0..settings.repeats {
             let (outcome, used) = run_one(settings, progress, group, workload, ours, backend);
             comparison.ours.record(outcome, used);
-            for (series, peer) in comparison.peers.iter_mut().zip(peers) {
+            for (series, (target, _)) in comparison.peers.iter_mut().zip(&others) {
                 // A peer that failed once (e.g. cannot write) is not retried.
                 if series.failure.is_some() {
                     progress.skip();
                     continue;
                 }
                 let (outcome, used) =
-                    run_one(settings, progress, group, workload, peer.target, backend);
+                    run_one(settings, progress, group, workload, *target, backend);
                 series.record(outcome, used);
             }
         }
@@ -90,10 +97,10 @@ fn run_one(
     progress: &mut Progress,
     group: &str,
     workload: &Workload,
-    target: &NbdTarget,
+    target: &dyn Target,
     backend: &[Watched],
 ) -> (Result<f64, String>, cpu::CpuUse) {
-    let label = format!("{group}: {} on {}", workload.label(), target.name);
+    let label = format!("{group}: {} on {}", workload.label(), target.name());
     progress.start(&label);
     let watched: Vec<Watched> = std::iter::once(Watched {
         role: "nbdkit".into(),
@@ -103,12 +110,7 @@ fn run_one(
     .collect();
     let (outcome, mut used) = cpu::measure(&watched, || {
         let started = Instant::now();
-        let outcome = workload.run(
-            &target.uri(),
-            settings.disk_size,
-            settings.runtime,
-            &settings.work,
-        );
+        let outcome = target.run(workload, settings);
         (outcome, started.elapsed().as_secs_f64())
     });
     if let (Ok(value), Some(seconds)) = (&outcome, used.watched_seconds) {

@@ -13,6 +13,7 @@ mod report;
 mod results;
 mod settings;
 mod stats;
+mod store_load;
 mod targets;
 mod workload;
 
@@ -28,6 +29,7 @@ use cpu::Watched;
 use progress::Progress;
 use results::{MemoryReading, Results};
 use settings::Settings;
+use store_load::{DirectStore, StoreAccess};
 use targets::NbdTarget;
 use workload::Workload;
 
@@ -186,9 +188,9 @@ fn output_paths(cli: &Cli, root: &Path) -> (PathBuf, PathBuf) {
 
 fn estimate_steps(settings: &Settings) -> usize {
     let block_cases = settings.block_workloads(PathBuf::new()).len();
-    // multihttp: 3 targets, server: 5 runs per repetition, sharded and
-    // s3: 2 targets each.
-    settings.repeats * (block_cases * 3 + 5 + block_cases * 4) + settings.failovers
+    // multihttp: 3 targets, server: 5 runs per repetition, sharded: 2
+    // targets, s3: 3 (ours, the peer, the store alone).
+    settings.repeats * (block_cases * 3 + 5 + block_cases * 5) + settings.failovers
 }
 
 /// multihttp -> http-disk-server, against nbdkit's curl plugin -> the same
@@ -247,6 +249,7 @@ fn multihttp_group(
                     goal: None,
                 },
             ],
+            alone: None,
             backend: &[Watched {
                 role: "http-disk-server".into(),
                 pid: server.proc.pid(),
@@ -353,6 +356,7 @@ fn sharded_group(
                 target: &file,
                 goal: Some(0.8),
             }],
+            alone: None,
             backend: &[],
         },
         workloads,
@@ -366,6 +370,8 @@ fn sharded_group(
 /// and it needs the blocksize filter to accept requests that are not
 /// multiples of its object size (what a user would put in front of it).
 /// The disk is capped at 32 MiB: the peer is slow to fill.
+const OBJECT_SIZE: u64 = 64 << 10;
+
 fn s3_group(results: &mut Results, settings: &Settings, progress: &mut Progress) {
     let plugin = bin_dir().join("libs3.so");
     if !plugin.exists() {
@@ -400,7 +406,7 @@ fn s3_group(results: &mut Results, settings: &Settings, progress: &mut Progress)
     let started = (|| {
         let mut ours_params = garage.params("ours/");
         ours_params.push(format!("size={}", settings.disk_size));
-        ours_params.push("chunk-size=64K".into());
+        ours_params.push(format!("chunk-size={OBJECT_SIZE}"));
         let ours = NbdTarget::start("s3", &[], &plugin, &ours_params)?;
         let access = format!("AWS_ACCESS_KEY_ID={}", garage.access_key);
         let secret = format!("AWS_SECRET_ACCESS_KEY={}", garage.secret_key);
@@ -419,7 +425,7 @@ fn s3_group(results: &mut Results, settings: &Settings, progress: &mut Progress)
                 format!("bucket={}", garage.bucket),
                 "key=peer/".into(),
                 format!("size={}", settings.disk_size),
-                "object-size=64K".into(),
+                format!("object-size={OBJECT_SIZE}"),
             ],
         )?;
         Ok::<_, String>((ours, peer))
@@ -427,6 +433,26 @@ fn s3_group(results: &mut Results, settings: &Settings, progress: &mut Progress)
     let (ours, peer) = match started {
         Ok(targets) => targets,
         Err(why) => return results.skipped.push(("s3".into(), why)),
+    };
+    let store = match DirectStore::start(
+        "Garage alone",
+        &StoreAccess {
+            endpoint: &garage.endpoint(),
+            bucket: &garage.bucket,
+            region: harness::garage::REGION,
+            access_key: &garage.access_key,
+            secret_key: &garage.secret_key,
+        },
+        "direct/",
+        OBJECT_SIZE,
+        settings.disk_size,
+    ) {
+        Ok(store) => store,
+        Err(why) => {
+            return results
+                .skipped
+                .push(("s3".into(), format!("Garage alone: {why}")))
+        }
     };
     for target in [&ours, &peer] {
         let fill = Workload::CopyIn(source.clone());
@@ -453,6 +479,7 @@ fn s3_group(results: &mut Results, settings: &Settings, progress: &mut Progress)
                 target: &peer,
                 goal: Some(5.0),
             }],
+            alone: Some(&store),
             backend: &garage
                 .pid()
                 .map(|pid| Watched {

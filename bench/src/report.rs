@@ -21,11 +21,18 @@ fn spread(series: &Series) -> String {
 }
 
 fn verdict(comparison: &Comparison, peer: &Series) -> String {
-    match (peer.goal, comparison.goal_met(peer)) {
-        (Some(goal), Some(true)) => format!("≥ {goal}× met"),
-        (Some(goal), Some(false)) => format!("≥ {goal}× **missed**"),
-        (Some(goal), None) => format!("≥ {goal}× (no ratio)"),
-        (None, _) => "reference".into(),
+    let ceiling = comparison.measured_ceiling();
+    match (peer.goal, comparison.goal_met(peer), ceiling) {
+        (Some(goal), Some(true), _) => format!("≥ {goal}× met"),
+        (Some(goal), Some(false), Some(ceiling)) if ceiling < goal => {
+            format!("≥ {goal}× **missed**: the backend alone reaches {ceiling:.2}×")
+        }
+        (Some(goal), Some(false), _) => format!("≥ {goal}× **missed**"),
+        (Some(goal), None, _) => format!("≥ {goal}× (no ratio)"),
+        (None, _, Some(ceiling)) if peer.ceiling => {
+            format!("measured ceiling: the backend alone is {ceiling:.2}× the goal peer")
+        }
+        (None, _, _) => "reference".into(),
     }
 }
 
@@ -228,7 +235,10 @@ fn cpu_table(md: &mut String, comparisons: &[&Comparison], cores_available: usiz
          Backend ceiling: the ratio against the goal peer that any client sending \
          the backend the same requests could reach here, if the backend had every \
          core to itself (its CPU per operation while ours ran): a goal above it \
-         cannot be met on this machine by any change to the client.\n"
+         cannot be met on this machine by any change to the client. A target \
+         named \"... alone\" is the backend driven directly by this benchmark \
+         with ours's requests (its nbdkit column: the benchmark's own threads), \
+         which measures that ceiling instead of estimating it.\n"
     );
     let with_ceiling = roles.len() > 1;
     let role_headers: String = roles.iter().map(|r| format!(" {r} |")).collect();
@@ -472,6 +482,36 @@ mod tests {
         let mut md = String::new();
         cpu_table(&mut md, &[&comparison], 2);
         assert_eq!(md, "");
+    }
+
+    #[test]
+    fn a_miss_under_the_measured_ceiling_says_so() {
+        let with_alone = |alone_figure: f64| {
+            let mut peer = series("peer", 10.0, CpuUse::default());
+            peer.goal = Some(5.0);
+            let mut alone = Series::ceiling("store alone");
+            alone.record(Ok(alone_figure), CpuUse::default());
+            Comparison {
+                group: "s3".into(),
+                case: "fio 1M write".into(),
+                unit: "MiB/s",
+                cpu_roles: Vec::new(),
+                ours: series("ours", 20.0, CpuUse::default()),
+                peers: vec![peer, alone],
+            }
+        };
+        let bound = with_alone(25.0);
+        assert_eq!(
+            verdict(&bound, &bound.peers[0]),
+            "≥ 5× **missed**: the backend alone reaches 2.50×"
+        );
+        assert_eq!(
+            verdict(&bound, &bound.peers[1]),
+            "measured ceiling: the backend alone is 2.50× the goal peer"
+        );
+        // A backend that could do more: the miss is ours to explain.
+        let not_bound = with_alone(80.0);
+        assert_eq!(verdict(&not_bound, &not_bound.peers[0]), "≥ 5× **missed**");
     }
 
     #[test]

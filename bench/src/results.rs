@@ -15,6 +15,10 @@ pub struct Series {
     pub failure: Option<String>,
     /// For a peer: the smallest acceptable ratio ours/peer, if any.
     pub goal: Option<f64>,
+    /// The backend driven alone with ours's requests by a client that
+    /// costs next to nothing: its figure is the most any client sending
+    /// those requests reaches on this machine.
+    pub ceiling: bool,
     /// CPU used during each successful run, in the order of `samples`.
     pub cpu: Vec<CpuUse>,
 }
@@ -26,7 +30,16 @@ impl Series {
             samples: Vec::new(),
             failure: None,
             goal,
+            ceiling: false,
             cpu: Vec::new(),
+        }
+    }
+
+    /// A series of the backend driven alone (see [`Series::ceiling`]).
+    pub fn ceiling(target: &str) -> Series {
+        Series {
+            ceiling: true,
+            ..Series::new(target, None)
         }
     }
 
@@ -106,6 +119,15 @@ impl Comparison {
             return None;
         }
         Some(cores * self.ours.median()? / backend_cores / peer)
+    }
+
+    /// The backend alone against the goal peer: the highest ratio any
+    /// client sending the backend ours's requests reached here, measured
+    /// (see [`Series::ceiling`]). `None` without both figures.
+    pub fn measured_ceiling(&self) -> Option<f64> {
+        let alone = self.peers.iter().find(|p| p.ceiling)?.median()?;
+        let peer = self.peers.iter().find(|p| p.goal.is_some())?.median()?;
+        (peer > 0.0).then(|| alone / peer)
     }
 
     /// Whether the goal against `peer` is met; `None` without a goal or

@@ -1,10 +1,27 @@
 //! Things a benchmark drives: an nbdkit export (ours or a peer plugin)
 //! on a Unix socket, started through the test harness so it is stopped
-//! with its process group whatever happens.
+//! with its process group whatever happens; or, as a reference, the
+//! backend driven directly (see `store_load`).
 
 use std::path::Path;
 
 use harness::Nbdkit;
+
+use crate::settings::Settings;
+use crate::store_load::DirectStore;
+use crate::workload::Workload;
+
+/// What a comparison runs each workload on.
+pub trait Target {
+    fn name(&self) -> &str;
+    /// How it was started, for the report.
+    fn command(&self) -> &str;
+    /// The client-side process whose CPU is accounted as the target's
+    /// own (nbdkit; this process for a load sent from here).
+    fn pid(&self) -> i32;
+    /// Runs `workload` once; its figure in the workload's unit.
+    fn run(&self, workload: &Workload, settings: &Settings) -> Result<f64, String>;
+}
 
 /// One nbdkit export under test.
 pub struct NbdTarget {
@@ -64,5 +81,46 @@ impl NbdTarget {
 
     pub fn pid(&self) -> i32 {
         self.nbdkit.proc.pid()
+    }
+}
+
+impl Target for NbdTarget {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn command(&self) -> &str {
+        &self.command
+    }
+
+    fn pid(&self) -> i32 {
+        NbdTarget::pid(self)
+    }
+
+    fn run(&self, workload: &Workload, settings: &Settings) -> Result<f64, String> {
+        workload.run(
+            &self.uri(),
+            settings.disk_size,
+            settings.runtime,
+            &settings.work,
+        )
+    }
+}
+
+impl Target for DirectStore {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn command(&self) -> &str {
+        &self.command
+    }
+
+    fn pid(&self) -> i32 {
+        std::process::id() as i32
+    }
+
+    fn run(&self, workload: &Workload, settings: &Settings) -> Result<f64, String> {
+        DirectStore::run(self, workload, settings.runtime)
     }
 }
