@@ -63,6 +63,9 @@ fn random_unaligned_io_matches_a_model_and_persists_across_a_reopen() {
     assert!(!output.contains("verification failed"), "{output}");
 }
 
+/// nbdcopy writes 256 KiB requests, several in flight into each 1 MiB
+/// object: the store combines them (chunk-store's `coalesce`), and the
+/// copy must still be byte-exact.
 #[test]
 fn nbdcopy_in_and_out_is_byte_exact() {
     let garage = Garage::start();

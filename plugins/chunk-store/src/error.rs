@@ -8,7 +8,7 @@ use std::io;
 use plugin_glue::ToErrno;
 
 /// What failed, where, and why; carries the errno for the client.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct StoreError {
     pub what: String,
     pub errno: i32,

@@ -2,12 +2,14 @@
 //!
 //! The sharded plugin (a directory of chunk files) and the s3 plugin (one
 //! object per chunk) share everything here: how byte ranges map to chunks,
-//! per-chunk locking, read-modify-write for backends that need it, sparse
+//! per-chunk locking, read-modify-write for backends that need it (partial
+//! writes in flight into one chunk at once stored together), sparse
 //! zero/trim (whole chunks deleted, all-zero chunks never stored), extents,
 //! and the metadata that fixes a disk's size and chunk size.
 //! A backend implements only [`ChunkBackend`].
 
 mod backend;
+mod coalesce;
 mod error;
 mod geometry;
 mod metadata;

@@ -1,8 +1,12 @@
 //! An in-memory backend for unit tests, in both modes (partial writes or
-//! whole-chunk only), counting calls so tests can check sparseness.
+//! whole-chunk only), counting calls so tests can check sparseness and
+//! how many requests a store would have made, optionally as slow as a
+//! remote store.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use crate::backend::ChunkBackend;
 use crate::error::StoreError;
@@ -11,6 +15,11 @@ pub struct MemoryBackend {
     pub chunk_size: u64,
     pub partial: bool,
     pub chunks: Mutex<BTreeMap<u64, Vec<u8>>>,
+    /// Calls of `read` and `write` so far.
+    pub reads: AtomicUsize,
+    pub writes: AtomicUsize,
+    /// How long each `write` takes (outside the data's lock).
+    pub write_delay: Duration,
 }
 
 impl MemoryBackend {
@@ -19,6 +28,9 @@ impl MemoryBackend {
             chunk_size,
             partial,
             chunks: Mutex::new(BTreeMap::new()),
+            reads: AtomicUsize::new(0),
+            writes: AtomicUsize::new(0),
+            write_delay: Duration::ZERO,
         }
     }
 
@@ -29,6 +41,7 @@ impl MemoryBackend {
 
 impl ChunkBackend for MemoryBackend {
     fn read(&self, index: u64, offset: u64, buf: &mut [u8]) -> Result<bool, StoreError> {
+        self.reads.fetch_add(1, Ordering::Relaxed);
         let chunks = self.chunks.lock().unwrap();
         let Some(chunk) = chunks.get(&index) else {
             return Ok(false);
@@ -42,6 +55,8 @@ impl ChunkBackend for MemoryBackend {
             self.partial || (offset == 0 && data.len() as u64 == self.chunk_size),
             "partial write to a whole-chunk backend"
         );
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        std::thread::sleep(self.write_delay);
         let mut chunks = self.chunks.lock().unwrap();
         let chunk = chunks
             .entry(index)
@@ -174,6 +189,94 @@ mod tests {
     fn randomized_model_check_with_whole_chunk_writes() {
         for seed in [4, 5, 6] {
             model_check(false, seed);
+        }
+    }
+
+    /// Partial writes sent into the same chunks at once by many threads
+    /// (a sequential writer with many requests in flight) all land, in far
+    /// fewer whole-chunk writes than writes, and a batch that covers its
+    /// chunk is stored without reading it first.
+    #[test]
+    fn concurrent_partial_writes_into_one_chunk_are_stored_together() {
+        const CHUNK: u64 = 64 * 1024;
+        const CHUNKS: u64 = 4;
+        const WRITERS: u64 = 16;
+        const SLOT: u64 = CHUNK / WRITERS;
+        let mut backend = MemoryBackend::new(CHUNK, false);
+        backend.write_delay = Duration::from_millis(20);
+        let store = ChunkStore::new(Geometry::new(CHUNK * CHUNKS, CHUNK).unwrap(), backend);
+        let start = std::sync::Barrier::new(WRITERS as usize);
+        std::thread::scope(|scope| {
+            for writer in 0..WRITERS {
+                let (store, start) = (&store, &start);
+                scope.spawn(move || {
+                    start.wait();
+                    for chunk in 0..CHUNKS {
+                        let data = vec![(writer + 1) as u8; SLOT as usize];
+                        store
+                            .write(&data, chunk * CHUNK + writer * SLOT, false)
+                            .unwrap();
+                    }
+                });
+            }
+        });
+        let mut all = vec![0u8; (CHUNK * CHUNKS) as usize];
+        store.read(&mut all, 0).unwrap();
+        for (i, slot) in all.chunks(SLOT as usize).enumerate() {
+            let writer = i as u64 % WRITERS;
+            assert!(
+                slot.iter().all(|&b| b == (writer + 1) as u8),
+                "slot {i} lost its write"
+            );
+        }
+        let backend = store.backend();
+        let writes = backend.writes.load(Ordering::Relaxed);
+        assert!(
+            writes <= (CHUNKS * WRITERS / 2) as usize,
+            "{writes} chunk writes for {} partial writes",
+            CHUNKS * WRITERS
+        );
+    }
+
+    /// Writes queued behind a slow one that together cover the chunk are
+    /// stored without reading it.
+    #[test]
+    fn a_batch_that_covers_its_chunk_is_not_read_first() {
+        const CHUNK: u64 = 64 * 1024;
+        const WRITERS: u64 = 16;
+        const SLOT: u64 = CHUNK / WRITERS;
+        let mut backend = MemoryBackend::new(CHUNK, false);
+        backend.write_delay = Duration::from_millis(300);
+        let store = ChunkStore::new(Geometry::new(CHUNK, CHUNK).unwrap(), backend);
+        std::thread::scope(|scope| {
+            let store = &store;
+            // The first write: read, then a slow write of the chunk.
+            scope.spawn(move || store.write(&[9; 10], 0, false).unwrap());
+            for _ in 0..500 {
+                if store.backend().writes.load(Ordering::Relaxed) == 1 {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            // Meanwhile, every slot of the chunk: they wait together.
+            for writer in 0..WRITERS {
+                scope.spawn(move || {
+                    let data = vec![(writer + 1) as u8; SLOT as usize];
+                    store.write(&data, writer * SLOT, false).unwrap();
+                });
+            }
+        });
+        let backend = store.backend();
+        assert_eq!(backend.writes.load(Ordering::Relaxed), 2);
+        assert_eq!(
+            backend.reads.load(Ordering::Relaxed),
+            1,
+            "the batch read the chunk"
+        );
+        let mut all = vec![0u8; CHUNK as usize];
+        store.read(&mut all, 0).unwrap();
+        for (writer, slot) in all.chunks(SLOT as usize).enumerate() {
+            assert!(slot.iter().all(|&b| b == (writer + 1) as u8));
         }
     }
 

@@ -1,11 +1,13 @@
 //! The disk over a backend: byte ranges split into chunk parts, per-chunk
-//! locks, read-modify-write where the backend needs it, sparse zero/trim
-//! and extents.
+//! locks, read-modify-write where the backend needs it (concurrent partial
+//! writes into one chunk combined: `coalesce`), sparse zero/trim and
+//! extents.
 
 use std::collections::HashSet;
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::backend::ChunkBackend;
+use crate::coalesce::{self, Coalescer, Part};
 use crate::error::StoreError;
 use crate::geometry::{ChunkSpan, Geometry};
 
@@ -32,6 +34,8 @@ pub struct ChunkStore<B> {
     geometry: Geometry,
     backend: B,
     locks: Vec<RwLock<()>>,
+    /// Partial writes waiting for their chunk (whole-chunk backends).
+    pending: Coalescer,
 }
 
 fn is_zero(data: &[u8]) -> bool {
@@ -46,6 +50,7 @@ impl<B: ChunkBackend> ChunkStore<B> {
             geometry,
             backend,
             locks: (0..LOCK_STRIPES).map(|_| RwLock::new(())).collect(),
+            pending: Coalescer::default(),
         }
     }
 
@@ -85,19 +90,41 @@ impl<B: ChunkBackend> ChunkStore<B> {
 
     pub fn write(&self, data: &[u8], offset: u64, fua: bool) -> Result<(), StoreError> {
         self.geometry.check(offset, data.len() as u64)?;
+        let chunk_size = self.geometry.chunk_size();
         for span in self.geometry.spans(offset, data.len() as u64) {
             let part = &data[span.buf_offset as usize..(span.buf_offset + span.len) as usize];
+            if !span.is_whole(chunk_size) && !self.backend.partial_writes() {
+                // Zeros included: the chunk is deleted if it ends up all zeros.
+                self.pending
+                    .write(span.index, span.offset, part, fua, |parts| {
+                        self.store_parts(span.index, parts)
+                    })?;
+                continue;
+            }
             let _lock = self.exclusive(span.index);
             if is_zero(part) {
                 // Zeros never allocate: delete or punch instead.
                 self.zero_span(&span, fua)?;
-            } else if span.is_whole(self.geometry.chunk_size()) || self.backend.partial_writes() {
-                self.backend.write(span.index, span.offset, part, fua)?;
             } else {
-                self.read_modify_write(&span, fua, |chunk| chunk.copy_from_slice(part))?;
+                self.backend.write(span.index, span.offset, part, fua)?;
             }
         }
         Ok(())
+    }
+
+    /// Stores a batch of partial writes into chunk `index` (whole-chunk
+    /// backends): one read of the chunk, none when the parts cover it,
+    /// then one write.
+    fn store_parts(&self, index: u64, parts: &[Part]) -> Result<(), StoreError> {
+        let _lock = self.exclusive(index);
+        let fua = parts.iter().any(|p| p.fua);
+        let covered = coalesce::cover(parts, self.geometry.chunk_size());
+        self.rewrite_chunk(index, fua, !covered, |chunk| {
+            for part in parts {
+                let start = part.offset as usize;
+                chunk[start..start + part.data.len()].copy_from_slice(&part.data);
+            }
+        })
     }
 
     /// Zeroes a range: whole chunks are deleted, partial ones zeroed in
@@ -155,28 +182,31 @@ impl<B: ChunkBackend> ChunkStore<B> {
             self.backend
                 .zero_part(span.index, span.offset, span.len, fua)
         } else {
-            self.read_modify_write(span, fua, |chunk| chunk.fill(0))
+            let range = span.offset as usize..(span.offset + span.len) as usize;
+            self.rewrite_chunk(span.index, fua, true, |chunk| chunk[range].fill(0))
         }
     }
 
-    /// Whole-chunk update for backends without partial writes. Called with
-    /// the chunk's exclusive lock held. A chunk that ends up all zeros is
-    /// deleted instead of stored.
-    fn read_modify_write(
+    /// Whole-chunk update for backends without partial writes: the chunk
+    /// read (unless `read_first` is false: every byte will be changed),
+    /// changed, and written back, or deleted if it ends up all zeros.
+    /// Called with the chunk's exclusive lock held.
+    fn rewrite_chunk(
         &self,
-        span: &ChunkSpan,
+        index: u64,
         fua: bool,
+        read_first: bool,
         change: impl FnOnce(&mut [u8]),
     ) -> Result<(), StoreError> {
         let mut chunk = vec![0u8; self.geometry.chunk_size() as usize];
-        if !self.backend.read(span.index, 0, &mut chunk)? {
+        if read_first && !self.backend.read(index, 0, &mut chunk)? {
             chunk.fill(0);
         }
-        change(&mut chunk[span.offset as usize..(span.offset + span.len) as usize]);
+        change(&mut chunk);
         if is_zero(&chunk) {
-            self.backend.delete(span.index, fua)
+            self.backend.delete(index, fua)
         } else {
-            self.backend.write(span.index, 0, &chunk, fua)
+            self.backend.write(index, 0, &chunk, fua)
         }
     }
 

@@ -3,8 +3,9 @@
 //! Keys under `prefix=`: `chunk-store.meta` (the chunk-store metadata) and
 //! `chunks/YYYYYYYYYYYYYYYY` (chunk number Y in 16 hex digits, so the
 //! listing order is the chunk order). Objects are whole chunks: partial
-//! writes are read-modify-write by the core under its chunk lock; all-zero
-//! chunks are deleted, never stored.
+//! writes are read-modify-write by the core under its chunk lock (those in
+//! flight into one chunk at once combined into one); all-zero chunks are
+//! deleted, never stored.
 //!
 //! Which chunks exist is listed once at open and then kept in memory,
 //! updated by this process's own PUTs and DELETEs: reads of missing chunks
