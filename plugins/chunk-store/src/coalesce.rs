@@ -116,10 +116,7 @@ impl Coalescer {
             outcome: Err(StoreError::new(libc::EIO, "storing the chunk panicked")),
         };
         let outcome = store(&batch);
-        finish.outcome = match &outcome {
-            Ok(()) => Ok(()),
-            Err(e) => Err(e.clone()),
-        };
+        finish.outcome = outcome.clone();
         drop(finish);
         outcome
     }
@@ -140,11 +137,7 @@ impl Drop for Finish<'_> {
         let pending = state.chunks.get_mut(&self.index).expect("storer's entry");
         pending.storing = false;
         for part in self.batch.iter().filter(|p| p.ticket != self.own) {
-            let outcome = match &self.outcome {
-                Ok(()) => Ok(()),
-                Err(e) => Err(e.clone()),
-            };
-            pending.outcomes.insert(part.ticket, outcome);
+            pending.outcomes.insert(part.ticket, self.outcome.clone());
         }
         if pending.is_idle() {
             state.chunks.remove(&self.index);
