@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use http_client::connection::Deadline;
 use http_client::endpoint::{Address, Endpoint, Pool};
-use http_client::request::{split_body, Request};
+use http_client::request::Request;
 use http_client::response::Body;
 use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
 use url::{Position, Url};
@@ -212,10 +212,7 @@ impl DirectStore {
             headers: &headers,
             content_length: (method == "PUT").then_some(body.len() as u64),
         };
-        let (inline, tail) = split_body(body);
-        let mut wire = Vec::with_capacity(request.capacity(None) + inline.len());
-        request.write_head(&mut wire, None)?;
-        wire.extend_from_slice(inline);
+        let (wire, tail) = request.wire(body)?;
         let (lease, head) = self
             .endpoint
             .send(&wire, tail, TIMEOUT, deadline)

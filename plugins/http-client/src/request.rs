@@ -66,6 +66,18 @@ impl Request<'_> {
                 .sum::<usize>()
     }
 
+    /// What to send for this request with `body` and no secret header:
+    /// the head and, for a small body, the body itself in one buffer
+    /// sized once, then the tail of a large body, sent by itself (see
+    /// [`split_body`]). Or which part of the head is malformed.
+    pub fn wire<'b>(&self, body: &'b [u8]) -> Result<(Vec<u8>, &'b [u8]), String> {
+        let (inline_body, tail) = split_body(body);
+        let mut wire = Vec::with_capacity(self.capacity(None) + inline_body.len());
+        self.write_head(&mut wire, None)?;
+        wire.extend_from_slice(inline_body);
+        Ok((wire, tail))
+    }
+
     /// Appends the head (request line, `Host`, `User-Agent`, `secret`,
     /// the other headers, `Content-Length`, blank line) to `wire`, or
     /// says which part is malformed (then `wire` is unchanged).
@@ -199,6 +211,21 @@ mod tests {
         assert_eq!(split_body(&small), (&small[..], &[][..]));
         let large = vec![1u8; COALESCE_BODY + 1];
         assert_eq!(split_body(&large), (&[][..], &large[..]));
+        // What `wire` sends: the head, then the small body in the same
+        // buffer, or the large one as the tail.
+        let put = Request {
+            method: "PUT",
+            target: "/k",
+            host: "h",
+            user_agent: "t",
+            headers: &[],
+            content_length: Some(small.len() as u64),
+        };
+        let (wire, tail) = put.wire(&small).unwrap();
+        assert!(wire.ends_with(&small) && tail.is_empty());
+        assert!(wire.starts_with(b"PUT /k HTTP/1.1\r\n"));
+        let (wire, tail) = put.wire(&large).unwrap();
+        assert!(wire.ends_with(b"\r\n\r\n") && tail == &large[..]);
     }
 
     #[test]

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use chunk_store::StoreError;
 use http_client::connection::Deadline;
 use http_client::endpoint::{server_name, Address, Endpoint, Lease, Pool, SendError};
-use http_client::request::{split_body, Request};
+use http_client::request::Request;
 use http_client::response::{Body, ResponseHead};
 use plugin_glue::Secret;
 use rusty_s3::actions::{DeleteObjects, ListObjectsV2, ObjectIdentifier};
@@ -275,10 +275,7 @@ impl S3Client {
             headers,
             content_length: matches!(method, "PUT" | "POST").then_some(body.len() as u64),
         };
-        let (inline_body, tail) = split_body(body);
-        let mut wire = Vec::with_capacity(request.capacity(None) + inline_body.len());
-        request.write_head(&mut wire, None).map_err(final_error)?;
-        wire.extend_from_slice(inline_body);
+        let (wire, tail) = request.wire(body).map_err(final_error)?;
         self.endpoint
             .send(&wire, tail, self.connect_timeout, deadline)
             .map_err(|e| {
