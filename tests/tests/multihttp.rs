@@ -525,7 +525,8 @@ fn a_flush_after_losing_unflushed_writes_reports_eio_once() {
     let disk = pattern_file(dir.path(), "disk.img", MIB, 13);
     let servers = [DiskServer::start(&disk, &[]), DiskServer::start(&disk, &[])];
     let urls: Vec<String> = servers.iter().map(DiskServer::url).collect();
-    let nbdkit = start(&urls, &["device-size=1M"]);
+    // Only write-back writes can be acknowledged and then lost.
+    let nbdkit = start(&urls, &["device-size=1M", "writeback=true"]);
     nbdsh(&nbdkit.uri(), "h.pread(512, 0)");
     let active = nbdkit.multihttp_active_port().unwrap();
     let victim = servers

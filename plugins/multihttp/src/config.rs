@@ -26,6 +26,7 @@ pub const KEYS: &[&str] = &[
     "status-file",
     "cafile",
     "tls-verify",
+    "writeback",
 ];
 
 /// Default of `connect-timeout=`: TCP connect and HEAD probe limit. Probes
@@ -74,6 +75,13 @@ failover-window=TIME   How long a request keeps trying the servers before
 pool-size=N            Connections open to one server at most, kept alive
                        between requests. Default: 16 per NBD client
                        connection, at most 64.
+writeback=true         Acknowledge writes, trims and zeroes once the
+                       server has them, durable only at the next flush or
+                       FUA write (faster; for clients that flush: file
+                       systems, qemu, nbdcopy). Default false: every write
+                       is durable on the server before it is acknowledged,
+                       as O_DIRECT clients that never flush (XCP-ng's HA
+                       statefile, the redo log) need.
 status-file=PATH       Keep PATH (key=value lines) up to date with the
                        server in use, the failover count and each URL's
                        last error and last success; replaced atomically
@@ -104,6 +112,9 @@ pub struct Config {
     pub cafile: Option<PathBuf>,
     /// `tls-verify=false` clears it (default true).
     pub tls_verify: bool,
+    /// `writeback=true`: writes are acknowledged before they are durable
+    /// (new servers' `X-Disk-Writeback`); default false, write-through.
+    pub writeback: bool,
 }
 
 /// How many connections may be open to one server.
@@ -143,6 +154,7 @@ pub struct ConfigBuilder {
     status_file: Option<PathBuf>,
     cafile: Option<PathBuf>,
     tls_verify: Option<bool>,
+    writeback: Option<bool>,
 }
 
 impl Builder for ConfigBuilder {
@@ -179,6 +191,7 @@ impl Builder for ConfigBuilder {
                 self.cafile = Some(PathBuf::from(value));
             }
             "tls-verify" => self.tls_verify = Some(parse_bool(key, value)?),
+            "writeback" => self.writeback = Some(parse_bool(key, value)?),
             _ => return Err(ConfigError::unknown_key(key, KEYS)),
         }
         Ok(())
@@ -224,6 +237,10 @@ impl ConfigBuilder {
             status_file: self.status_file.clone(),
             cafile: self.cafile.clone(),
             tls_verify: self.tls_verify.unwrap_or(true),
+            // Write-through unless asked: HA's statefile writer never
+            // flushes, so a write acknowledged before it is durable could
+            // be lost with the server's host (see ops.rs).
+            writeback: self.writeback.unwrap_or(false),
         })
     }
 }
@@ -301,6 +318,10 @@ mod tests {
         assert_eq!(c.pool_size, PoolSize::PerClientConnection);
         assert_eq!(c.status_file, None);
         assert_eq!((c.cafile, c.tls_verify), (None, true));
+        assert!(!c.writeback, "write-back must be asked for");
+        b.set("writeback", "true").unwrap();
+        assert!(b.build().unwrap().writeback);
+        assert!(b.set("writeback", "sometimes").is_err());
     }
 
     #[test]

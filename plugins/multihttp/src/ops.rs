@@ -1,13 +1,20 @@
 //! NBD operations on the cluster, by server generation (decided per
-//! attempt, because a failover can land on an older or newer server):
+//! attempt, because a failover can land on an older or newer server) and
+//! by mode: write-through (the default) or `writeback=true`.
 //!
 //! | NBD | new server (X-Disk-Features) | old server |
 //! |---|---|---|
-//! | write | write-back PUT (`X-Disk-Writeback: 1`) | PUT (synced before 200) |
+//! | write | PUT, durable before 200; with `writeback=true` a write-back PUT (`X-Disk-Writeback: 1`) | PUT (synced before 200) |
 //! | write + FUA | PUT without write-back (durable before 200) | PUT |
-//! | flush | `POST X-Disk-Op: flush` | nothing to do: every PUT was synced |
-//! | trim | `POST X-Disk-Op: trim` | nothing (trim is advisory; not advertised) |
-//! | zero | `POST X-Disk-Op: zero` | PUTs of zeros |
+//! | flush | write-through: nothing (every write was durable); write-back: `POST X-Disk-Op: flush` | nothing to do: every PUT was synced |
+//! | trim | `POST X-Disk-Op: trim` (write-back only with `writeback=true`) | nothing (trim is advisory; not advertised) |
+//! | zero | `POST X-Disk-Op: zero` (likewise) | PUTs of zeros |
+//!
+//! Why write-through by default: XCP-ng's HA daemon writes its statefile
+//! with O_DIRECT and never flushes (xha `sf_open`), so a write the kernel's
+//! nbd driver sends without FUA must already be durable when we
+//! acknowledge it; a write-back PUT sits in the server host's page cache,
+//! above DRBD, and dies with that host.
 //!
 //! A read-only server (`readonly` feature) refuses writes with EPERM.
 
@@ -52,7 +59,13 @@ pub fn read(cluster: &Cluster, buf: &mut [u8], offset: u64) -> Result<(), Error>
     })
 }
 
-/// One PUT of `data` at `offset`: write-back unless `fua` (new servers).
+/// Whether a change may be acknowledged before it is durable: only with
+/// `writeback=true`, without FUA, on a server that has the extension.
+fn writeback(cluster: &Cluster, active: &Active, fua: bool) -> bool {
+    cluster.config.writeback && !fua && active.info.has(Feature::Writeback)
+}
+
+/// One PUT of `data` at `offset`, write-back when [`writeback`] says so.
 fn put(
     cluster: &Cluster,
     active: &Active,
@@ -61,7 +74,7 @@ fn put(
     fua: bool,
 ) -> Result<(), Attempt> {
     refuse_readonly(cluster, active)?;
-    let writeback = !fua && active.info.has(Feature::Writeback);
+    let writeback = writeback(cluster, active, fua);
     let size = cluster.size().unwrap_or(0);
     cluster
         .transport()
@@ -81,6 +94,11 @@ pub fn write(cluster: &Cluster, data: &[u8], offset: u64, fua: bool) -> Result<(
 }
 
 pub fn flush(cluster: &Cluster) -> Result<(), Error> {
+    if !cluster.config.writeback {
+        // Write-through: every write, trim and zero acknowledged so far
+        // was durable on its server before its reply. Nothing to send.
+        return Ok(());
+    }
     let previous = cluster.flush_started();
     let unflushed_elsewhere = cluster.take_unflushed_elsewhere();
     let mut flushed_on = String::new();
@@ -125,7 +143,7 @@ pub fn trim(cluster: &Cluster, count: u32, offset: u64, fua: bool) -> Result<(),
             // opened on a server with trim and failed over to one without).
             return Ok(());
         }
-        let writeback = !fua && active.info.has(Feature::Writeback);
+        let writeback = writeback(cluster, active, fua);
         cluster
             .transport()
             .post(cluster.url(active), PostOp::Trim(range), writeback)?;
@@ -154,7 +172,7 @@ pub fn zero(
     cluster.run(&|| format!("zero of {count} bytes at {offset}"), |active| {
         refuse_readonly(cluster, active)?;
         if active.info.has(Feature::Zero) {
-            let writeback = !fua && active.info.has(Feature::Writeback);
+            let writeback = writeback(cluster, active, fua);
             cluster.transport().post(
                 cluster.url(active),
                 PostOp::Zero { range, may_trim },

@@ -109,6 +109,7 @@ impl Server for MultiHttp {
                 config::DEFAULT_POOL_MAX
             );
             let _ = writeln!(out, "multihttp_default_pool_per_client_connection=yes");
+            let _ = writeln!(out, "multihttp_default_writeback=false");
             let _ = writeln!(out, "multihttp_max_urls={}", config::MAX_URLS);
             let _ = writeln!(out, "multihttp_parallel_probe=yes");
             let _ = writeln!(out, "multihttp_https=yes");
@@ -202,6 +203,12 @@ impl Server for MultiHttp {
         Ok(!self.has(Feature::Readonly))
     }
 
+    /// Both modes take flushes and FUA. Write-through (the default): every
+    /// write is durable before its reply, so a flush has nothing to do and
+    /// FUA changes nothing; advertising them anyway keeps clients that
+    /// flush working (libnbd refuses a flush the server did not
+    /// advertise). `writeback=true`: a flush makes the server sync, FUA
+    /// writes skip the write-back.
     fn can_flush(&self) -> nbdkit::Result<bool> {
         Ok(true)
     }
