@@ -183,6 +183,11 @@ impl Connection {
         })
     }
 
+    /// The socket, for [`crate::abort::Abort`].
+    pub(crate) fn raw_fd(&self) -> RawFd {
+        self.socket.stream.as_raw_fd()
+    }
+
     /// Whether an idle connection can carry a request: nothing unread is
     /// buffered and the server has neither closed it nor sent anything
     /// (one non-blocking peek, no mode switch).

@@ -21,12 +21,21 @@ use std::time::{Duration, Instant};
 use tls_io::rustls::pki_types::ServerName;
 use tls_io::rustls::ClientConfig;
 
+use crate::abort::{Abort, Aborted};
 use crate::connection::{Connection, Deadline, Failure, TlsTarget};
 use crate::response::{Body, ResponseHead};
 
 /// Kept-alive connections found closed by the server, in a row, before a
 /// request gives up.
 pub const MAX_STALE_RETRIES: usize = 3;
+/// How often a request waiting for a pooled connection checks whether it
+/// was aborted (waits only happen when every connection is in use).
+pub const ABORT_POLL: Duration = Duration::from_millis(20);
+
+/// The error of a request ended by [`Abort::abort`].
+fn aborted() -> SendError {
+    SendError::Exchange("abandoned by the client (aborted)".into())
+}
 
 /// The parts of `http[s]://HOST[:PORT][/PATH][?QUERY]` a request needs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -191,6 +200,8 @@ pub enum Slot<'a> {
 pub struct Lease<'a> {
     endpoint: &'a Endpoint,
     connection: Option<Connection>,
+    /// Armed with this connection's socket while the lease holds it.
+    abort: Option<&'a Abort>,
 }
 
 /// A reserved place for a connection being opened.
@@ -255,7 +266,34 @@ impl Endpoint {
         connect_timeout: Duration,
         deadline: &Deadline,
     ) -> Result<(Lease<'_>, ResponseHead), SendError> {
-        let mut slot = self.acquire(deadline.at()).map_err(SendError::Exchange)?;
+        self.send_with(request, tail, connect_timeout, deadline, None)
+    }
+
+    /// As [`Endpoint::send`], and another thread may end the request at
+    /// once with `abort` (see [`crate::abort`]): while waiting for a
+    /// connection, on its socket, and until the lease is kept or dropped.
+    pub fn send_abortable<'a>(
+        &'a self,
+        request: &[u8],
+        tail: &[u8],
+        connect_timeout: Duration,
+        deadline: &Deadline,
+        abort: &'a Abort,
+    ) -> Result<(Lease<'a>, ResponseHead), SendError> {
+        self.send_with(request, tail, connect_timeout, deadline, Some(abort))
+    }
+
+    fn send_with<'a>(
+        &'a self,
+        request: &[u8],
+        tail: &[u8],
+        connect_timeout: Duration,
+        deadline: &Deadline,
+        abort: Option<&'a Abort>,
+    ) -> Result<(Lease<'a>, ResponseHead), SendError> {
+        let mut slot = self
+            .acquire_with(deadline.at(), abort)
+            .map_err(SendError::Exchange)?;
         // Bounded: after a stale connection the idle ones are dropped, so
         // the next try is normally on a new connection.
         for _ in 0..MAX_STALE_RETRIES {
@@ -267,6 +305,10 @@ impl Endpoint {
                     true,
                 ),
             };
+            if let Some(abort) = abort {
+                abort.arm(lease.raw_fd()).map_err(|Aborted| aborted())?;
+                lease.abort = Some(abort);
+            }
             match lease.exchange(request, tail, deadline) {
                 Ok(head) => return Ok((lease, head)),
                 Err(Failure::ClosedBeforeReply(_)) if !fresh => {
@@ -275,7 +317,9 @@ impl Endpoint {
                     // The server probably restarted: its other idle
                     // connections are stale too.
                     self.drop_idle();
-                    slot = self.acquire(deadline.at()).map_err(SendError::Exchange)?;
+                    slot = self
+                        .acquire_with(deadline.at(), abort)
+                        .map_err(SendError::Exchange)?;
                 }
                 Err(failure) => return Err(SendError::Exchange(failure.into_message())),
             }
@@ -288,6 +332,13 @@ impl Endpoint {
     /// An idle connection that is still open, or a slot for a new one;
     /// waits for one of them until `until`.
     pub fn acquire(&self, until: Instant) -> Result<Slot<'_>, String> {
+        self.acquire_with(until, None)
+    }
+
+    /// As [`Endpoint::acquire`], giving up when `abort` is aborted (checked
+    /// every [`ABORT_POLL`] while waiting: a waiter is not armed, nothing
+    /// wakes it but a released connection).
+    fn acquire_with(&self, until: Instant, abort: Option<&Abort>) -> Result<Slot<'_>, String> {
         loop {
             let connection = {
                 let mut pool = self.lock_pool();
@@ -299,6 +350,9 @@ impl Endpoint {
                         pool.open += 1;
                         return Ok(Slot::New(NewSlot { endpoint: self }));
                     }
+                    if abort.is_some_and(Abort::is_aborted) {
+                        return Err(aborted().to_string());
+                    }
                     let left = until.saturating_duration_since(Instant::now());
                     if left.is_zero() {
                         return Err(format!(
@@ -306,10 +360,14 @@ impl Endpoint {
                             pool.max_open
                         ));
                     }
+                    let wait = match abort {
+                        Some(_) => left.min(ABORT_POLL),
+                        None => left,
+                    };
                     pool.waiting += 1;
                     pool = self
                         .freed
-                        .wait_timeout(pool, left)
+                        .wait_timeout(pool, wait)
                         .unwrap_or_else(|e| e.into_inner())
                         .0;
                     pool.waiting -= 1;
@@ -321,6 +379,7 @@ impl Endpoint {
                 return Ok(Slot::Pooled(Lease {
                     endpoint: self,
                     connection: Some(connection),
+                    abort: None,
                 }));
             }
             // Closed by the server while idle: close it and free its place.
@@ -398,6 +457,7 @@ impl<'a> NewSlot<'a> {
                     return Ok(Lease {
                         endpoint,
                         connection: Some(connection),
+                        abort: None,
                     });
                 }
                 Err(e) => last_error = format!("connect to {address}: {e}"),
@@ -417,8 +477,17 @@ impl Lease<'_> {
     /// Returns the connection to the idle list (its reply was fully read
     /// and the server keeps it open).
     pub fn keep(mut self) {
+        self.disarm();
         let connection = self.connection.take();
         self.endpoint.release(connection);
+    }
+
+    /// Before the connection leaves this request (pooled or closed), an
+    /// abort must no longer reach its socket.
+    fn disarm(&mut self) {
+        if let Some(abort) = self.abort.take() {
+            abort.disarm();
+        }
     }
 
     /// Reads a reply body nobody needs (error text, a PUT's short answer)
@@ -462,6 +531,7 @@ impl DerefMut for Lease<'_> {
 
 impl Drop for Lease<'_> {
     fn drop(&mut self) {
+        self.disarm();
         if self.connection.is_some() {
             // Not kept: its state is unknown, close it.
             self.connection = None;
