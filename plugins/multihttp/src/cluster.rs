@@ -6,20 +6,27 @@
 //! it fail first), the servers are probed again in parallel, and the
 //! request is retried — until it succeeds or `failover-window` has passed,
 //! then it fails with EIO and the next request starts afresh.
+//!
+//! A server that hangs without failing is left by the stall watch
+//! ([`Cluster::watch`], bookkeeping in `stall.rs`) as soon as another
+//! server can serve, instead of after `io-timeout`.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::thread;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
+
+use http_client::abort::Abort;
 
 use tls_io::rustls::ClientConfig;
 
 use crate::config::Config;
-use crate::discovery::{self, NotFound};
+use crate::discovery::{self, Found, NotFound};
 use crate::error::{Attempt, Error};
 use crate::health::Health;
 use crate::reply::{ServerInfo, WRONG_SIZE};
+use crate::stall::{self, Watches};
 use crate::transport::Transport;
 
 /// First pause between rounds when no server answers; doubles each round.
@@ -59,6 +66,11 @@ pub struct Cluster {
     unflushed_elsewhere: AtomicBool,
     /// Server in use, failovers and per-URL health, for `status-file=`.
     health: Health,
+    /// What each request thread is waiting for, for the stall watch.
+    watches: Watches,
+    /// The stall watch thread, once started, and how to stop it.
+    watcher: Mutex<Option<JoinHandle<()>>>,
+    stop_watch: (Mutex<bool>, Condvar),
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -91,6 +103,9 @@ impl Cluster {
             outage_logged: AtomicBool::new(false),
             dirty_epoch: AtomicU64::new(0),
             unflushed_elsewhere: AtomicBool::new(false),
+            watches: Watches::default(),
+            watcher: Mutex::new(None),
+            stop_watch: (Mutex::new(false), Condvar::new()),
         }
     }
 
@@ -122,20 +137,14 @@ impl Cluster {
         if let Some(active) = self.current() {
             return Ok(active);
         }
-        let on_probe = |index: usize, result: &Result<ServerInfo, String>| match result {
-            Ok(_) => self.health.success(index),
-            Err(why) => {
-                if why.contains(WRONG_SIZE) && lock(&self.wrong_size_logged).insert(index) {
-                    log::error!("multihttp: {}: {why}", self.urls[index]);
-                }
-                self.health.failure(index, why);
-            }
-        };
+        let on_probe =
+            |index: usize, result: &Result<ServerInfo, String>| self.note_probe(index, result);
         let found = discovery::discover(
             &self.transport,
             &self.urls,
             self.size(),
             avoid,
+            None,
             limit,
             &on_probe,
         );
@@ -154,33 +163,9 @@ impl Cluster {
                         )],
                     });
                 }
-                let active = Active {
-                    index: found.index,
-                    info: found.info,
-                    epoch: self.epoch.fetch_add(1, Ordering::SeqCst) + 1,
-                };
+                let active = self.new_active(&found);
                 *lock(&self.active) = Some(active);
-                self.outage_logged.store(false, Ordering::SeqCst);
-                self.health.server_chosen(found.index);
-                let mut last = lock(&self.last_index);
-                let url = &self.urls[found.index];
-                let failovers = self.health.failovers();
-                log::debug!(
-                    "multihttp: current server is now {url} (failovers so far: {failovers})"
-                );
-                match *last {
-                    Some(previous) if previous != found.index => log::error!(
-                        "multihttp: switched from {} to {url} ({}; failovers so far: {failovers})",
-                        self.urls[previous],
-                        found.info.describe()
-                    ),
-                    Some(_) => log::error!(
-                        "multihttp: using {url} again ({}; failovers so far: {failovers})",
-                        found.info.describe()
-                    ),
-                    None => log::error!("multihttp: using {url} ({})", found.info.describe()),
-                }
-                *last = Some(found.index);
+                self.announce(&found);
                 Ok(active)
             }
             Err(not_found) => {
@@ -199,25 +184,188 @@ impl Cluster {
         }
     }
 
+    /// Health and the wrong-size log of one probe result.
+    fn note_probe(&self, index: usize, result: &Result<ServerInfo, String>) {
+        match result {
+            Ok(_) => self.health.success(index),
+            Err(why) => {
+                if why.contains(WRONG_SIZE) && lock(&self.wrong_size_logged).insert(index) {
+                    log::error!("multihttp: {}: {why}", self.urls[index]);
+                }
+                self.health.failure(index, why);
+            }
+        }
+    }
+
+    /// A new server choice for `found`, with the next epoch.
+    fn new_active(&self, found: &Found) -> Active {
+        Active {
+            index: found.index,
+            info: found.info,
+            epoch: self.epoch.fetch_add(1, Ordering::SeqCst) + 1,
+        }
+    }
+
+    /// Logs and records that `found` is now the server in use.
+    fn announce(&self, found: &Found) {
+        self.outage_logged.store(false, Ordering::SeqCst);
+        self.health.server_chosen(found.index);
+        let mut last = lock(&self.last_index);
+        let url = &self.urls[found.index];
+        let failovers = self.health.failovers();
+        log::debug!("multihttp: current server is now {url} (failovers so far: {failovers})");
+        match *last {
+            Some(previous) if previous != found.index => log::error!(
+                "multihttp: switched from {} to {url} ({}; failovers so far: {failovers})",
+                self.urls[previous],
+                found.info.describe()
+            ),
+            Some(_) => log::error!(
+                "multihttp: using {url} again ({}; failovers so far: {failovers})",
+                found.info.describe()
+            ),
+            None => log::error!("multihttp: using {url} ({})", found.info.describe()),
+        }
+        *last = Some(found.index);
+    }
+
     /// Drops `failed` as the current server, unless another request did
     /// already (then a newer server may be in use: keep it).
     fn drop_server(&self, failed: &Active, why: &str) {
         let mut active = lock(&self.active);
         if active.is_some_and(|a| a.epoch == failed.epoch) {
             *active = None;
-            let failovers = self.health.server_left(failed.index, why);
+            self.left(failed, why);
+        }
+    }
+
+    /// Records and logs leaving `failed` (the caller holds `active`).
+    fn left(&self, failed: &Active, why: &str) {
+        let failovers = self.health.server_left(failed.index, why);
+        log::error!(
+            "multihttp: leaving {}: {why}; looking for another server (failover {failovers})",
+            self.url(failed)
+        );
+        log::debug!("multihttp: no current server (failovers so far: {failovers})");
+        if self.dirty_epoch.load(Ordering::SeqCst) == failed.epoch {
+            self.unflushed_elsewhere.store(true, Ordering::SeqCst);
             log::error!(
-                "multihttp: leaving {}: {why}; looking for another server (failover {failovers})",
+                "multihttp: write-back writes acknowledged by {} were not flushed yet: \
+                 they are durable only if that host did not crash",
                 self.url(failed)
             );
-            log::debug!("multihttp: no current server (failovers so far: {failovers})");
-            if self.dirty_epoch.load(Ordering::SeqCst) == failed.epoch {
-                self.unflushed_elsewhere.store(true, Ordering::SeqCst);
-                log::error!(
-                    "multihttp: write-back writes acknowledged by {} were not flushed yet: \
-                     they are durable only if that host did not crash",
-                    self.url(failed)
+        }
+    }
+
+    /// Switches from `stalled` to `found` if `stalled` is still in use,
+    /// then aborts every request still waiting on `stalled` (they are
+    /// retried on `found`). Returns whether it switched.
+    fn switch(&self, stalled: &Active, found: &Found, why: &str) -> bool {
+        {
+            let mut active = lock(&self.active);
+            if !active.is_some_and(|a| a.epoch == stalled.epoch) {
+                return false;
+            }
+            self.left(stalled, why);
+            *active = Some(self.new_active(found));
+        }
+        self.announce(found);
+        let aborted = self.watches.abort_epoch(stalled.epoch);
+        log::debug!(
+            "multihttp: {aborted} request(s) waiting on {} abandoned, to be retried",
+            self.url(stalled)
+        );
+        true
+    }
+
+    /// Starts the stall watch thread (once; call after nbdkit forked).
+    pub fn start_watch(self: &Arc<Self>) {
+        let mut watcher = lock(&self.watcher);
+        if watcher.is_some() {
+            return;
+        }
+        let cluster = Arc::clone(self);
+        match thread::Builder::new()
+            .name("multihttp-stall-watch".into())
+            .spawn(move || cluster.watch())
+        {
+            Ok(handle) => *watcher = Some(handle),
+            // Requests still fail over after io-timeout without it.
+            Err(e) => log::error!("multihttp: cannot start the stall watch thread: {e}"),
+        }
+    }
+
+    /// Stops the stall watch thread and waits for it (nbdkit's unload:
+    /// no thread may run the plugin's code once it is unloaded).
+    pub fn stop_watch(&self) {
+        let (stop, wake) = &self.stop_watch;
+        *lock(stop) = true;
+        wake.notify_all();
+        if let Some(handle) = lock(&self.watcher).take() {
+            let _ = handle.join();
+        }
+    }
+
+    /// The stall watch (see `stall.rs`): every TICK, aborts the requests
+    /// still waiting on a server that was left, and when a request on the
+    /// server in use has waited past its patience, probes the other
+    /// servers (at most every PROBE_INTERVAL) and switches to one that
+    /// can serve the disk.
+    fn watch(&self) {
+        let (stop, wake) = &self.stop_watch;
+        let mut next_probe = Instant::now();
+        loop {
+            {
+                let stopped = lock(stop);
+                let (stopped, _) = wake
+                    .wait_timeout_while(stopped, stall::TICK, |stopped| !*stopped)
+                    .unwrap_or_else(|e| e.into_inner());
+                if *stopped {
+                    return;
+                }
+            }
+            let current = self.current();
+            let now = Instant::now();
+            let mut longest_stall: Option<Duration> = None;
+            for (watch, running) in self.watches.running() {
+                match current {
+                    Some(active) if active.epoch == running.epoch => {
+                        if now >= running.stalls_at {
+                            let waited = now - running.started;
+                            longest_stall = longest_stall.max(Some(waited));
+                        }
+                    }
+                    // Its server was left: nothing it waits for will come.
+                    _ => {
+                        watch.abort.abort(running.request);
+                    }
+                }
+            }
+            let (Some(active), Some(waited)) = (current, longest_stall) else {
+                continue;
+            };
+            if now < next_probe {
+                continue;
+            }
+            next_probe = now + stall::PROBE_INTERVAL;
+            let on_probe =
+                |index: usize, result: &Result<ServerInfo, String>| self.note_probe(index, result);
+            let found = discovery::discover(
+                &self.transport,
+                &self.urls,
+                self.size(),
+                &HashSet::new(),
+                Some(active.index),
+                self.config.connect_timeout,
+                &on_probe,
+            );
+            if let Ok(found) = found {
+                let why = format!(
+                    "a request has had no reply for {} ms while {} can serve the disk",
+                    waited.as_millis(),
+                    self.urls[found.index]
                 );
+                self.switch(&active, &found, &why);
             }
         }
     }
@@ -245,11 +393,17 @@ impl Cluster {
 
     /// Runs `op` on the current server, failing over as needed. `what`
     /// names the request for logs and errors.
+    /// `bytes`: the payload, which lengthens the request's patience
+    /// before the stall watch counts it as stalled. `op` gets the request's
+    /// [`Abort`], for every request it sends.
     pub fn run<T>(
         &self,
         what: &dyn Fn() -> String,
-        mut op: impl FnMut(&Active) -> Result<T, Attempt>,
+        bytes: u64,
+        mut op: impl FnMut(&Active, &Abort) -> Result<T, Attempt>,
     ) -> Result<T, Error> {
+        let watch = self.watches.mine();
+        let patience = stall::patience(self.config.stall_timeout, bytes);
         let window = self.config.failover_window;
         let deadline = Instant::now() + window;
         let mut avoid = HashSet::new();
@@ -276,7 +430,17 @@ impl Cluster {
                 None => None,
             };
             let failed_on_server = if let Some(active) = active {
-                match op(&active) {
+                watch.begin(active.epoch, patience);
+                let result = op(&active, &watch.abort);
+                let abandoned = watch.abort.is_aborted();
+                watch.end();
+                let result = match result {
+                    Err(Attempt::Failover(why)) if abandoned => Err(Attempt::Failover(format!(
+                        "abandoned ({why}): the stall watch left this server for another"
+                    ))),
+                    other => other,
+                };
+                match result {
                     Ok(value) => {
                         self.health.success(active.index);
                         if attempt > 1 {

@@ -21,6 +21,7 @@ pub const KEYS: &[&str] = &[
     "password",
     "connect-timeout",
     "io-timeout",
+    "stall-timeout",
     "failover-window",
     "pool-size",
     "status-file",
@@ -34,6 +35,15 @@ pub const KEYS: &[&str] = &[
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Default of `io-timeout=`: base deadline of one request (plus 1 s per MiB).
 pub const DEFAULT_IO_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default of `stall-timeout=`: a request without reply for this long
+/// (plus 1 s per 64 MiB it carries) makes the other servers be probed, and
+/// moves to one that can serve. Chosen for xapi's redo log, which gives a
+/// write 2 s before it declares the device dead: 0.5 s of patience, then
+/// a probe (milliseconds on a LAN) and the retry leave over a second of
+/// margin; and long enough that an fdatasync on a loaded disk is not
+/// mistaken for a hang (on a pool a false alarm costs only probes: the
+/// other servers answer 503 while DRBD keeps the disk on this one).
+pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_millis(500);
 /// Default of `failover-window=`: long enough to ride through a DRBD
 /// Primary moving to another host.
 pub const DEFAULT_FAILOVER_WINDOW: Duration = Duration::from_secs(60);
@@ -70,6 +80,12 @@ connect-timeout=TIME   TCP connect and HEAD probe timeout (default 2s).
 io-timeout=TIME        How long a request may take, plus 1 s per MiB it
                        carries, before its server is considered dead and
                        the request fails over (default 30s).
+stall-timeout=TIME     A request without reply for this long (plus 1 s
+                       per 64 MiB it carries) makes the other servers be
+                       probed; if one can serve the disk, the request and
+                       every other one waiting moves there (default
+                       500ms). A server that is the only one able to
+                       serve is waited for (io-timeout, failover-window).
 failover-window=TIME   How long a request keeps trying the servers before
                        it fails with EIO (default 60s).
 pool-size=N            Connections open to one server at most, kept alive
@@ -106,6 +122,7 @@ pub struct Config {
     pub password: Option<Secret>,
     pub connect_timeout: Duration,
     pub io_timeout: Duration,
+    pub stall_timeout: Duration,
     pub failover_window: Duration,
     pub pool_size: PoolSize,
     pub status_file: Option<PathBuf>,
@@ -149,6 +166,7 @@ pub struct ConfigBuilder {
     password: Option<Secret>,
     connect_timeout: Option<Duration>,
     io_timeout: Option<Duration>,
+    stall_timeout: Option<Duration>,
     failover_window: Option<Duration>,
     pool_size: Option<usize>,
     status_file: Option<PathBuf>,
@@ -176,6 +194,7 @@ impl Builder for ConfigBuilder {
             "user" => self.user = Some(value.to_owned()),
             "connect-timeout" => self.connect_timeout = Some(positive(key, value)?),
             "io-timeout" => self.io_timeout = Some(positive(key, value)?),
+            "stall-timeout" => self.stall_timeout = Some(positive(key, value)?),
             "failover-window" => self.failover_window = Some(parse_duration(key, value)?),
             "pool-size" => self.pool_size = Some(parse_count(key, value, 1024)?),
             "status-file" => {
@@ -230,6 +249,7 @@ impl ConfigBuilder {
             password: self.password.clone(),
             connect_timeout: self.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
             io_timeout: self.io_timeout.unwrap_or(DEFAULT_IO_TIMEOUT),
+            stall_timeout: self.stall_timeout.unwrap_or(DEFAULT_STALL_TIMEOUT),
             failover_window: self.failover_window.unwrap_or(DEFAULT_FAILOVER_WINDOW),
             pool_size: self
                 .pool_size
@@ -314,6 +334,7 @@ mod tests {
         assert_eq!(c.device_size, None);
         assert_eq!(c.connect_timeout, DEFAULT_CONNECT_TIMEOUT);
         assert_eq!(c.io_timeout, DEFAULT_IO_TIMEOUT);
+        assert_eq!(c.stall_timeout, DEFAULT_STALL_TIMEOUT);
         assert_eq!(c.failover_window, DEFAULT_FAILOVER_WINDOW);
         assert_eq!(c.pool_size, PoolSize::PerClientConnection);
         assert_eq!(c.status_file, None);
@@ -365,6 +386,7 @@ mod tests {
         b.set("device-size", "4M").unwrap();
         b.set("connect-timeout", "500ms").unwrap();
         b.set("io-timeout", "5").unwrap();
+        b.set("stall-timeout", "200ms").unwrap();
         b.set("failover-window", "0").unwrap();
         b.set("pool-size", "4").unwrap();
         b.set("status-file", "/run/multihttp/vol1.status").unwrap();
@@ -376,6 +398,8 @@ mod tests {
         assert_eq!(c.device_size, Some(4 << 20));
         assert_eq!(c.connect_timeout, Duration::from_millis(500));
         assert_eq!(c.io_timeout, Duration::from_secs(5));
+        assert_eq!(c.stall_timeout, Duration::from_millis(200));
+        assert!(b.set("stall-timeout", "0").is_err());
         assert_eq!(c.failover_window, Duration::ZERO);
         assert_eq!(c.pool_size, PoolSize::Fixed(4));
         assert!(b.set("device-size", "0").is_err());

@@ -38,13 +38,15 @@ impl NotFound {
 /// Probes all `urls` in parallel and returns the first usable server,
 /// waiting at most `limit`. Servers in `avoid` (those that just failed
 /// this request) are used only when no other server answered by the
-/// time every probe finished or `limit` passed. `on_probe` sees every
-/// probe result that arrives in time.
+/// time every probe finished or `limit` passed; `skip` (the server the
+/// stall watch wants to leave) is not probed at all. `on_probe` sees
+/// every probe result that arrives in time.
 pub fn discover(
     transport: &Arc<Transport>,
     urls: &Arc<Vec<String>>,
     expected_size: Option<u64>,
     avoid: &HashSet<usize>,
+    skip: Option<usize>,
     limit: Duration,
     on_probe: &dyn Fn(usize, &Result<ServerInfo, String>),
 ) -> Result<Found, NotFound> {
@@ -52,7 +54,7 @@ pub fn discover(
     let (tx, rx) = mpsc::channel();
     let mut reasons = Vec::new();
     let mut pending = 0usize;
-    for index in 0..urls.len() {
+    for index in (0..urls.len()).filter(|&i| Some(i) != skip) {
         let (tx, transport, urls) = (tx.clone(), Arc::clone(transport), Arc::clone(urls));
         // Detached: a probe stuck on a blackholed host finishes on its own
         // after connect-timeout; nobody waits for it longer than `limit`.
@@ -93,7 +95,7 @@ pub fn discover(
         return Ok(found);
     }
     let answered: HashSet<usize> = reasons.iter().map(|(i, _)| *i).collect();
-    for index in (0..urls.len()).filter(|i| !answered.contains(i)) {
+    for index in (0..urls.len()).filter(|i| !answered.contains(i) && Some(*i) != skip) {
         reasons.push((index, format!("no answer within {limit:?}")));
     }
     reasons.sort_by_key(|(i, _)| *i);

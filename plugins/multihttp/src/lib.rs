@@ -26,6 +26,7 @@ pub mod error;
 pub mod health;
 pub mod ops;
 pub mod reply;
+pub mod stall;
 pub mod tls;
 pub mod transport;
 

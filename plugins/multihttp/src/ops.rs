@@ -21,6 +21,8 @@
 use http_disk_protocol::{ByteRange, Feature};
 
 use crate::cluster::{Active, Cluster};
+use http_client::abort::Abort;
+
 use crate::error::{Attempt, Error};
 use crate::transport::PostOp;
 
@@ -52,10 +54,11 @@ fn refuse_readonly(cluster: &Cluster, active: &Active) -> Result<(), Attempt> {
 pub fn read(cluster: &Cluster, buf: &mut [u8], offset: u64) -> Result<(), Error> {
     let len = buf.len();
     check_range(cluster, offset, len as u64)?;
-    cluster.run(&|| format!("read of {len} bytes at {offset}"), |active| {
+    let what = || format!("read of {len} bytes at {offset}");
+    cluster.run(&what, len as u64, |active, abort| {
         cluster
             .transport()
-            .read(cluster.url(active), offset, &mut *buf)
+            .read(cluster.url(active), offset, &mut *buf, abort)
     })
 }
 
@@ -72,13 +75,14 @@ fn put(
     data: &[u8],
     offset: u64,
     fua: bool,
+    abort: &Abort,
 ) -> Result<(), Attempt> {
     refuse_readonly(cluster, active)?;
     let writeback = writeback(cluster, active, fua);
     let size = cluster.size().unwrap_or(0);
     cluster
         .transport()
-        .write(cluster.url(active), offset, data, size, writeback)?;
+        .write(cluster.url(active), offset, data, size, writeback, abort)?;
     if writeback {
         cluster.mark_dirty(active);
     }
@@ -89,7 +93,8 @@ pub fn write(cluster: &Cluster, data: &[u8], offset: u64, fua: bool) -> Result<(
     check_range(cluster, offset, data.len() as u64)?;
     cluster.run(
         &|| format!("write of {} bytes at {offset}", data.len()),
-        |active| put(cluster, active, data, offset, fua),
+        data.len() as u64,
+        |active, abort| put(cluster, active, data, offset, fua, abort),
     )
 }
 
@@ -102,11 +107,11 @@ pub fn flush(cluster: &Cluster) -> Result<(), Error> {
     let previous = cluster.flush_started();
     let unflushed_elsewhere = cluster.take_unflushed_elsewhere();
     let mut flushed_on = String::new();
-    let result = cluster.run(&|| "flush".to_owned(), |active| {
+    let result = cluster.run(&|| "flush".to_owned(), 0, |active, abort| {
         if active.info.has(Feature::Flush) {
             cluster
                 .transport()
-                .post(cluster.url(active), PostOp::Flush, false)?;
+                .post(cluster.url(active), PostOp::Flush, false, abort)?;
         }
         // Old server: every PUT it acknowledged was already synced.
         flushed_on = cluster.url(active).to_owned();
@@ -136,7 +141,8 @@ pub fn trim(cluster: &Cluster, count: u32, offset: u64, fua: bool) -> Result<(),
     let Some(range) = ByteRange::from_offset_len(offset, count.into()) else {
         return Ok(());
     };
-    cluster.run(&|| format!("trim of {count} bytes at {offset}"), |active| {
+    let what = || format!("trim of {count} bytes at {offset}");
+    cluster.run(&what, count.into(), |active, abort| {
         refuse_readonly(cluster, active)?;
         if !active.info.has(Feature::Trim) {
             // Trim is a hint: doing nothing is correct (the connection was
@@ -146,7 +152,7 @@ pub fn trim(cluster: &Cluster, count: u32, offset: u64, fua: bool) -> Result<(),
         let writeback = writeback(cluster, active, fua);
         cluster
             .transport()
-            .post(cluster.url(active), PostOp::Trim(range), writeback)?;
+            .post(cluster.url(active), PostOp::Trim(range), writeback, abort)?;
         if writeback {
             cluster.mark_dirty(active);
         }
@@ -169,7 +175,8 @@ pub fn zero(
         return Ok(());
     };
     let mut zeros = Vec::new();
-    cluster.run(&|| format!("zero of {count} bytes at {offset}"), |active| {
+    let what = || format!("zero of {count} bytes at {offset}");
+    cluster.run(&what, count.into(), |active, abort| {
         refuse_readonly(cluster, active)?;
         if active.info.has(Feature::Zero) {
             let writeback = writeback(cluster, active, fua);
@@ -177,6 +184,7 @@ pub fn zero(
                 cluster.url(active),
                 PostOp::Zero { range, may_trim },
                 writeback,
+                abort,
             )?;
             if writeback {
                 cluster.mark_dirty(active);
@@ -197,7 +205,7 @@ pub fn zero(
         let mut done = 0u64;
         while done < u64::from(count) {
             let n = (u64::from(count) - done).min(zeros.len() as u64) as usize;
-            put(cluster, active, &zeros[..n], offset + done, fua)?;
+            put(cluster, active, &zeros[..n], offset + done, fua, abort)?;
             done += n as u64;
         }
         Ok(())

@@ -72,6 +72,15 @@ impl Server for MultiHttp {
         logging::init();
     }
 
+    /// The stall watch thread must be gone before nbdkit unloads the .so.
+    fn unload() {
+        let _ = std::panic::catch_unwind(|| {
+            if let Some(cluster) = CLUSTER.get() {
+                cluster.stop_watch();
+            }
+        });
+    }
+
     fn thread_model() -> nbdkit::Result<ThreadModel> {
         Ok(ThreadModel::Parallel)
     }
@@ -92,6 +101,11 @@ impl Server for MultiHttp {
                 out,
                 "multihttp_default_io_timeout={:?}",
                 config::DEFAULT_IO_TIMEOUT
+            );
+            let _ = writeln!(
+                out,
+                "multihttp_default_stall_timeout={:?}",
+                config::DEFAULT_STALL_TIMEOUT
             );
             let _ = writeln!(
                 out,
@@ -163,6 +177,8 @@ impl Server for MultiHttp {
             || "multihttp: open".to_owned(),
             || -> Result<Box<dyn Server>, Error> {
                 let cluster = Arc::clone(cluster()?);
+                // After nbdkit forked (threads do not survive the fork).
+                cluster.start_watch();
                 let server_at_open = match cluster.current() {
                     Some(active) => Some(active.info),
                     None => match cluster.ensure(&HashSet::new(), cluster.config.connect_timeout) {
@@ -299,6 +315,7 @@ impl Server for MultiHttp {
 plugin!(MultiHttp {
     thread_model,
     load,
+    unload,
     config,
     config_complete,
     dump_plugin,

@@ -32,6 +32,7 @@ use http_disk_protocol::{headers, ByteRange};
 use plugin_glue::secret::{wipe, Secret};
 
 use crate::config::{Config, PoolSize};
+use http_client::abort::Abort;
 use http_client::connection::Deadline;
 use http_client::endpoint::{Address, Endpoint, Lease, Pool};
 use http_client::request::{split_body, Request, SecretHeader};
@@ -146,14 +147,15 @@ impl Transport {
     /// Sends one request and reads the reply head (every request here is
     /// idempotent: the endpoint may send it again on a new connection
     /// when a kept-alive one turns out closed).
-    fn exchange(
-        &self,
+    fn exchange<'a>(
+        &'a self,
         url: &str,
         method: &str,
         extra_headers: &[(&str, &str)],
         body: &[u8],
         deadline: &Deadline,
-    ) -> Result<(Lease<'_>, ResponseHead), String> {
+        abort: Option<&'a Abort>,
+    ) -> Result<(Lease<'a>, ResponseHead), String> {
         let endpoint = self
             .endpoints
             .get(url)
@@ -170,9 +172,13 @@ impl Transport {
         wire.bytes.extend_from_slice(inline_body);
         // A reallocation would have left a copy of the head in freed memory.
         debug_assert!(wire.bytes.len() <= wire.capacity, "head capacity too small");
-        endpoint
-            .send(&wire.bytes, tail, self.connect_timeout, deadline)
-            .map_err(|e| e.to_string())
+        let sent = match abort {
+            Some(abort) => {
+                endpoint.send_abortable(&wire.bytes, tail, self.connect_timeout, deadline, abort)
+            }
+            None => endpoint.send(&wire.bytes, tail, self.connect_timeout, deadline),
+        };
+        sent.map_err(|e| e.to_string())
     }
 
     /// The Authorization header of every request, when `user=` is set.
@@ -186,7 +192,7 @@ impl Transport {
     /// HEAD probe, bounded as a whole by `connect-timeout`.
     pub fn probe(&self, url: &str, expected_size: Option<u64>) -> Result<ServerInfo, String> {
         let deadline = Deadline::new(self.connect_timeout, self.connect_timeout);
-        let (lease, head) = self.exchange(url, "HEAD", &[], &[], &deadline)?;
+        let (lease, head) = self.exchange(url, "HEAD", &[], &[], &deadline, None)?;
         if head.keep_alive() {
             lease.keep();
         }
@@ -204,7 +210,15 @@ impl Transport {
 
     /// Reads `buf.len()` bytes at `offset`, checking the reply fully
     /// before the caller may use a single byte.
-    pub fn read(&self, url: &str, offset: u64, buf: &mut [u8]) -> Result<(), Attempt> {
+    /// `abort` lets the stall watch end it (see `stall.rs`), as for every
+    /// data request below.
+    pub fn read(
+        &self,
+        url: &str,
+        offset: u64,
+        buf: &mut [u8],
+        abort: &Abort,
+    ) -> Result<(), Attempt> {
         let Some(range) = ByteRange::from_offset_len(offset, buf.len() as u64) else {
             return Ok(());
         };
@@ -213,7 +227,14 @@ impl Transport {
         let deadline = self.data_deadline(range.len(), MIN_TRANSFER_RATE);
         let range_header = range.to_range_header();
         let (mut lease, head) = self
-            .exchange(url, "GET", &[("Range", &range_header)], &[], &deadline)
+            .exchange(
+                url,
+                "GET",
+                &[("Range", &range_header)],
+                &[],
+                &deadline,
+                Some(abort),
+            )
             .map_err(failover)?;
         if head.status >= 400 {
             finish_unwanted(lease, &head, "GET", &deadline);
@@ -258,6 +279,7 @@ impl Transport {
         data: &[u8],
         size: u64,
         writeback: bool,
+        abort: &Abort,
     ) -> Result<(), Attempt> {
         let Some(range) = ByteRange::from_offset_len(offset, data.len() as u64) else {
             return Ok(());
@@ -269,11 +291,17 @@ impl Transport {
             extra.push((headers::WRITEBACK, "1"));
         }
         let deadline = self.data_deadline(range.len(), MIN_TRANSFER_RATE);
-        self.send_expecting_success(url, "PUT", &what, &extra, data, &deadline)
+        self.send_expecting_success(url, "PUT", &what, &extra, data, &deadline, abort)
     }
 
     /// Sends one POST extension (flush, trim, zero).
-    pub fn post(&self, url: &str, op: PostOp, writeback: bool) -> Result<(), Attempt> {
+    pub fn post(
+        &self,
+        url: &str,
+        op: PostOp,
+        writeback: bool,
+        abort: &Abort,
+    ) -> Result<(), Attempt> {
         let (work, what, range_header) = match op {
             PostOp::Flush => (0, "POST flush".to_owned(), None),
             PostOp::Trim(range) => (
@@ -303,11 +331,14 @@ impl Transport {
             extra.push((headers::WRITEBACK, "1"));
         }
         let deadline = self.data_deadline(work, MIN_ZERO_RATE);
-        self.send_expecting_success(url, "POST", &what, &extra, &[], &deadline)
+        self.send_expecting_success(url, "POST", &what, &extra, &[], &deadline, abort)
     }
 
     /// A write-like request: 200/201/204 is success; its (small) body is
-    /// read so the connection can carry the next request.
+    /// read so the connection can carry the next request. (The request's
+    /// parts as arguments, each passed straight on: a struct would only
+    /// name them a second time.)
+    #[allow(clippy::too_many_arguments)]
     fn send_expecting_success(
         &self,
         url: &str,
@@ -316,9 +347,10 @@ impl Transport {
         extra_headers: &[(&str, &str)],
         body: &[u8],
         deadline: &Deadline,
+        abort: &Abort,
     ) -> Result<(), Attempt> {
         let (lease, head) = self
-            .exchange(url, method, extra_headers, body, deadline)
+            .exchange(url, method, extra_headers, body, deadline, Some(abort))
             .map_err(|why| Attempt::Failover(format!("{what}: {why}")))?;
         finish_unwanted(lease, &head, method, deadline);
         if !matches!(head.status, 200 | 201 | 204) {
