@@ -16,6 +16,9 @@ pub struct FioJob {
     pub writes: u64,
     /// Reads, which in a verifying write job are the verify reads.
     pub reads: u64,
+    /// Write completion latency (fio's clat: submission to completion),
+    /// seconds: median, 99th percentile, max (0 without writes).
+    pub write_latency: [f64; 3],
 }
 
 /// What fio's JSON report says, per job.
@@ -30,6 +33,15 @@ pub fn fio_jobs(json: &Path) -> Vec<FioJob> {
             error: job["error"].as_i64().expect("job error"),
             writes: job["write"]["total_ios"].as_u64().expect("write total_ios"),
             reads: job["read"]["total_ios"].as_u64().expect("read total_ios"),
+            write_latency: {
+                let clat = &job["write"]["clat_ns"];
+                let seconds = |v: &serde_json::Value| v.as_f64().unwrap_or(0.0) / 1e9;
+                [
+                    seconds(&clat["percentile"]["50.000000"]),
+                    seconds(&clat["percentile"]["99.000000"]),
+                    seconds(&clat["max"]),
+                ]
+            },
         })
         .collect()
 }
