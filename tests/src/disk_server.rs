@@ -33,25 +33,34 @@ impl DiskServer {
     /// on a free port of 127.0.0.1, and waits for `Server ready!`.
     /// Panics with the server's output if it does not become ready.
     pub fn start(disk: &Path, args: &[&str]) -> DiskServer {
-        Self::try_launch(disk, LOOPBACK, args, false).unwrap_or_else(not_ready)
+        Self::try_launch(disk, LOOPBACK, args, false, None).unwrap_or_else(not_ready)
     }
 
     /// As [`DiskServer::start`], listening on `ip` (e.g. `::1`) instead.
     pub fn start_on_ip(disk: &Path, ip: IpAddr, args: &[&str]) -> DiskServer {
-        Self::try_launch(disk, ip, args, false).unwrap_or_else(not_ready)
+        Self::try_launch(disk, ip, args, false, None).unwrap_or_else(not_ready)
     }
 
     /// As [`DiskServer::start`], with `--metrics-listen` on a second free
     /// port of 127.0.0.1 ([`DiskServer::metrics_url`]).
     pub fn start_with_metrics(disk: &Path, args: &[&str]) -> DiskServer {
-        Self::try_launch(disk, LOOPBACK, args, true).unwrap_or_else(not_ready)
+        Self::try_launch(disk, LOOPBACK, args, true, None).unwrap_or_else(not_ready)
+    }
+
+    /// As [`DiskServer::start`], run under `strace -f -e
+    /// trace=fdatasync,fsync -o TRACE`: a power cut cannot be played here,
+    /// so durability tests count the server's syncs instead ([`syncs`]).
+    /// `proc` is then strace's (a signal reaches strace, not the server;
+    /// dropping it kills both).
+    pub fn start_traced(disk: &Path, args: &[&str], trace: &Path) -> DiskServer {
+        Self::try_launch(disk, LOOPBACK, args, false, Some(trace)).unwrap_or_else(not_ready)
     }
 
     /// As [`DiskServer::start`] but returns the process when it exits or
     /// does not print `Server ready!` in time, so tests can check refusals.
     /// Retries with another port if the free port was taken meanwhile.
     pub fn try_start(disk: &Path, args: &[&str]) -> Result<DiskServer, Proc> {
-        Self::try_launch(disk, LOOPBACK, args, false)
+        Self::try_launch(disk, LOOPBACK, args, false, None)
     }
 
     fn try_launch(
@@ -59,13 +68,14 @@ impl DiskServer {
         ip: IpAddr,
         args: &[&str],
         metrics: bool,
+        trace: Option<&Path>,
     ) -> Result<DiskServer, Proc> {
         let mut attempt = 0;
         loop {
             attempt += 1;
             let port = free_port();
             let metrics_port = metrics.then(free_port);
-            match Self::launch(disk, ip, port, metrics_port, args) {
+            match Self::launch(disk, ip, port, metrics_port, args, trace) {
                 Ok(server) => return Ok(server),
                 Err(proc) if attempt < 3 && proc.output.contains("already in use") => continue,
                 Err(proc) => return Err(proc),
@@ -75,7 +85,7 @@ impl DiskServer {
 
     /// Starts the server on a given port of 127.0.0.1 (no retry).
     pub fn start_on_port(disk: &Path, port: u16, args: &[&str]) -> Result<DiskServer, Proc> {
-        Self::launch(disk, LOOPBACK, port, None, args)
+        Self::launch(disk, LOOPBACK, port, None, args, None)
     }
 
     fn launch(
@@ -84,8 +94,18 @@ impl DiskServer {
         port: u16,
         metrics_port: Option<u16>,
         args: &[&str],
+        trace: Option<&Path>,
     ) -> Result<DiskServer, Proc> {
-        let mut cmd = Command::new(artifact("http-disk-server"));
+        let mut cmd = match trace {
+            Some(trace) => {
+                let mut cmd = Command::new("strace");
+                cmd.args(["-f", "-qq", "-e", "trace=fdatasync,fsync", "-o"])
+                    .arg(trace)
+                    .arg(artifact("http-disk-server"));
+                cmd
+            }
+            None => Command::new(artifact("http-disk-server")),
+        };
         cmd.arg("--disk")
             .arg(disk)
             .args(["--ip", &ip.to_string(), "--port", &port.to_string()]);
@@ -164,6 +184,18 @@ impl DiskServer {
         );
         reply.starts_with(b"HTTP/1.1 200")
     }
+}
+
+/// Successful `fdatasync` and `fsync` calls so far in the strace log of a
+/// [`DiskServer::start_traced`] server, including those strace printed in
+/// two parts because another thread's call came between
+/// (`<... fdatasync resumed>) = 0`).
+pub fn syncs(trace: &Path) -> usize {
+    std::fs::read_to_string(trace)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| (l.contains("fdatasync") || l.contains("fsync")) && l.ends_with("= 0"))
+        .count()
 }
 
 fn not_ready(proc: Proc) -> DiskServer {
