@@ -30,3 +30,27 @@ assert got == bytes(model), 'export differs from the model'
 open(OUT, 'wb').write(model)
 print('model ok')
 "#;
+
+/// An nbdsh script that runs `changes` (Python statements) in order and
+/// prints `count N` before the first and after each one, N being what the
+/// Python function `count()` (defined by `count_def`) returns then. Each
+/// count is taken right after that change's NBD reply and before the next
+/// request: e.g. how many syncs a server had made by the time the client
+/// saw a write acknowledged. Read them back with [`printed_counts`].
+pub fn counted_after_each(count_def: &str, changes: &[&str]) -> String {
+    let mut script = format!("{count_def}\nprint('count', count())\n");
+    for change in changes {
+        script.push_str(change);
+        script.push_str("\nprint('count', count())\n");
+    }
+    script
+}
+
+/// The counts a [`counted_after_each`] script printed, in order.
+pub fn printed_counts(output: &str) -> Vec<usize> {
+    output
+        .lines()
+        .filter_map(|l| l.strip_prefix("count "))
+        .map(|n| n.trim().parse().expect("a count"))
+        .collect()
+}

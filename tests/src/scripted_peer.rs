@@ -8,13 +8,16 @@
 //! (`shared/reference/compat-contract.md`): HTTP/1.0, the connection closed
 //! after every reply, no `X-Disk-Features` header, a `Content-Range` whose
 //! end is off by one (it names the byte after the range), PUT data synced
-//! before the 200, GET without Range → 400, other methods → 501.
+//! before the 200, GET without Range → 400, other methods → 501. Each PUT
+//! it synced is also noted in a file ([`old_server_sync_log`]), so a test
+//! can tell, from another process, that a write was synced before the
+//! client saw it acknowledged.
 
 use std::fs::OpenOptions;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
@@ -32,7 +35,8 @@ pub enum Script {
     /// HEAD as above; GET gets a 200 with the requested length of 0xEE
     /// (a server ignoring Range).
     IgnoreRange { size: u64 },
-    /// The old Python server serving this file (see the module comment).
+    /// The old Python server serving this file (see the module comment);
+    /// each PUT it synced adds a line to [`old_server_sync_log`]`(disk)`.
     OldServer { disk: PathBuf },
     /// HEAD as above; GET gets a correct 206 filled with 0x5A. Only the
     /// first request of each connection is answered: the second one is
@@ -70,9 +74,12 @@ pub enum Misbehaviour {
 pub struct ScriptedPeer {
     pub port: u16,
     stop: Arc<AtomicBool>,
-    /// Requests received, by method: GET, PUT, other.
+    /// Requests received, by method: GET, PUT, and any other than those
+    /// and HEAD (e.g. the new servers' POST extensions, which the old
+    /// server answers with 501).
     pub gets: Arc<AtomicUsize>,
     pub puts: Arc<AtomicUsize>,
+    pub others: Arc<AtomicUsize>,
     /// The `Authorization` header of every request, in order (None when
     /// absent), so tests can check credentials reach every request.
     pub authorizations: Arc<Mutex<Vec<Option<String>>>>,
@@ -94,8 +101,10 @@ impl ScriptedPeer {
         let stop = Arc::new(AtomicBool::new(false));
         let gets = Arc::new(AtomicUsize::new(0));
         let puts = Arc::new(AtomicUsize::new(0));
+        let others = Arc::new(AtomicUsize::new(0));
         let authorizations = Arc::new(Mutex::new(Vec::new()));
         let (stop2, gets2, puts2) = (stop.clone(), gets.clone(), puts.clone());
+        let others2 = others.clone();
         let auth2 = authorizations.clone();
         let expect_or_chunked = Arc::new(AtomicUsize::new(0));
         let framing2 = expect_or_chunked.clone();
@@ -111,6 +120,7 @@ impl ScriptedPeer {
                         let seen = Seen {
                             gets: &gets2,
                             puts: &puts2,
+                            others: &others2,
                             authorizations: &auth2,
                             expect_or_chunked: &framing2,
                         };
@@ -125,6 +135,7 @@ impl ScriptedPeer {
             stop,
             gets,
             puts,
+            others,
             authorizations,
             expect_or_chunked,
             connections,
@@ -224,6 +235,7 @@ fn reply(stream: &mut TcpStream, version: &str, status: &str, headers: &[String]
 struct Seen<'a> {
     gets: &'a AtomicUsize,
     puts: &'a AtomicUsize,
+    others: &'a AtomicUsize,
     authorizations: &'a Mutex<Vec<Option<String>>>,
     expect_or_chunked: &'a AtomicUsize,
 }
@@ -241,7 +253,8 @@ fn serve(stream: TcpStream, script: &Script, seen: &Seen) -> std::io::Result<()>
         match request.method.as_str() {
             "GET" => seen.gets.fetch_add(1, Ordering::SeqCst),
             "PUT" => seen.puts.fetch_add(1, Ordering::SeqCst),
-            _ => 0,
+            "HEAD" => 0,
+            _ => seen.others.fetch_add(1, Ordering::SeqCst),
         };
         if let Ok(mut list) = seen.authorizations.lock() {
             list.push(request.header("Authorization").map(str::to_owned));
@@ -324,7 +337,7 @@ fn hostile(stream: &mut TcpStream, script: &Script, request: &Request) {
     }
 }
 
-fn old_server(stream: &mut TcpStream, disk: &PathBuf, request: &Request, body: &[u8]) {
+fn old_server(stream: &mut TcpStream, disk: &Path, request: &Request, body: &[u8]) {
     let v = "HTTP/1.0";
     let Ok(file) = OpenOptions::new().read(true).write(true).open(disk) else {
         return reply(stream, v, "500 Internal Server Error", &[], b"");
@@ -358,11 +371,31 @@ fn old_server(stream: &mut TcpStream, disk: &PathBuf, request: &Request, body: &
                 {
                     return reply(stream, v, "500 Internal Server Error", &[], b"");
                 }
+                note_sync(disk, first, last);
                 reply(stream, v, "200 OK", &[], b"")
             }
             _ => reply(stream, v, "400 Bad Request", &[], b""),
         },
         _ => reply(stream, v, "501 Not Implemented", &[], b""),
+    }
+}
+
+/// Where the old-server emulation on `disk` notes each PUT it synced,
+/// one `B-E` line each, before replying 200.
+pub fn old_server_sync_log(disk: &Path) -> PathBuf {
+    let mut log = disk.as_os_str().to_owned();
+    log.push(".synced");
+    PathBuf::from(log)
+}
+
+fn note_sync(disk: &Path, first: u64, last: u64) {
+    let noted = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(old_server_sync_log(disk))
+        .and_then(|mut log| log.write_all(format!("{first}-{last}\n").as_bytes()));
+    if let Err(e) = noted {
+        eprintln!("[old server] cannot note a sync: {e}");
     }
 }
 

@@ -10,11 +10,13 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::Ordering;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use harness::disk_server::auth_file;
-use harness::scripted_peer::{Misbehaviour, Script, ScriptedPeer};
+use harness::nbd_scripts::{counted_after_each, printed_counts};
+use harness::scripted_peer::{old_server_sync_log, Misbehaviour, Script, ScriptedPeer};
 use harness::{
     artifact, debian_tool, free_port, nbdsh, pattern_file, run_ok, DiskServer, Nbdkit, TempDir,
 };
@@ -485,38 +487,105 @@ fn resets_at_every_stage_of_a_reply_are_failed_over() {
     hostile_peer_is_failed_over(misbehaving(Misbehaviour::ResetMidBody));
 }
 
+/// The new plugin in front of old servers (a pool being upgraded), in the
+/// mode `keys` choose. The old server has no extension and syncs every
+/// PUT before its 200 (compat contract), so in either mode: every write
+/// and zero reaches it as PUTs, each synced before the NBD reply (write-
+/// through depends on it; write-back has nothing to defer there); a flush
+/// has nothing to send and succeeds; trim and fast zero are not offered;
+/// nothing but HEAD, GET and PUT is sent (a POST would get 501); and after
+/// a failover from one old server to another a flush still succeeds: no
+/// write was left unflushed on the server left.
+fn new_plugin_with_old_servers(keys: &[&str], seed: u64) {
+    let dir = TempDir::new().unwrap();
+    let disk = pattern_file(dir.path(), "disk.img", MIB, seed);
+    let mut olds: Vec<ScriptedPeer> = (0..2)
+        .map(|_| ScriptedPeer::start(Script::OldServer { disk: disk.clone() }))
+        .collect();
+    let urls: Vec<String> = olds.iter().map(ScriptedPeer::url).collect();
+    // No device-size: the size comes from the old server's HEAD.
+    let nbdkit = start(&urls, keys);
+    let count_def = format!(
+        "import os\n\
+         def count():\n\
+         \x20   path = {:?}\n\
+         \x20   return sum(1 for _ in open(path)) if os.path.exists(path) else 0",
+        old_server_sync_log(&disk).display().to_string()
+    );
+    let changes = [
+        "h.pwrite(b'\\x33' * 10000, 12345)",
+        "h.pwrite(b'\\x44' * 700, 90001, nbd.CMD_FLAG_FUA)",
+        "h.zero(3000, 50000)",
+        "h.zero(5000, 70001, nbd.CMD_FLAG_NO_HOLE)",
+    ];
+    let output = nbdsh(
+        &nbdkit.uri(),
+        &format!(
+            "assert h.get_size() == 1 << 20\n\
+             assert h.can_flush() and h.can_fua() and h.can_zero()\n\
+             assert not h.can_trim() and not h.can_fast_zero()\n\
+             {}\n\
+             h.flush()\n\
+             assert h.pread(10000, 12345) == b'\\x33' * 10000\n\
+             assert h.pread(3000, 50000) == bytes(3000)\n\
+             print('old server ok')",
+            counted_after_each(&count_def, &changes)
+        ),
+    );
+    assert!(output.contains("old server ok"), "{output}");
+    assert!(nbdkit.proc.output.contains("old server"));
+    let counts = printed_counts(&output);
+    assert_eq!(counts.len(), changes.len() + 1, "{output}");
+    for (change, pair) in changes.iter().zip(counts.windows(2)) {
+        assert!(
+            pair[1] > pair[0],
+            "{change} was acknowledged before the old server synced it (syncs {counts:?})"
+        );
+    }
+
+    // The server in use goes away; the other one takes over, and a flush
+    // after that failover has nothing to report.
+    let active = nbdkit.multihttp_active_port().expect("a server in use");
+    let left = olds.iter().position(|p| p.port == active).unwrap();
+    let left = olds.remove(left);
+    let left_others = left.others.load(Ordering::SeqCst);
+    drop(left);
+    let output = nbdsh(
+        &nbdkit.uri(),
+        "h.pwrite(b'\\x55' * 4096, 200000)\n\
+         h.flush()\n\
+         assert h.pread(4096, 200000) == b'\\x55' * 4096\n\
+         print('after failover ok')",
+    );
+    assert!(output.contains("after failover ok"), "{output}");
+    assert!(nbdkit.proc.output.contains("switched from"));
+    assert!(!nbdkit.proc.output.contains("flush cannot vouch"));
+
+    let now = fs::read(&disk).unwrap();
+    assert!(now[12345..22345].iter().all(|&b| b == 0x33));
+    assert!(now[50000..53000].iter().all(|&b| b == 0));
+    assert!(now[70001..75001].iter().all(|&b| b == 0));
+    assert!(now[90001..90701].iter().all(|&b| b == 0x44));
+    assert!(now[200000..204096].iter().all(|&b| b == 0x55));
+    let other = &olds[0];
+    assert_eq!(
+        (left_others, other.others.load(Ordering::SeqCst)),
+        (0, 0),
+        "a request other than HEAD, GET or PUT reached an old server"
+    );
+    assert!(other.puts.load(Ordering::SeqCst) > 0);
+    // PUTs carry Content-Length: no chunked body, no Expect stall.
+    assert_eq!(other.expect_or_chunked.load(Ordering::SeqCst), 0);
+}
+
 #[test]
 fn the_new_plugin_works_with_the_old_server() {
-    let dir = TempDir::new().unwrap();
-    let disk = pattern_file(dir.path(), "disk.img", MIB, 12);
-    let old = ScriptedPeer::start(Script::OldServer { disk: disk.clone() });
-    // No device-size: the size comes from the old server's HEAD.
-    let nbdkit = start(&[old.url()], &[]);
-    let result = nbdsh(
-        &nbdkit.uri(),
-        "assert h.get_size() == 1 << 20\n\
-         assert not h.can_trim()\n\
-         h.pwrite(b'\\x33' * 10000, 12345)\n\
-         assert h.pread(10000, 12345) == b'\\x33' * 10000\n\
-         assert not h.can_fast_zero()\n\
-         h.pwrite(b'\\x44' * 700, 90001, nbd.CMD_FLAG_FUA)\n\
-         h.zero(3000, 50000)\n\
-         assert h.pread(3000, 50000) == bytes(3000)\n\
-         h.flush()\n\
-         print('old server ok')",
-    );
-    assert!(result.contains("old server ok"), "{result}");
-    assert!(nbdkit.proc.output.contains("old server"));
-    assert!(read_at(&disk, 12345, 10000).iter().all(|&b| b == 0x33));
-    assert!(read_at(&disk, 50000, 3000).iter().all(|&b| b == 0));
-    assert!(read_at(&disk, 90001, 700).iter().all(|&b| b == 0x44));
-    assert!(old.puts.load(std::sync::atomic::Ordering::SeqCst) > 0);
-    // PUTs carry Content-Length: no chunked body, no Expect stall.
-    assert_eq!(
-        old.expect_or_chunked
-            .load(std::sync::atomic::Ordering::SeqCst),
-        0
-    );
+    new_plugin_with_old_servers(&[], 12);
+}
+
+#[test]
+fn the_new_plugin_works_with_the_old_server_in_write_back_mode() {
+    new_plugin_with_old_servers(&["writeback=true"], 14);
 }
 
 #[test]
