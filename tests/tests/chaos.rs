@@ -23,9 +23,11 @@
 //! vouch for and cannot fail after a failover. fio never flushes here (no
 //! `fsync=`/`end_fsync=`); the probe client below flushes every 50
 //! iterations, and any flush error fails the test. (In `writeback=true`
-//! mode, a flush after leaving a server that held unflushed writes still
-//! fails with EIO once, "flush cannot vouch for earlier writes": this test
-//! does not run that mode.)
+//! mode, run by hand with `CHAOS_PLUGIN_KEYS=writeback=true`, a flush
+//! after leaving a server that held unflushed writes still fails with EIO
+//! once, "flush cannot vouch for earlier writes", until the write-back
+//! journal lands; only those are tolerated there, in a clearly marked
+//! branch of `assert_probe_clean` to delete then.)
 //!
 //! **Stopped servers resume.** A SIGSTOPped server keeps the requests the
 //! plugin sent it; when the plugin gives up on them (the stall watch
@@ -65,7 +67,11 @@
 //! gives the distribution (median, p99, max) of the writes' pauses, the
 //! budget's subject, and of all the probe's requests; and fio's own write
 //! latencies (clat: submission to completion, queue depth 8 and 4), which
-//! cover 10⁵ writes per job.
+//! cover 10⁵ writes per job. The five longest probe pauses are listed with
+//! the chaos action and the failover next to them, and with what a host
+//! watch (a thread fdatasyncing 4 KiB beside the disk every ~10 ms and
+//! timing its sleeps) saw meanwhile: on this shared machine the disk and
+//! the CPUs stall too, and a pause must be told apart from those.
 //!
 //! **The 2 s bound** (xapi's redo-log budget per write,
 //! `redo_log_max_block_time_writedelta = 2.`) applies to every probe
@@ -94,15 +100,22 @@
 //! Knobs: `CHAOS_SEED` replays the chaos loop's choices (not its timing:
 //! which server is in use when depends on the run), `CHAOS_SECONDS`
 //! changes the 60 s duration, `CHAOS_FENCE=0` continues stopped servers
-//! that may hold abandoned requests instead of killing them. The summary
-//! is printed; see it with `-- --nocapture`.
+//! that may hold abandoned requests instead of killing them,
+//! `CHAOS_PLUGIN_KEYS` adds plugin keys (space-separated: e.g.
+//! `writeback=true`, under which the probe's flushes may fail as the
+//! Flushes paragraph says, or a deliberately wrong `stall-timeout=3s` to
+//! see the bound catch it). The summary is printed; see it with
+//! `-- --nocapture`.
 //!
 //! Run (about 65 s): `cargo test --release -p integration-tests --test chaos -- --nocapture`
 
 use std::fs;
 use std::net::TcpListener;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::thread;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use harness::fio::{assert_fio_clean, FioJob};
@@ -469,6 +482,84 @@ impl Fleet {
     }
 }
 
+/// One look of the [`HostWatch`] at the machine.
+struct HostSample {
+    /// When its fdatasync started (Unix seconds).
+    at: f64,
+    /// How long the fdatasync of 4 KiB took.
+    sync: f64,
+    /// How late the 10 ms sleep after it woke up.
+    late: f64,
+}
+
+impl HostSample {
+    fn sync_overlaps(&self, from: f64, until: f64) -> bool {
+        self.at < until && self.at + self.sync > from
+    }
+
+    fn sleep_overlaps(&self, from: f64, until: f64) -> bool {
+        let slept = self.at + self.sync;
+        slept < until && slept + 0.01 + self.late > from
+    }
+}
+
+/// How the shared machine itself behaved during the run, to tell a pause
+/// the plugin caused from one the machine did: every ~10 ms a thread of
+/// the test writes 4 KiB to a file beside the disk and fdatasyncs it (what
+/// every write-through PUT pays on this disk), then measures how late its
+/// 10 ms sleep wakes (CPU starvation).
+struct HostWatch {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<Vec<HostSample>>>,
+}
+
+impl HostWatch {
+    fn start(dir: &Path) -> HostWatch {
+        let file = fs::File::create(dir.join("host-watch")).expect("create the host watch's file");
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        let thread = thread::spawn(move || {
+            let mut samples = Vec::new();
+            let block = [0x5a_u8; 4096];
+            while !stopped.load(Ordering::SeqCst) {
+                let at = unix_seconds(SystemTime::now());
+                let started = Instant::now();
+                let synced = file
+                    .write_all_at(&block, 4096 * (samples.len() % 16) as u64)
+                    .and_then(|()| file.sync_data());
+                let sync = started.elapsed().as_secs_f64();
+                if let Err(e) = synced {
+                    println!("[host watch] {e}");
+                    break;
+                }
+                let slept = Instant::now();
+                thread::sleep(Duration::from_millis(10));
+                let late = slept.elapsed().as_secs_f64() - 0.01;
+                samples.push(HostSample { at, sync, late });
+            }
+            samples
+        });
+        HostWatch {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn finish(mut self) -> Vec<HostSample> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread
+            .take()
+            .and_then(|t| t.join().ok())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for HostWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
 fn start_server(disk: &Path, port: u16) -> Result<DiskServer, String> {
     DiskServer::start_on_port(disk, port, &[]).map_err(|p| p.output.snapshot().join("\n"))
 }
@@ -786,8 +877,9 @@ fn failovers(log: &Lines) -> Vec<Failover> {
 }
 
 /// The probe finished without an I/O error, a wrong byte or a failed
-/// flush (write-through: no flush can fail after a failover).
-fn assert_probe_clean(probe: &mut Proc) {
+/// flush (write-through: no flush can fail after a failover). Returns
+/// how many flushes failed (always 0 outside write-back mode).
+fn assert_probe_clean(probe: &mut Proc, writeback: bool, nbdkit_log: &Lines) -> usize {
     let status = probe.wait_timeout(TAIL + Duration::from_secs(60));
     let log = probe.output_when_closed();
     assert!(
@@ -796,15 +888,39 @@ fn assert_probe_clean(probe: &mut Proc) {
     );
     let problems: Vec<&str> = log
         .lines()
-        .filter(|l| {
-            l.starts_with("error ") || l.starts_with("mismatch ") || l.starts_with("flush-error ")
-        })
+        .filter(|l| l.starts_with("error ") || l.starts_with("mismatch "))
         .collect();
     assert!(
         problems.is_empty(),
         "the probe saw:\n{}",
         problems.join("\n")
     );
+    let flush_errors: Vec<&str> = log
+        .lines()
+        .filter(|l| l.starts_with("flush-error "))
+        .collect();
+    if writeback {
+        // WRITE-BACK MODE ONLY (`CHAOS_PLUGIN_KEYS=writeback=true`): until
+        // the write-back journal lands (issue #19, part 3: unflushed
+        // writes replayed to the new server after a failover), a flush
+        // after leaving a server that held unflushed writes fails with EIO
+        // once, logged as "flush cannot vouch for earlier writes"; only
+        // those are tolerated here. Once the journal is in, delete this
+        // branch so that write-back mode, too, must see no flush error.
+        let vouched = nbdkit_log.count("flush cannot vouch for earlier writes");
+        assert!(
+            flush_errors.iter().all(|l| l.ends_with(" EIO")) && flush_errors.len() <= vouched,
+            "flush errors other than the lost-write-back report ({vouched} logged):\n{}",
+            flush_errors.join("\n")
+        );
+    } else {
+        assert!(
+            flush_errors.is_empty(),
+            "flushes failed in write-through mode:\n{}",
+            flush_errors.join("\n")
+        );
+    }
+    flush_errors.len()
 }
 
 /// Whether the 2 s bound spares `request`: it was outstanding while no
@@ -884,6 +1000,7 @@ fn longest_pauses(
     requests: &[ProbeRequest],
     fleet: &Fleet,
     failovers: &[Failover],
+    host: &[HostSample],
     n: usize,
 ) -> String {
     let mut longest: Vec<&ProbeRequest> = requests.iter().collect();
@@ -909,8 +1026,19 @@ fn longest_pauses(
             let failover = failover.map_or(String::new(), |f| {
                 format!("; failover {:+.3} s from its end: {}", f.at - r.end, f.why)
             });
+            let sync = host
+                .iter()
+                .filter(|h| h.sync_overlaps(r.start, r.end))
+                .map(|h| h.sync)
+                .fold(0.0, f64::max);
+            let late = host
+                .iter()
+                .filter(|h| h.sleep_overlaps(r.start, r.end))
+                .map(|h| h.late)
+                .fold(0.0, f64::max);
             format!(
-                "  {:.3} s {} at +{:.3} s{change}{failover}",
+                "  {:.3} s {} at +{:.3} s{change}{failover}; meanwhile the host watch's \
+                 fdatasync took up to {sync:.3} s, its sleep woke up to {late:.3} s late",
                 r.pause(),
                 r.kind,
                 r.start - t0
@@ -928,6 +1056,7 @@ fn print_summary(
     requests: &[ProbeRequest],
     fio_jobs: &[FioJob],
     exempt: usize,
+    flush_errors: usize,
 ) {
     let completions = probe_completions(requests);
     let normal = Distribution::of(completions.windows(2).map(|w| w[1] - w[0]));
@@ -975,7 +1104,7 @@ fn print_summary(
          refused/reset {} (the probe's normal gap between completions: median {:.3} s)\n\
          fio write latency (clat): {}\n\
          exempt from the {WRITE_BUDGET} s bound (no server able to serve): {exempt} requests\n\
-         probe: {} iterations, 0 errors, 0 mismatches, 0 flush errors",
+         probe: {} iterations, 0 errors, 0 mismatches, {flush_errors} flush errors",
         failovers.len(),
         by_reason(Some(Reason::StallWatch)).len(),
         by_reason(Some(Reason::Timeout)).len(),
@@ -1018,6 +1147,10 @@ fn sixty_seconds_of_server_kills_stops_and_restarts_under_fio_verify() {
     let urls = format!("urls={}", fleet.urls());
     let mut params = vec![urls.as_str()];
     params.extend(PLUGIN_KEYS);
+    let extra_keys = std::env::var("CHAOS_PLUGIN_KEYS").unwrap_or_default();
+    params.extend(extra_keys.split_whitespace());
+    let writeback = params.contains(&"writeback=true");
+    println!("plugin keys: {:?}", &params[1..]);
     let mut nbdkit = Nbdkit::start(&[], &artifact("libmultihttp.so"), &params);
 
     let fio_json = dir.path().join("fio.json");
@@ -1032,10 +1165,12 @@ fn sixty_seconds_of_server_kills_stops_and_restarts_under_fio_verify() {
         probe.output.snapshot().join("\n")
     );
 
+    let host_watch = HostWatch::start(dir.path());
     let counts = run_chaos(&mut fleet, &nbdkit, &mut fio, &mut rng, chaos);
 
     let jobs = assert_fio_clean(&mut fio, &fio_json, TAIL + Duration::from_secs(60), 2);
-    assert_probe_clean(&mut probe);
+    let flush_errors = assert_probe_clean(&mut probe, writeback, &nbdkit.proc.output);
+    let host = host_watch.finish();
     assert!(
         nbdkit.proc.exited().is_none(),
         "nbdkit died:\n{}",
@@ -1046,10 +1181,20 @@ fn sixty_seconds_of_server_kills_stops_and_restarts_under_fio_verify() {
     let requests = probe_requests(&probe_ops);
     let windows = fleet.no_server_windows();
     let exempted = requests.iter().filter(|r| exempt(r, &windows)).count();
-    print_summary(&counts, &failovers, &requests, &jobs, exempted);
+    print_summary(
+        &counts,
+        &failovers,
+        &requests,
+        &jobs,
+        exempted,
+        flush_errors,
+    );
     println!(
-        "longest probe pauses:\n{}",
-        longest_pauses(&requests, &fleet, &failovers, 5)
+        "host watch: fdatasync of 4 KiB beside the disk {}; 10 ms sleep woke late by {}\n\
+         longest probe pauses:\n{}",
+        Distribution::of(host.iter().map(|h| h.sync)),
+        Distribution::of(host.iter().map(|h| h.late)),
+        longest_pauses(&requests, &fleet, &failovers, &host, 5)
     );
     assert_within_budget(&requests, &jobs, &fleet, &nbdkit.proc.output);
 }
