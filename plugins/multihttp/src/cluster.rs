@@ -25,6 +25,7 @@ use crate::config::Config;
 use crate::discovery::{self, Found, NotFound};
 use crate::error::{Attempt, Error};
 use crate::health::Health;
+use crate::journal::{Backlog, ChangeRef, Journal, Recorded, Stale};
 use crate::reply::{ServerInfo, WRONG_SIZE};
 use crate::stall::{self, Watches};
 use crate::transport::Transport;
@@ -59,10 +60,12 @@ pub struct Cluster {
     wrong_size_logged: Mutex<HashSet<usize>>,
     /// Whether the current outage (no server answers) was logged.
     outage_logged: AtomicBool,
-    /// Epoch of the server holding write-back writes not yet flushed, or 0.
-    dirty_epoch: AtomicU64,
-    /// A server holding unflushed write-back writes was left: the next
-    /// successful flush must still fail once (see `ops::flush`).
+    /// `writeback=true`: the changes acknowledged since the last flush,
+    /// replayed on the next server after a failover.
+    journal: Journal,
+    /// A server was left while the journal was overflowed: some unflushed
+    /// changes can be on no other server, and the next successful flush
+    /// must still fail once (see `ops::flush`).
     unflushed_elsewhere: AtomicBool,
     /// Server in use, failovers and per-URL health, for `status-file=`.
     health: Health,
@@ -89,6 +92,7 @@ impl Cluster {
             let _ = size.set(s);
         }
         let urls = Arc::new(config.urls.clone());
+        let journal_size = config.journal_size;
         Cluster {
             health: Health::new(Arc::clone(&urls), config.status_file.clone()),
             urls,
@@ -101,7 +105,7 @@ impl Cluster {
             last_index: Mutex::new(None),
             wrong_size_logged: Mutex::new(HashSet::new()),
             outage_logged: AtomicBool::new(false),
-            dirty_epoch: AtomicU64::new(0),
+            journal: Journal::new(journal_size),
             unflushed_elsewhere: AtomicBool::new(false),
             watches: Watches::default(),
             watcher: Mutex::new(None),
@@ -123,6 +127,10 @@ impl Cluster {
 
     pub fn health(&self) -> &Health {
         &self.health
+    }
+
+    pub fn journal(&self) -> &Journal {
+        &self.journal
     }
 
     pub fn current(&self) -> Option<Active> {
@@ -163,10 +171,9 @@ impl Cluster {
                         )],
                     });
                 }
-                let active = self.new_active(&found);
-                *lock(&self.active) = Some(active);
-                self.announce(&found);
-                Ok(active)
+                self.adopt(&found).map_err(|why| NotFound {
+                    reasons: vec![(found.index, why)],
+                })
             }
             Err(not_found) => {
                 // Probes that did not answer in time have no result yet.
@@ -195,6 +202,59 @@ impl Cluster {
                 self.health.failure(index, why);
             }
         }
+    }
+
+    /// Makes `found` the server in use (the caller holds `discovery`, and
+    /// there is none in use): first replays the write-back journal on it,
+    /// so no request sees it before it has every change acknowledged
+    /// since the last flush. Fails if the replay does.
+    fn adopt(&self, found: &Found) -> Result<Active, String> {
+        let active = self.new_active(found);
+        if let Backlog::Complete(changes) = self.journal.backlog() {
+            if !changes.is_empty() {
+                self.replay(&active, &changes)?;
+            }
+        }
+        *lock(&self.active) = Some(active);
+        self.announce(found);
+        Ok(active)
+    }
+
+    /// Gives `active` the journal's `changes`, oldest first. Each runs
+    /// under io-timeout; nothing else is sent to `active` meanwhile.
+    fn replay(
+        &self,
+        active: &Active,
+        changes: &[Arc<crate::journal::Change>],
+    ) -> Result<(), String> {
+        let started = Instant::now();
+        let (_, bytes) = self.journal.size();
+        let abort = Abort::new();
+        for (n, change) in changes.iter().enumerate() {
+            if let Err(failed) =
+                crate::ops::apply(self, active, change.borrowed(), false, false, &abort)
+            {
+                let why = match failed {
+                    Attempt::Failover(why) => why,
+                    Attempt::Fatal(error) => error.to_string(),
+                };
+                let why = format!(
+                    "replaying the write-back journal failed at change {} of {}: {why}",
+                    n + 1,
+                    changes.len()
+                );
+                log::error!("multihttp: {}: {why}", self.url(active));
+                self.health.failure(active.index, &why);
+                return Err(why);
+            }
+        }
+        log::error!(
+            "multihttp: replayed {} unflushed write-back change(s) ({bytes} bytes of journal) on {} in {} ms",
+            changes.len(),
+            self.url(active),
+            started.elapsed().as_millis()
+        );
+        Ok(())
     }
 
     /// A new server choice for `found`, with the next epoch.
@@ -247,13 +307,26 @@ impl Cluster {
             self.url(failed)
         );
         log::debug!("multihttp: no current server (failovers so far: {failovers})");
-        if self.dirty_epoch.load(Ordering::SeqCst) == failed.epoch {
+        if !self.config.writeback {
+            return;
+        }
+        if self.journal.is_overflowed() {
             self.unflushed_elsewhere.store(true, Ordering::SeqCst);
             log::error!(
-                "multihttp: write-back writes acknowledged by {} were not flushed yet: \
-                 they are durable only if that host did not crash",
+                "multihttp: write-back changes acknowledged since the last flush were more \
+                 than journal-size ({} bytes) keeps: those acknowledged by {} are durable only \
+                 if that host did not crash, and the next flush fails",
+                self.journal.limit(),
                 self.url(failed)
             );
+        } else {
+            let (changes, bytes) = self.journal.size();
+            if changes > 0 {
+                log::debug!(
+                    "multihttp: {changes} unflushed write-back change(s) ({bytes} bytes) \
+                     to replay on the next server"
+                );
+            }
         }
     }
 
@@ -261,21 +334,24 @@ impl Cluster {
     /// then aborts every request still waiting on `stalled` (they are
     /// retried on `found`). Returns whether it switched.
     fn switch(&self, stalled: &Active, found: &Found, why: &str) -> bool {
+        // Held until `found` is in use: the abandoned requests wait for it
+        // in `ensure` instead of probing on their own.
+        let _round = lock(&self.discovery);
         {
             let mut active = lock(&self.active);
             if !active.is_some_and(|a| a.epoch == stalled.epoch) {
                 return false;
             }
             self.left(stalled, why);
-            *active = Some(self.new_active(found));
+            *active = None;
         }
-        self.announce(found);
         let aborted = self.watches.abort_epoch(stalled.epoch);
         log::debug!(
             "multihttp: {aborted} request(s) waiting on {} abandoned, to be retried",
             self.url(stalled)
         );
-        true
+        // If this fails, the next request probes every server again.
+        self.adopt(found).is_ok()
     }
 
     /// Starts the stall watch thread (once; call after nbdkit forked).
@@ -370,25 +446,41 @@ impl Cluster {
         }
     }
 
-    /// Records that `active` acknowledged a write-back write. If `active`
-    /// was left meanwhile (another request saw it fail while this write
-    /// was in flight), no later flush can cover the write: say so.
-    pub fn mark_dirty(&self, active: &Active) {
-        self.dirty_epoch.store(active.epoch, Ordering::SeqCst);
-        if self.current().map(|a| a.epoch) != Some(active.epoch) {
-            self.unflushed_elsewhere.store(true, Ordering::SeqCst);
+    /// With `writeback=true`, records in the journal a change `active`
+    /// acknowledged. If `active` was left meanwhile (while the change was
+    /// in flight), the change may have missed the replay on the server now
+    /// in use: the request is retried there (it was not acknowledged to the
+    /// client yet, so repeating it is allowed).
+    pub fn record(&self, active: &Active, change: ChangeRef<'_>) -> Result<(), Attempt> {
+        if !self.config.writeback {
+            return Ok(());
+        }
+        let still_current = || self.current().is_some_and(|a| a.epoch == active.epoch);
+        match self.journal.record(change, still_current) {
+            Ok(Recorded::Kept) | Ok(Recorded::Dropped { now: false }) => Ok(()),
+            Ok(Recorded::Dropped { now: true }) => {
+                if self.journal.limit() > 0 {
+                    log::error!(
+                        "multihttp: the write-back journal is full (journal-size={} bytes): \
+                         changes acknowledged from now until a flush cannot be replayed after \
+                         a failover, which would make that flush fail; flush more often or \
+                         raise journal-size",
+                        self.journal.limit()
+                    );
+                }
+                Ok(())
+            }
+            Err(Stale) => Err(Attempt::Failover(format!(
+                "acknowledged by {} after it was left; retrying on the server in use",
+                self.url(active)
+            ))),
         }
     }
 
-    /// Takes the "write-back writes were acknowledged by a server we left
-    /// before a flush" state, for the flush that must report it.
+    /// Takes the "unflushed changes were on a server we left and are not
+    /// in the journal" state, for the flush that must report it.
     pub fn take_unflushed_elsewhere(&self) -> bool {
         self.unflushed_elsewhere.swap(false, Ordering::SeqCst)
-    }
-
-    /// Puts that state back after a flush that failed anyway.
-    pub fn restore_unflushed_elsewhere(&self) {
-        self.unflushed_elsewhere.store(true, Ordering::SeqCst);
     }
 
     /// Runs `op` on the current server, failing over as needed. `what`
@@ -481,19 +573,5 @@ impl Cluster {
             what(),
             window
         )))
-    }
-
-    /// Marks a flush as started: the write-back writes it covers are no
-    /// longer "dirty". Returns the previous state for [`Self::flush_failed`].
-    pub fn flush_started(&self) -> u64 {
-        self.dirty_epoch.swap(0, Ordering::SeqCst)
-    }
-
-    /// Restores the dirty state after a failed flush (unless a newer
-    /// write-back write set it meanwhile).
-    pub fn flush_failed(&self, previous: u64) {
-        let _ = self
-            .dirty_epoch
-            .compare_exchange(0, previous, Ordering::SeqCst, Ordering::SeqCst);
     }
 }

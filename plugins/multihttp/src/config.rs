@@ -28,6 +28,7 @@ pub const KEYS: &[&str] = &[
     "cafile",
     "tls-verify",
     "writeback",
+    "journal-size",
 ];
 
 /// Default of `connect-timeout=`: TCP connect and HEAD probe limit. Probes
@@ -58,6 +59,12 @@ pub const DEFAULT_POOL_SIZE: usize = 16;
 /// http-disk-server's default `--max-connections-per-peer` (128), so a
 /// host with several clients is never turned away by its cap.
 pub const DEFAULT_POOL_MAX: usize = 64;
+/// Default of `journal-size=`: write-back changes kept since the last
+/// flush, to replay on the next server after a failover. Large enough for
+/// the bursts between a file system's or qemu's flushes (an ext4 commit
+/// interval of a busy small volume), small enough for a host with several
+/// attached disks.
+pub const DEFAULT_JOURNAL_SIZE: u64 = 64 << 20;
 /// Pools have up to 64 hosts; leave room, but refuse absurd lists.
 pub const MAX_URLS: usize = 1024;
 
@@ -98,6 +105,12 @@ writeback=true         Acknowledge writes, trims and zeroes once the
                        is durable on the server before it is acknowledged,
                        as O_DIRECT clients that never flush (XCP-ng's HA
                        statefile, the redo log) need.
+journal-size=SIZE      With writeback=true: how much of the writes, trims
+                       and zeroes acknowledged since the last flush is
+                       kept, to replay on the next server after a
+                       failover so the flush still succeeds (default 64M;
+                       0: keep none). A failover after more than this
+                       went unflushed makes the next flush fail with EIO.
 status-file=PATH       Keep PATH (key=value lines) up to date with the
                        server in use, the failover count and each URL's
                        last error and last success; replaced atomically
@@ -132,6 +145,8 @@ pub struct Config {
     /// `writeback=true`: writes are acknowledged before they are durable
     /// (new servers' `X-Disk-Writeback`); default false, write-through.
     pub writeback: bool,
+    /// `journal-size=`: bytes of write-back changes kept for replay.
+    pub journal_size: u64,
 }
 
 /// How many connections may be open to one server.
@@ -173,6 +188,7 @@ pub struct ConfigBuilder {
     cafile: Option<PathBuf>,
     tls_verify: Option<bool>,
     writeback: Option<bool>,
+    journal_size: Option<u64>,
 }
 
 impl Builder for ConfigBuilder {
@@ -211,6 +227,7 @@ impl Builder for ConfigBuilder {
             }
             "tls-verify" => self.tls_verify = Some(parse_bool(key, value)?),
             "writeback" => self.writeback = Some(parse_bool(key, value)?),
+            "journal-size" => self.journal_size = Some(parse_size(key, value)?),
             _ => return Err(ConfigError::unknown_key(key, KEYS)),
         }
         Ok(())
@@ -261,6 +278,7 @@ impl ConfigBuilder {
             // flushes, so a write acknowledged before it is durable could
             // be lost with the server's host (see ops.rs).
             writeback: self.writeback.unwrap_or(false),
+            journal_size: self.journal_size.unwrap_or(DEFAULT_JOURNAL_SIZE),
         })
     }
 }
@@ -343,6 +361,12 @@ mod tests {
         b.set("writeback", "true").unwrap();
         assert!(b.build().unwrap().writeback);
         assert!(b.set("writeback", "sometimes").is_err());
+        assert_eq!(c.journal_size, DEFAULT_JOURNAL_SIZE);
+        b.set("journal-size", "1M").unwrap();
+        assert_eq!(b.build().unwrap().journal_size, 1 << 20);
+        b.set("journal-size", "0").unwrap();
+        assert_eq!(b.build().unwrap().journal_size, 0, "0 keeps no journal");
+        assert!(b.set("journal-size", "lots").is_err());
     }
 
     #[test]

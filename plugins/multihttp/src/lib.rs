@@ -17,6 +17,7 @@
 //! - [`health`]: server in use, failover count, per-URL health, and the
 //!   `status-file=` that shows them;
 //! - [`ops`]: NBD semantics by server generation;
+//! - [`journal`]: write-back changes kept for replay after a failover;
 //! - [`error`]: errors and their errno, in one place.
 
 pub mod cluster;
@@ -24,6 +25,7 @@ pub mod config;
 pub mod discovery;
 pub mod error;
 pub mod health;
+pub mod journal;
 pub mod ops;
 pub mod reply;
 pub mod stall;

@@ -16,6 +16,10 @@
 //! acknowledge it; a write-back PUT sits in the server host's page cache,
 //! above DRBD, and dies with that host.
 //!
+//! With `writeback=true`, every change acknowledged since the last flush is
+//! also kept in the journal (`journal.rs`) and replayed on the next server
+//! after a failover, so the flush still succeeds.
+//!
 //! A read-only server (`readonly` feature) refuses writes with EPERM.
 
 use http_disk_protocol::{ByteRange, Feature};
@@ -24,6 +28,7 @@ use crate::cluster::{Active, Cluster};
 use http_client::abort::Abort;
 
 use crate::error::{Attempt, Error};
+use crate::journal::ChangeRef;
 use crate::transport::PostOp;
 
 /// Largest PUT of zeros when a server has no zero extension.
@@ -77,24 +82,94 @@ fn put(
     fua: bool,
     abort: &Abort,
 ) -> Result<(), Attempt> {
-    refuse_readonly(cluster, active)?;
     let writeback = writeback(cluster, active, fua);
     let size = cluster.size().unwrap_or(0);
     cluster
         .transport()
-        .write(cluster.url(active), offset, data, size, writeback, abort)?;
-    if writeback {
-        cluster.mark_dirty(active);
+        .write(cluster.url(active), offset, data, size, writeback, abort)
+}
+
+/// Applies one change on `active`: the one place that turns a write, trim
+/// or zero into requests, for the client's requests and for the replay of
+/// the write-back journal after a failover. `fast`: a zero must fail
+/// rather than fall back to writing zeros (NBD_CMD_FLAG_FAST_ZERO).
+pub fn apply(
+    cluster: &Cluster,
+    active: &Active,
+    change: ChangeRef<'_>,
+    fua: bool,
+    fast: bool,
+    abort: &Abort,
+) -> Result<(), Attempt> {
+    refuse_readonly(cluster, active)?;
+    let url = cluster.url(active);
+    match change {
+        ChangeRef::Write { offset, data } => put(cluster, active, data, offset, fua, abort),
+        ChangeRef::Trim(range) => {
+            if !active.info.has(Feature::Trim) {
+                // Trim is a hint: doing nothing is correct (the connection
+                // was opened on a server with trim and failed over to one
+                // without).
+                return Ok(());
+            }
+            let writeback = writeback(cluster, active, fua);
+            cluster
+                .transport()
+                .post(url, PostOp::Trim(range), writeback, abort)
+        }
+        ChangeRef::Zero { range, may_trim } => {
+            if active.info.has(Feature::Zero) {
+                let writeback = writeback(cluster, active, fua);
+                let op = PostOp::Zero { range, may_trim };
+                return cluster.transport().post(url, op, writeback, abort);
+            }
+            if fast {
+                return Err(Attempt::Fatal(Error::NotFast(format!(
+                    "{url} has no zero extension"
+                ))));
+            }
+            // Old server: write the zeros. A failover repeats the whole
+            // range, which is harmless (same bytes).
+            let zeros = vec![0u8; ZERO_CHUNK.min(range.len() as usize)];
+            let mut offset = range.start();
+            while offset < range.end() {
+                let n = (range.end() - offset).min(zeros.len() as u64) as usize;
+                put(cluster, active, &zeros[..n], offset, fua, abort)?;
+                offset += n as u64;
+            }
+            Ok(())
+        }
     }
-    Ok(())
+}
+
+/// Runs one client change through the failover loop and, with
+/// `writeback=true`, records it in the journal once acknowledged.
+fn change(
+    cluster: &Cluster,
+    what: &dyn Fn() -> String,
+    change: ChangeRef<'_>,
+    fua: bool,
+    fast: bool,
+) -> Result<(), Error> {
+    let bytes = match change {
+        ChangeRef::Write { data, .. } => data.len() as u64,
+        ChangeRef::Trim(range) | ChangeRef::Zero { range, .. } => range.len(),
+    };
+    cluster.run(what, bytes, |active, abort| {
+        apply(cluster, active, change, fua, fast, abort)?;
+        cluster.record(active, change)
+    })
 }
 
 pub fn write(cluster: &Cluster, data: &[u8], offset: u64, fua: bool) -> Result<(), Error> {
     check_range(cluster, offset, data.len() as u64)?;
-    cluster.run(
-        &|| format!("write of {} bytes at {offset}", data.len()),
-        data.len() as u64,
-        |active, abort| put(cluster, active, data, offset, fua, abort),
+    let what = || format!("write of {} bytes at {offset}", data.len());
+    change(
+        cluster,
+        &what,
+        ChangeRef::Write { offset, data },
+        fua,
+        false,
     )
 }
 
@@ -104,10 +179,9 @@ pub fn flush(cluster: &Cluster) -> Result<(), Error> {
         // was durable on its server before its reply. Nothing to send.
         return Ok(());
     }
-    let previous = cluster.flush_started();
-    let unflushed_elsewhere = cluster.take_unflushed_elsewhere();
+    let mark = cluster.journal().mark();
     let mut flushed_on = String::new();
-    let result = cluster.run(&|| "flush".to_owned(), 0, |active, abort| {
+    cluster.run(&|| "flush".to_owned(), 0, |active, abort| {
         if active.info.has(Feature::Flush) {
             cluster
                 .transport()
@@ -116,21 +190,19 @@ pub fn flush(cluster: &Cluster) -> Result<(), Error> {
         // Old server: every PUT it acknowledged was already synced.
         flushed_on = cluster.url(active).to_owned();
         Ok(())
-    });
-    if let Err(error) = result {
-        cluster.flush_failed(previous);
-        if unflushed_elsewhere {
-            cluster.restore_unflushed_elsewhere();
-        }
-        return Err(error);
-    }
-    // Write-back writes acknowledged by a server we have since left are
-    // not covered by this flush: a flush that says "durable" would lie.
-    // Reported once, so the client's later flushes mean what they say.
-    if unflushed_elsewhere {
+    })?;
+    // The server flushed has every change acknowledged before the mark:
+    // by its own hand, or replayed from the journal when it was chosen.
+    cluster.journal().flushed(mark);
+    // Unless the journal overflowed and a server was left meanwhile: then
+    // some changes are on no server we can flush, and a flush that says
+    // "durable" would lie. Reported once, so later flushes mean what they say.
+    if cluster.take_unflushed_elsewhere() {
         return Err(Error::Unflushed(format!(
-            "write-back writes were acknowledged by a server that failed before a flush; \
-             {flushed_on} is flushed, but those writes survive only if that host did not crash"
+            "write-back changes were acknowledged by a server that was left before a flush, \
+             and they were more than journal-size ({} bytes) could keep for replay; \
+             {flushed_on} is flushed, but those changes survive only if that host did not crash",
+            cluster.journal().limit()
         )));
     }
     Ok(())
@@ -142,22 +214,7 @@ pub fn trim(cluster: &Cluster, count: u32, offset: u64, fua: bool) -> Result<(),
         return Ok(());
     };
     let what = || format!("trim of {count} bytes at {offset}");
-    cluster.run(&what, count.into(), |active, abort| {
-        refuse_readonly(cluster, active)?;
-        if !active.info.has(Feature::Trim) {
-            // Trim is a hint: doing nothing is correct (the connection was
-            // opened on a server with trim and failed over to one without).
-            return Ok(());
-        }
-        let writeback = writeback(cluster, active, fua);
-        cluster
-            .transport()
-            .post(cluster.url(active), PostOp::Trim(range), writeback, abort)?;
-        if writeback {
-            cluster.mark_dirty(active);
-        }
-        Ok(())
-    })
+    change(cluster, &what, ChangeRef::Trim(range), fua, false)
 }
 
 /// Zeroes a range. `fast`: the client wants an error rather than a slow
@@ -174,40 +231,12 @@ pub fn zero(
     let Some(range) = ByteRange::from_offset_len(offset, count.into()) else {
         return Ok(());
     };
-    let mut zeros = Vec::new();
     let what = || format!("zero of {count} bytes at {offset}");
-    cluster.run(&what, count.into(), |active, abort| {
-        refuse_readonly(cluster, active)?;
-        if active.info.has(Feature::Zero) {
-            let writeback = writeback(cluster, active, fua);
-            cluster.transport().post(
-                cluster.url(active),
-                PostOp::Zero { range, may_trim },
-                writeback,
-                abort,
-            )?;
-            if writeback {
-                cluster.mark_dirty(active);
-            }
-            return Ok(());
-        }
-        if fast {
-            return Err(Attempt::Fatal(Error::NotFast(format!(
-                "{} has no zero extension",
-                cluster.url(active)
-            ))));
-        }
-        // Old server: write the zeros. A failover repeats the whole range,
-        // which is harmless (same bytes).
-        if zeros.is_empty() {
-            zeros = vec![0u8; ZERO_CHUNK.min(count as usize)];
-        }
-        let mut done = 0u64;
-        while done < u64::from(count) {
-            let n = (u64::from(count) - done).min(zeros.len() as u64) as usize;
-            put(cluster, active, &zeros[..n], offset + done, fua, abort)?;
-            done += n as u64;
-        }
-        Ok(())
-    })
+    change(
+        cluster,
+        &what,
+        ChangeRef::Zero { range, may_trim },
+        fua,
+        fast,
+    )
 }

@@ -124,6 +124,11 @@ impl Server for MultiHttp {
             );
             let _ = writeln!(out, "multihttp_default_pool_per_client_connection=yes");
             let _ = writeln!(out, "multihttp_default_writeback=false");
+            let _ = writeln!(
+                out,
+                "multihttp_default_journal_size={}",
+                config::DEFAULT_JOURNAL_SIZE
+            );
             let _ = writeln!(out, "multihttp_max_urls={}", config::MAX_URLS);
             let _ = writeln!(out, "multihttp_parallel_probe=yes");
             let _ = writeln!(out, "multihttp_https=yes");
