@@ -23,11 +23,10 @@
 //! vouch for and cannot fail after a failover. fio never flushes here (no
 //! `fsync=`/`end_fsync=`); the probe client below flushes every 50
 //! iterations, and any flush error fails the test. (In `writeback=true`
-//! mode, run by hand with `CHAOS_PLUGIN_KEYS=writeback=true`, a flush
-//! after leaving a server that held unflushed writes still fails with EIO
-//! once, "flush cannot vouch for earlier writes", until the write-back
-//! journal lands; only those are tolerated there, in a clearly marked
-//! branch of `assert_probe_clean` to delete then.)
+//! mode, run by hand with `CHAOS_PLUGIN_KEYS=writeback=true`, the plugin
+//! replays the writes a left server held unflushed from its journal, so
+//! flushes must not fail either; the one exception is a journal overflow
+//! the plugin logged, after which one flush fails with EIO by design.)
 //!
 //! **Stopped servers resume.** A SIGSTOPped server keeps the requests the
 //! plugin sent it; when the plugin gives up on them (the stall watch
@@ -102,8 +101,7 @@
 //! changes the 60 s duration, `CHAOS_FENCE=0` continues stopped servers
 //! that may hold abandoned requests instead of killing them,
 //! `CHAOS_PLUGIN_KEYS` adds plugin keys (space-separated: e.g.
-//! `writeback=true`, under which the probe's flushes may fail as the
-//! Flushes paragraph says, or a deliberately wrong `stall-timeout=3s` to
+//! `writeback=true` (see the Flushes paragraph), or a deliberately wrong `stall-timeout=3s` to
 //! see the bound catch it). The summary is printed; see it with
 //! `-- --nocapture`.
 //!
@@ -899,27 +897,22 @@ fn assert_probe_clean(probe: &mut Proc, writeback: bool, nbdkit_log: &Lines) -> 
         .lines()
         .filter(|l| l.starts_with("flush-error "))
         .collect();
-    if writeback {
-        // WRITE-BACK MODE ONLY (`CHAOS_PLUGIN_KEYS=writeback=true`): until
-        // the write-back journal lands (issue #19, part 3: unflushed
-        // writes replayed to the new server after a failover), a flush
-        // after leaving a server that held unflushed writes fails with EIO
-        // once, logged as "flush cannot vouch for earlier writes"; only
-        // those are tolerated here. Once the journal is in, delete this
-        // branch so that write-back mode, too, must see no flush error.
-        let vouched = nbdkit_log.count("flush cannot vouch for earlier writes");
-        assert!(
-            flush_errors.iter().all(|l| l.ends_with(" EIO")) && flush_errors.len() <= vouched,
-            "flush errors other than the lost-write-back report ({vouched} logged):\n{}",
-            flush_errors.join("\n")
-        );
+    // With `writeback=true` the plugin's journal replays the unflushed
+    // changes on the next server after a failover, so a flush fails only
+    // when the journal overflowed (logged "write-back journal is full")
+    // and a server was left before the next flush; then once, logged
+    // "flush cannot vouch for earlier writes". Nothing else is allowed.
+    let excused = if writeback && nbdkit_log.contains("write-back journal is full") {
+        nbdkit_log.count("flush cannot vouch for earlier writes")
     } else {
-        assert!(
-            flush_errors.is_empty(),
-            "flushes failed in write-through mode:\n{}",
-            flush_errors.join("\n")
-        );
-    }
+        0
+    };
+    assert!(
+        flush_errors.iter().all(|l| l.ends_with(" EIO")) && flush_errors.len() <= excused,
+        "flushes failed ({} excused by a logged journal overflow):\n{}",
+        excused,
+        flush_errors.join("\n")
+    );
     flush_errors.len()
 }
 

@@ -15,10 +15,13 @@
 //! replayed after it, or the replay would put the older bytes back.
 //!
 //! Bounded by `journal-size`: a change that does not fit empties the
-//! journal and marks it overflowed, and nothing is kept until a flush that
-//! started after the last dropped change succeeds. A failover while it is
-//! overflowed makes the next flush fail (see `ops::flush`): nothing can
-//! vouch for the dropped changes.
+//! journal and marks it overflowed; changes are dropped until a flush
+//! starts, kept again from then on, and the journal is whole again once a
+//! flush that started after the last dropped change succeeds. (Keeping
+//! from the flush's start, not its end, matters: under steady writes some
+//! change is always newer than the last flush, and the journal would never
+//! recover.) A failover while it is overflowed makes the next flush fail
+//! (see `ops::flush`): nothing can vouch for the dropped changes.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -126,6 +129,9 @@ struct State {
     /// Sequence number of the last change dropped since the journal
     /// overflowed, until a flush covers it.
     dropped_last: Option<u64>,
+    /// While overflowed: a flush started, so changes from this sequence
+    /// number on are kept again (that flush covers the dropped ones).
+    keep_from: Option<u64>,
 }
 
 impl Journal {
@@ -164,13 +170,15 @@ impl Journal {
         let seq = state.next_seq;
         state.next_seq += 1;
         let was_overflowed = state.dropped_last.is_some();
+        let resumed = state.keep_from.is_some_and(|from| seq >= from);
         let cost = change.cost();
-        if was_overflowed || state.bytes + cost > self.limit {
+        if (was_overflowed && !resumed) || state.bytes + cost > self.limit {
             state.entries.clear();
             state.bytes = 0;
             state.dropped_last = Some(seq);
+            state.keep_from = None;
             return Ok(Recorded::Dropped {
-                now: !was_overflowed,
+                now: !was_overflowed || resumed,
             });
         }
         state.bytes += cost;
@@ -181,7 +189,12 @@ impl Journal {
     /// Where a flush starting now stands: it covers what was recorded
     /// before (those changes were acknowledged, so the server has them).
     pub fn mark(&self) -> Mark {
-        Mark(self.state().next_seq)
+        let mut state = self.state();
+        let next = state.next_seq;
+        if state.dropped_last.is_some() && state.keep_from.is_none() {
+            state.keep_from = Some(next);
+        }
+        Mark(next)
     }
 
     /// A flush that started at `mark` succeeded: what it covers is durable.
@@ -197,6 +210,7 @@ impl Journal {
         }
         if state.dropped_last.is_some_and(|last| last < mark.0) {
             state.dropped_last = None;
+            state.keep_from = None;
         }
     }
 
@@ -284,9 +298,10 @@ mod tests {
     }
 
     #[test]
-    fn overflow_drops_everything_until_a_flush_covers_the_last_dropped_change() {
+    fn overflow_drops_changes_until_a_flush_starts_and_ends_when_it_succeeds() {
         let j = Journal::new(2 * (100 + ENTRY_OVERHEAD));
         let data = [1u8; 100];
+        let before = j.mark();
         assert_eq!(j.record(write(0, &data), || true), Ok(Recorded::Kept));
         assert_eq!(j.record(write(100, &data), || true), Ok(Recorded::Kept));
         assert_eq!(
@@ -295,21 +310,44 @@ mod tests {
         );
         assert!(j.is_overflowed());
         assert_eq!(j.backlog(), Backlog::Overflowed);
-        // Still overflowed: even a small change is not kept now (replaying
-        // it alone would not make a flush true).
-        let early = j.mark();
+        // No flush started since: even a small change is dropped.
         assert_eq!(
-            j.record(write(300, b"x"), || true),
+            j.record(write(250, b"x"), || true),
             Ok(Recorded::Dropped { now: false })
         );
-        // A flush that started before the last dropped change does not
-        // cover it.
-        j.flushed(early);
+        // A flush that started before the overflow covers nothing dropped.
+        j.flushed(before);
         assert!(j.is_overflowed());
+        // A flush starts: what comes after it is kept again, but replaying
+        // it would not make a flush true until that flush succeeded.
+        let flush = j.mark();
+        assert_eq!(j.record(write(300, b"y"), || true), Ok(Recorded::Kept));
+        assert_eq!(j.backlog(), Backlog::Overflowed);
+        j.flushed(flush);
+        assert!(!j.is_overflowed());
+        assert_eq!(offsets(j.backlog()), [300]);
+    }
+
+    #[test]
+    fn overflowing_again_after_a_flush_started_drops_again() {
+        let j = Journal::new(100 + ENTRY_OVERHEAD);
+        let data = [1u8; 100];
+        j.record(write(0, &data), || true).unwrap();
+        assert_eq!(
+            j.record(write(100, &data), || true),
+            Ok(Recorded::Dropped { now: true })
+        );
+        let flush = j.mark();
+        assert_eq!(j.record(write(200, &data), || true), Ok(Recorded::Kept));
+        assert_eq!(
+            j.record(write(300, &data), || true),
+            Ok(Recorded::Dropped { now: true }),
+            "a new overflow is reported again"
+        );
+        j.flushed(flush);
+        assert!(j.is_overflowed(), "the flush does not cover write 300");
         j.flushed(j.mark());
         assert!(!j.is_overflowed());
-        assert_eq!(j.record(write(400, b"y"), || true), Ok(Recorded::Kept));
-        assert_eq!(offsets(j.backlog()), [400]);
     }
 
     #[test]
