@@ -432,16 +432,29 @@ impl Cluster {
                 self.size(),
                 &HashSet::new(),
                 Some(active.index),
-                self.config.connect_timeout,
+                // Short: a server that hangs too must not keep this round
+                // from ending, so that one coming back (a restart) is
+                // found by the next round, PROBE_INTERVAL later. Its probe
+                // thread still ends on its own after connect-timeout.
+                self.config.connect_timeout.min(self.config.stall_timeout),
                 &on_probe,
             );
-            if let Ok(found) = found {
-                let why = format!(
-                    "a request has had no reply for {} ms while {} can serve the disk",
+            match found {
+                Ok(found) => {
+                    let why = format!(
+                        "a request has had no reply for {} ms while {} can serve the disk",
+                        waited.as_millis(),
+                        self.urls[found.index]
+                    );
+                    self.switch(&active, &found, &why);
+                }
+                Err(not_found) => log::debug!(
+                    "multihttp: a request has had no reply for {} ms from {}, and no other \
+                     server can serve: {}",
                     waited.as_millis(),
-                    self.urls[found.index]
-                );
-                self.switch(&active, &found, &why);
+                    self.url(&active),
+                    not_found.describe(&self.urls)
+                ),
             }
         }
     }
