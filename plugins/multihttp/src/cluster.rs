@@ -145,18 +145,7 @@ impl Cluster {
         if let Some(active) = self.current() {
             return Ok(active);
         }
-        let on_probe =
-            |index: usize, result: &Result<ServerInfo, String>| self.note_probe(index, result);
-        let found = discovery::discover(
-            &self.transport,
-            &self.urls,
-            self.size(),
-            avoid,
-            None,
-            limit,
-            &on_probe,
-        );
-        match found {
+        match self.probe(avoid, None, limit) {
             Ok(found) => {
                 // Without device-size the first server fixes the size; a
                 // later server of another size is refused by the probe.
@@ -189,6 +178,28 @@ impl Cluster {
                 Err(not_found)
             }
         }
+    }
+
+    /// Probes the servers in parallel ([`discovery::discover`]), noting
+    /// each result in the health records.
+    fn probe(
+        &self,
+        avoid: &HashSet<usize>,
+        skip: Option<usize>,
+        limit: Duration,
+    ) -> Result<Found, NotFound> {
+        let on_probe =
+            |index: usize, result: &Result<ServerInfo, String>| self.note_probe(index, result);
+        let size = self.size();
+        discovery::discover(
+            &self.transport,
+            &self.urls,
+            size,
+            avoid,
+            skip,
+            limit,
+            &on_probe,
+        )
     }
 
     /// Health and the wrong-size log of one probe result.
@@ -424,22 +435,12 @@ impl Cluster {
                 continue;
             }
             next_probe = now + stall::PROBE_INTERVAL;
-            let on_probe =
-                |index: usize, result: &Result<ServerInfo, String>| self.note_probe(index, result);
-            let found = discovery::discover(
-                &self.transport,
-                &self.urls,
-                self.size(),
-                &HashSet::new(),
-                Some(active.index),
-                // Short: a server that hangs too must not keep this round
-                // from ending, so that one coming back (a restart) is
-                // found by the next round, PROBE_INTERVAL later. Its probe
-                // thread still ends on its own after connect-timeout.
-                self.config.connect_timeout.min(self.config.stall_timeout),
-                &on_probe,
-            );
-            match found {
+            // Short: a server that hangs too must not keep this round from
+            // ending, so that one coming back (a restart) is found by the
+            // next round, PROBE_INTERVAL later. Its probe thread still ends
+            // on its own after connect-timeout.
+            let limit = self.config.connect_timeout.min(self.config.stall_timeout);
+            match self.probe(&HashSet::new(), Some(active.index), limit) {
                 Ok(found) => {
                     let why = format!(
                         "a request has had no reply for {} ms while {} can serve the disk",
