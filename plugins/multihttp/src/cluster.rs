@@ -54,6 +54,10 @@ pub struct Cluster {
     /// for its result instead of probing too.
     discovery: Mutex<()>,
     epoch: AtomicU64,
+    /// The epoch of `active`, or 0 while there is none: read without the
+    /// `active` lock by [`Self::record`] under the journal's lock, because
+    /// `left` takes the journal's lock under `active`'s (one order only).
+    in_use_epoch: AtomicU64,
     /// Index of the last server used, to log "switched from".
     last_index: Mutex<Option<usize>>,
     /// Servers already reported as having the wrong size.
@@ -102,6 +106,7 @@ impl Cluster {
             active: Mutex::new(None),
             discovery: Mutex::new(()),
             epoch: AtomicU64::new(0),
+            in_use_epoch: AtomicU64::new(0),
             last_index: Mutex::new(None),
             wrong_size_logged: Mutex::new(HashSet::new()),
             outage_logged: AtomicBool::new(false),
@@ -226,7 +231,7 @@ impl Cluster {
                 self.replay(&active, &changes)?;
             }
         }
-        *lock(&self.active) = Some(active);
+        Self::set_active(&mut lock(&self.active), Some(active), &self.in_use_epoch);
         self.announce(found);
         Ok(active)
     }
@@ -268,6 +273,14 @@ impl Cluster {
         Ok(())
     }
 
+    /// Changes the server in use, and `in_use_epoch` with it (SeqCst: a
+    /// replay's backlog, taken after a server was left, sees every change
+    /// [`Self::record`] accepted for it).
+    fn set_active(active: &mut Option<Active>, value: Option<Active>, in_use_epoch: &AtomicU64) {
+        *active = value;
+        in_use_epoch.store(value.map_or(0, |a| a.epoch), Ordering::SeqCst);
+    }
+
     /// A new server choice for `found`, with the next epoch.
     fn new_active(&self, found: &Found) -> Active {
         Active {
@@ -305,7 +318,7 @@ impl Cluster {
     fn drop_server(&self, failed: &Active, why: &str) {
         let mut active = lock(&self.active);
         if active.is_some_and(|a| a.epoch == failed.epoch) {
-            *active = None;
+            Self::set_active(&mut active, None, &self.in_use_epoch);
             self.left(failed, why);
         }
     }
@@ -354,7 +367,7 @@ impl Cluster {
                 return false;
             }
             self.left(stalled, why);
-            *active = None;
+            Self::set_active(&mut active, None, &self.in_use_epoch);
         }
         let aborted = self.watches.abort_epoch(stalled.epoch);
         log::debug!(
@@ -469,7 +482,7 @@ impl Cluster {
         if !self.config.writeback {
             return Ok(());
         }
-        let still_current = || self.current().is_some_and(|a| a.epoch == active.epoch);
+        let still_current = || self.in_use_epoch.load(Ordering::SeqCst) == active.epoch;
         match self.journal.record(change, still_current) {
             Ok(Recorded::Kept) | Ok(Recorded::Dropped { now: false }) => Ok(()),
             Ok(Recorded::Dropped { now: true }) => {
