@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use crate::cpu::{self, Watched};
 use crate::progress::Progress;
-use crate::results::{Comparison, Results, Series};
+use crate::results::{Comparison, Measured, Results, Series};
 use crate::settings::Settings;
 use crate::targets::Target;
 use crate::workload::Workload;
@@ -21,13 +21,15 @@ pub struct Peer<'a> {
 /// alone with ours's requests if the group can (the measured ceiling,
 /// see `Series::ceiling`), and the processes behind them whose CPU is
 /// accounted in every run (the server or store they all talk to; empty
-/// when there is none).
+/// when there is none). With `latency`, the report gives each target's
+/// I/O latency next to its figure.
 pub struct Lineup<'a> {
     pub group: &'a str,
     pub ours: &'a dyn Target,
     pub peers: &'a [Peer<'a>],
     pub alone: Option<&'a dyn Target>,
     pub backend: &'a [Watched],
+    pub latency: bool,
 }
 
 pub fn compare_block_targets(
@@ -43,6 +45,7 @@ pub fn compare_block_targets(
         peers,
         alone,
         backend,
+        latency,
     } = *lineup;
     // Every target after ours, each with its series' role.
     let others: Vec<(&dyn Target, Series)> = peers
@@ -60,6 +63,7 @@ pub fn compare_block_targets(
             case: workload.label(),
             unit: workload.unit(),
             cpu_roles: cpu_roles(backend),
+            latency,
             ours: Series::new(ours.name(), None),
             peers: others.iter().map(|(_, series)| series.clone()).collect(),
         };
@@ -99,7 +103,7 @@ fn run_one(
     workload: &Workload,
     target: &dyn Target,
     backend: &[Watched],
-) -> (Result<f64, String>, cpu::CpuUse) {
+) -> (Result<Measured, String>, cpu::CpuUse) {
     let label = format!("{group}: {} on {}", workload.label(), target.name());
     progress.start(&label);
     let watched: Vec<Watched> = std::iter::once(Watched {
@@ -113,12 +117,21 @@ fn run_one(
         let outcome = target.run(workload, settings);
         (outcome, started.elapsed().as_secs_f64())
     });
-    if let (Ok(value), Some(seconds)) = (&outcome, used.watched_seconds) {
-        let work = workload.work_done(*value, settings.runtime, settings.disk_size);
+    if let (Ok(measured), Some(seconds)) = (&outcome, used.watched_seconds) {
+        let work = workload.work_done(measured.value, settings.runtime, settings.disk_size);
         used.seconds_per_unit = (work > 0.0).then(|| seconds / work);
     }
     match &outcome {
-        Ok(value) => progress.done(&format!("{value:.1} {}", workload.unit())),
+        Ok(Measured {
+            value,
+            latency: Some(latency),
+        }) => progress.done(&format!(
+            "{value:.1} {}, latency median {:.0} µs, p99 {:.0} µs",
+            workload.unit(),
+            latency.median * 1e6,
+            latency.p99 * 1e6
+        )),
+        Ok(measured) => progress.done(&format!("{:.1} {}", measured.value, workload.unit())),
         Err(why) => progress.done(&format!("FAILED: {why}")),
     }
     (outcome, used)

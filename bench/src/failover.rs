@@ -18,14 +18,17 @@ use crate::targets::NbdTarget;
 
 /// The writer: nbdsh runs it with `h` connected. Timestamps go to a file
 /// (not stdout) so tens of thousands of lines cost nothing to collect.
+/// It stops at its deadline or, once the rounds are done, when the STOP
+/// file appears (looked for every 64 writes).
 const WRITER: &str = r#"
 import os, time
 out = open(os.environ["STAMPS"], "w", buffering=1)
 deadline = time.monotonic() + float(os.environ["SECONDS"])
+stop = os.environ["STOP"]
 block = b"\xa5" * 4096
 blocks = h.get_size() // 4096
 i = 0
-while time.monotonic() < deadline:
+while time.monotonic() < deadline and not (i % 64 == 0 and os.path.exists(stop)):
     h.pwrite(block, (i % blocks) * 4096)
     out.write("%.6f\n" % time.monotonic())
     i += 1
@@ -101,6 +104,7 @@ fn run_rounds(
     results.note_command(target.command.clone());
 
     let stamps = settings.work.join("failover-stamps.txt");
+    let stop = settings.work.join("failover-stop");
     let script = settings.work.join("failover-writer.py");
     fs::write(&script, WRITER).map_err(|e| format!("writing {}: {e}", script.display()))?;
     // Each round: ~1 s of steady writes, the kill, ~1.5 s to recover and
@@ -113,6 +117,7 @@ fn run_rounds(
             script.display().to_string()
         ))
         .env("STAMPS", &stamps)
+        .env("STOP", &stop)
         .env("SECONDS", seconds.to_string());
     results.note_command(
         "nbdsh -u URI -c <loop: h.pwrite(4 KiB); stamp CLOCK_MONOTONIC> while SIGKILLing the active server".into(),
@@ -148,6 +153,9 @@ fn run_rounds(
         progress.done(&format!("killed server {active}"));
         std::thread::sleep(Duration::from_millis(500));
     }
+    // Each round ends with writes going again for 0.5 s: stop the writer
+    // instead of letting it run out the slack of its deadline.
+    fs::write(&stop, "").map_err(|e| format!("writing {}: {e}", stop.display()))?;
     let remaining = Duration::from_secs_f64(seconds + 30.0).saturating_sub(started.elapsed());
     let status = writer.wait_timeout(remaining);
     match status {

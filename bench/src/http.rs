@@ -11,7 +11,7 @@ use harness::{free_port, wait_until, Proc};
 
 use crate::cpu::CpuUse;
 use crate::progress::Progress;
-use crate::results::{Comparison, Results, Series};
+use crate::results::{Comparison, Measured, Results, Series};
 use crate::settings::Settings;
 use crate::workload::output_of;
 
@@ -174,6 +174,7 @@ pub fn compare_servers(
             unit: "req/s",
             // nginx runs as several processes: no CPU accounting here.
             cpu_roles: Vec::new(),
+            latency: false,
             ours: Series::new("http-disk-server", None),
             peers: if peer_runs {
                 vec![Series::new("nginx", Some(0.9))]
@@ -188,12 +189,14 @@ pub fn compare_servers(
             progress.start(&format!("server: {} on http-disk-server", case.label));
             let outcome = wrk(ours_url, &script, settings.runtime);
             report(progress, &outcome);
-            comparison.ours.record(outcome, CpuUse::default());
+            comparison
+                .ours
+                .record(outcome.map(Measured::from), CpuUse::default());
             if let (Some(series), Some(nginx)) = (comparison.peers.first_mut(), nginx) {
                 progress.start(&format!("server: {} on nginx", case.label));
                 let outcome = wrk(&nginx.url, &script, settings.runtime);
                 report(progress, &outcome);
-                series.record(outcome, CpuUse::default());
+                series.record(outcome.map(Measured::from), CpuUse::default());
             }
         }
         results.comparisons.push(comparison);

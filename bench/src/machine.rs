@@ -2,6 +2,7 @@
 //! numbers from different machines are never compared blindly.
 
 use std::fs;
+use std::path::Path;
 use std::process::Command;
 
 /// One line per fact: CPU, cores, memory, kernel, tool versions.
@@ -66,4 +67,51 @@ pub fn peak_rss_kib(pid: i32) -> Option<u64> {
         .next()?
         .parse()
         .ok()
+}
+
+/// What an `fdatasync` of `path` waits for there: its filesystem and
+/// device, and whether the device has a volatile write cache (then each
+/// `fdatasync` ends with a cache flush) or is tmpfs (then it does nothing).
+pub fn storage_fact(path: &Path) -> String {
+    let mut findmnt = Command::new("findmnt");
+    findmnt.args(["-n", "-o", "FSTYPE,SOURCE", "-T"]).arg(path);
+    let found = findmnt.output().ok().map(|out| {
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let mut words = text.split_whitespace();
+        let fs_type = words.next().unwrap_or("unknown").to_owned();
+        (fs_type, words.next().unwrap_or("unknown").to_owned())
+    });
+    let Some((fs_type, source)) = found else {
+        return format!(
+            "backing file {}: filesystem unknown (no findmnt)",
+            path.display()
+        );
+    };
+    let what = match fs_type.as_str() {
+        "tmpfs" | "ramfs" => "in memory: fdatasync does nothing there, so the local figure \
+             is no disk's limit (run with TMPDIR on a disk-backed filesystem)"
+            .to_owned(),
+        _ => match source.strip_prefix("/dev/").and_then(write_cache) {
+            Some(cache) if cache == "write back" => format!(
+                "device write cache \"{cache}\": each fdatasync ends with a cache flush \
+                 the device must complete"
+            ),
+            Some(cache) => format!(
+                "device write cache \"{cache}\": no volatile cache, fdatasync waits \
+                 for the write itself"
+            ),
+            None => "device write cache unknown".to_owned(),
+        },
+    };
+    format!("backing file on {fs_type} ({source}), {what}",)
+}
+
+/// `/sys/block/DEV/queue/write_cache` of a block device or, for a
+/// partition, of the disk holding it.
+fn write_cache(device: &str) -> Option<String> {
+    let node = fs::canonicalize(format!("/sys/class/block/{device}")).ok()?;
+    [node.join("queue"), node.parent()?.join("queue")]
+        .iter()
+        .find_map(|queue| fs::read_to_string(queue.join("write_cache")).ok())
+        .map(|cache| cache.trim().to_owned())
 }

@@ -7,6 +7,7 @@ mod compare;
 mod cpu;
 mod failover;
 mod http;
+mod local_sync;
 mod machine;
 mod progress;
 mod report;
@@ -17,7 +18,7 @@ mod store_load;
 mod targets;
 mod workload;
 
-use std::fs;
+use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -26,14 +27,22 @@ use harness::{artifact, bin_dir, pattern_file, DiskServer, TempDir};
 
 use compare::{compare_block_targets, Lineup, Peer};
 use cpu::Watched;
+use local_sync::LocalSync;
 use progress::Progress;
 use results::{MemoryReading, Results};
 use settings::Settings;
 use store_load::{DirectStore, StoreAccess};
-use targets::{NbdTarget, Target};
+use targets::{NbdTarget, SyncedAfterRun, Target};
 use workload::Workload;
 
-const GROUPS: [&str; 5] = ["multihttp", "server", "sharded", "s3", "failover"];
+const GROUPS: [&str; 6] = [
+    "multihttp",
+    "server",
+    "write-through",
+    "sharded",
+    "s3",
+    "failover",
+];
 
 #[derive(Parser)]
 #[command(about = "Benchmarks of http-nbd-transfer against peer tools, on loopback")]
@@ -48,7 +57,8 @@ struct Cli {
     /// (`--out`, default BENCHMARKS.md), keeping its measured sections.
     #[arg(long)]
     update_analysis: bool,
-    /// Only these groups (comma-separated): multihttp, server, sharded, s3, failover.
+    /// Only these groups (comma-separated): multihttp, server, write-through, sharded, s3,
+    /// failover.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Report file (default BENCHMARKS.md; quick: target/bench/BENCHMARKS-quick.md).
@@ -88,9 +98,9 @@ fn main() {
     let source = pattern_file(&settings.work, "source.img", settings.disk_size as usize, 2);
     let workloads = settings.block_workloads(source.clone());
 
-    if wanted("multihttp") || wanted("server") {
-        // One server serves both the plugin comparison and the HTTP-only
-        // one, so its peak memory covers the heaviest of both.
+    if wanted("multihttp") || wanted("server") || wanted("write-through") {
+        // One server serves the plugin comparisons and the HTTP-only
+        // one, so its peak memory covers the heaviest of them.
         let server = DiskServer::start(&disk, &[]);
         results.note_command(format!(
             "http-disk-server --disk {} --ip 127.0.0.1 --port PORT",
@@ -108,6 +118,9 @@ fn main() {
         }
         if wanted("server") {
             server_group(&mut results, &settings, &mut progress, &server, &disk);
+        }
+        if wanted("write-through") {
+            write_through_group(&mut results, &settings, &mut progress, &server, &disk);
         }
         record_memory(
             &mut results,
@@ -188,9 +201,13 @@ fn output_paths(cli: &Cli, root: &Path) -> (PathBuf, PathBuf) {
 
 fn estimate_steps(settings: &Settings) -> usize {
     let block_cases = settings.block_workloads(PathBuf::new()).len();
+    let write_through_cases = settings.write_through_workloads().len();
     // multihttp: 3 targets, server: 5 runs per repetition, sharded: 2
-    // targets, s3: 3 (ours, the peer, the store alone).
-    settings.repeats * (block_cases * 3 + 5 + block_cases * 5) + settings.failovers
+    // targets, s3: 3 (ours, the peer, the store alone); write-through: 3,
+    // and write-back in one case.
+    settings.repeats * (block_cases * 3 + 5 + block_cases * 5)
+        + settings.write_through_repeats * (write_through_cases * 3 + 1)
+        + settings.failovers
 }
 
 /// multihttp -> http-disk-server, against nbdkit's curl plugin -> the same
@@ -254,6 +271,7 @@ fn multihttp_group(
                 role: "http-disk-server".into(),
                 pid: server.proc.pid(),
             }],
+            latency: false,
         },
         workloads,
     );
@@ -283,6 +301,101 @@ fn server_group(
         nginx.as_ref().ok(),
         nginx.as_ref().err().map(String::as_str),
     );
+}
+
+/// What write-through (multihttp's default: a write is acknowledged once
+/// the server has made it durable) costs: random 4 KiB writes at queue
+/// depth 1 and 16 through multihttp -> http-disk-server, against the same
+/// file written here with `pwrite` + `fdatasync` per write (the physical
+/// limit, measured: what the server does per PUT, without NBD or HTTP)
+/// and nbdkit's file plugin on that file with FUA forced on every write
+/// (a local NBD export as durable); at queue depth 1 also multihttp with
+/// `writeback=true` (acknowledged before durable), for context. No goal:
+/// the figures are the cost.
+fn write_through_group(
+    results: &mut Results,
+    settings: &Settings,
+    progress: &mut Progress,
+    server: &DiskServer,
+    disk: &Path,
+) {
+    let settings = settings.write_through();
+    let storage = machine::storage_fact(disk);
+    progress.note(&storage);
+    results
+        .facts
+        .push(format!("write-through group: {storage}"));
+    let started = (|| {
+        // Earlier groups leave dirty pages in the file (nbdkit file writes
+        // without syncing): the first measured fdatasync must not carry them.
+        let file = File::options()
+            .write(true)
+            .open(disk)
+            .and_then(|file| file.sync_data().map(|()| file))
+            .map_err(|e| format!("syncing {}: {e}", disk.display()))?;
+        let multihttp = |name: &str, extra: &[&str]| {
+            let mut params = vec![
+                format!("urls={}", server.url()),
+                format!("device-size={}", settings.disk_size),
+            ];
+            params.extend(extra.iter().map(|p| p.to_string()));
+            NbdTarget::start(name, &[], &artifact("libmultihttp.so"), &params)
+        };
+        let ours = multihttp("multihttp (write-through)", &[])?;
+        let writeback = multihttp("multihttp writeback=true", &["writeback=true"])?;
+        let file_fua = NbdTarget::start(
+            "nbdkit file, FUA forced",
+            &["--filter=fua"],
+            Path::new("file"),
+            &[format!("file={}", disk.display()), "fuamode=force".into()],
+        )?;
+        let local = LocalSync::open("pwrite+fdatasync alone", disk, settings.disk_size)?;
+        Ok::<_, String>((file, ours, writeback, file_fua, local))
+    })();
+    let (file, ours, writeback, file_fua, local) = match started {
+        Ok(targets) => targets,
+        Err(why) => return results.skipped.push(("write-through".into(), why)),
+    };
+    // Every run leaves the file clean for the next (see SyncedAfterRun).
+    let synced = |inner| SyncedAfterRun { inner, file: &file };
+    let (ours, writeback, file_fua, local) = (
+        synced(&ours),
+        synced(&writeback),
+        synced(&file_fua),
+        synced(&local),
+    );
+    let backend = [Watched {
+        role: "http-disk-server".into(),
+        pid: server.proc.pid(),
+    }];
+    for workload in settings.write_through_workloads() {
+        let mut peers = vec![Peer {
+            target: &file_fua,
+            goal: None,
+        }];
+        // Write-back only where one writer waits for each write: what
+        // the sync costs it. (Kept out of queue depth 16 for time.)
+        if matches!(&workload, Workload::Fio(job) if job.iodepth == 1) {
+            peers.push(Peer {
+                target: &writeback,
+                goal: None,
+            });
+        }
+        compare_block_targets(
+            results,
+            &settings,
+            progress,
+            &Lineup {
+                group: "multihttp write-through → http-disk-server",
+                ours: &ours,
+                peers: &peers,
+                alone: Some(&local),
+                backend: &backend,
+                latency: true,
+            },
+            std::slice::from_ref(&workload),
+        );
+    }
 }
 
 /// sharded (a chunk directory) against nbdkit's file plugin on a plain
@@ -358,6 +471,7 @@ fn sharded_group(
             }],
             alone: None,
             backend: &[],
+            latency: false,
         },
         workloads,
     );
@@ -488,6 +602,7 @@ fn s3_group(results: &mut Results, settings: &Settings, progress: &mut Progress)
                 })
                 .into_iter()
                 .collect::<Vec<_>>(),
+            latency: false,
         },
         &workloads,
     );

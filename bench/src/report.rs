@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use crate::results::{Comparison, Results, Series};
+use crate::results::{Comparison, Latency, Results, Series};
 use crate::stats::median;
 
 fn figure(value: Option<f64>) -> String {
@@ -32,6 +32,7 @@ fn verdict(comparison: &Comparison, peer: &Series) -> String {
         (None, _, Some(ceiling)) if peer.ceiling => {
             format!("measured ceiling: the backend alone is {ceiling:.2}× the goal peer")
         }
+        (None, _, None) if peer.ceiling => "measured ceiling".into(),
         (None, _, _) => "reference".into(),
     }
 }
@@ -93,7 +94,7 @@ pub fn markdown(results: &Results, facts: &[String], mode: &str, chart: Option<&
         let _ = writeln!(md, "![ratios ours/peer]({chart})\n");
     }
     let _ = writeln!(md, "## Machine\n");
-    for fact in facts {
+    for fact in facts.iter().chain(&results.facts) {
         let _ = writeln!(md, "- {fact}");
     }
     let mut groups: Vec<&str> = Vec::new();
@@ -109,6 +110,7 @@ pub fn markdown(results: &Results, facts: &[String], mode: &str, chart: Option<&
             .filter(|c| c.group == group)
             .collect();
         ratio_table(&mut md, group, &comparisons);
+        latency_table(&mut md, &comparisons);
         let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
         cpu_table(&mut md, &comparisons, cores);
     }
@@ -211,6 +213,64 @@ fn ratio_table(md: &mut String, group: &str, comparisons: &[&Comparison]) {
                 verdict(comparison, peer)
             );
         }
+    }
+}
+
+/// Per-I/O latency of each target, in the cases that report it, with
+/// ours's latency over each peer's (lower is better there).
+fn latency_table(md: &mut String, comparisons: &[&Comparison]) {
+    let comparisons: Vec<&&Comparison> = comparisons.iter().filter(|c| c.latency).collect();
+    if comparisons.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "\nLatency of each I/O (fio's completion latency; for a target driven by this \
+         benchmark, its own timing of each call): median and p99 are medians over the \
+         runs, max is the slowest I/O of any run. Ours ÷ target: ours's latency over \
+         the target's, **lower is better** here.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| case | target | median | p99 | max | ours ÷ target, median | ours ÷ target, p99 |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|");
+    for comparison in comparisons {
+        let ours = comparison.ours.latency();
+        for series in std::iter::once(&comparison.ours).chain(&comparison.peers) {
+            let latency = series.latency();
+            let over = |figure: fn(&Latency) -> f64| match (ours, latency) {
+                _ if std::ptr::eq(series, &comparison.ours) => "—".to_owned(),
+                (Some(ours), Some(theirs)) if figure(&theirs) > 0.0 => {
+                    format!("{:.2}×", figure(&ours) / figure(&theirs))
+                }
+                _ => "—".to_owned(),
+            };
+            let cell = |figure: fn(&Latency) -> f64| {
+                latency.map_or_else(|| "—".to_owned(), |l| duration_figure(figure(&l)))
+            };
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} | {} |",
+                comparison.case,
+                series.target,
+                cell(|l| l.median),
+                cell(|l| l.p99),
+                cell(|l| l.max),
+                over(|l| l.median),
+                over(|l| l.p99)
+            );
+        }
+    }
+}
+
+/// A duration in a unit that reads well: µs under 1 ms, ms under 1 s.
+fn duration_figure(seconds: f64) -> String {
+    match seconds {
+        s if s < 1e-3 => format!("{:.0} µs", s * 1e6),
+        s if s < 1e-2 => format!("{:.2} ms", s * 1e3),
+        s if s < 1.0 => format!("{:.1} ms", s * 1e3),
+        s => format!("{s:.2} s"),
     }
 }
 
@@ -385,6 +445,7 @@ fn escape(text: &str) -> String {
 mod tests {
     use super::*;
     use crate::cpu::CpuUse;
+    use crate::results::Measured;
 
     #[test]
     fn the_analysis_is_replaced_and_the_generated_sections_kept() {
@@ -420,7 +481,7 @@ mod tests {
 
     fn series(name: &str, value: f64, cpu: CpuUse) -> Series {
         let mut series = Series::new(name, None);
-        series.record(Ok(value), cpu);
+        series.record(Ok(value.into()), cpu);
         series
     }
 
@@ -442,6 +503,7 @@ mod tests {
             case: "fio 4k randread".into(),
             unit: "IOPS",
             cpu_roles: vec!["nbdkit".into(), "Garage".into()],
+            latency: false,
             ours: series("ours", 10.0, used(0.25, 1.5, 1.9, 0.000_120)),
             peers: vec![{
                 let mut peer = series("peer", 2.0, used(0.5, 0.4, 1.0, 0.004));
@@ -476,6 +538,7 @@ mod tests {
             case: "GET".into(),
             unit: "req/s",
             cpu_roles: Vec::new(),
+            latency: false,
             ours: series("ours", 1.0, CpuUse::default()),
             peers: Vec::new(),
         };
@@ -490,12 +553,13 @@ mod tests {
             let mut peer = series("peer", 10.0, CpuUse::default());
             peer.goal = Some(5.0);
             let mut alone = Series::ceiling("store alone");
-            alone.record(Ok(alone_figure), CpuUse::default());
+            alone.record(Ok(alone_figure.into()), CpuUse::default());
             Comparison {
                 group: "s3".into(),
                 case: "fio 1M write".into(),
                 unit: "MiB/s",
                 cpu_roles: Vec::new(),
+                latency: false,
                 ours: series("ours", 20.0, CpuUse::default()),
                 peers: vec![peer, alone],
             }
@@ -512,6 +576,60 @@ mod tests {
         // A backend that could do more: the miss is ours to explain.
         let not_bound = with_alone(80.0);
         assert_eq!(verdict(&not_bound, &not_bound.peers[0]), "≥ 5× **missed**");
+    }
+
+    #[test]
+    fn latency_table_gives_ours_over_each_target() {
+        let timed = |name: &str, median: f64, p99: f64, max: f64| {
+            let mut series = Series::new(name, None);
+            let latency = Some(Latency { median, p99, max });
+            series.record(
+                Ok(Measured {
+                    value: 1.0,
+                    latency,
+                }),
+                CpuUse::default(),
+            );
+            series
+        };
+        let mut comparison = Comparison {
+            group: "write-through".into(),
+            case: "fio 4k randwrite qd1, 1 conn".into(),
+            unit: "IOPS",
+            cpu_roles: Vec::new(),
+            latency: true,
+            ours: timed("ours", 300e-6, 900e-6, 0.0021),
+            peers: vec![
+                timed("disk alone", 150e-6, 300e-6, 0.0005),
+                Series::new("untimed", None),
+            ],
+        };
+        let mut md = String::new();
+        latency_table(&mut md, &[&comparison]);
+        assert!(
+            md.contains(
+                "| fio 4k randwrite qd1, 1 conn | ours | 300 µs | 900 µs | 2.10 ms | — | — |"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains("| disk alone | 150 µs | 300 µs | 500 µs | 2.00× | 3.00× |"),
+            "{md}"
+        );
+        assert!(md.contains("| untimed | — | — | — | — | — |"), "{md}");
+        // Only cases that ask for it.
+        comparison.latency = false;
+        let mut md = String::new();
+        latency_table(&mut md, &[&comparison]);
+        assert_eq!(md, "");
+    }
+
+    #[test]
+    fn durations_read_well() {
+        assert_eq!(duration_figure(0.000_268), "268 µs");
+        assert_eq!(duration_figure(0.002_156), "2.16 ms");
+        assert_eq!(duration_figure(0.0421), "42.1 ms");
+        assert_eq!(duration_figure(2.5), "2.50 s");
     }
 
     #[test]

@@ -3,7 +3,44 @@
 //! pauses, peak memory). Filled by the groups, read by the report.
 
 use crate::cpu::CpuUse;
-use crate::stats::{median, spread_percent};
+use crate::stats::{median, percentile, spread_percent};
+
+/// How long the I/Os of one run took, in seconds.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Latency {
+    pub median: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+impl Latency {
+    /// From every I/O's time, in seconds; `None` when there are none.
+    pub fn of(samples: &mut [f64]) -> Option<Latency> {
+        samples.sort_by(f64::total_cmp);
+        Some(Latency {
+            median: percentile(samples, 50.0)?,
+            p99: percentile(samples, 99.0)?,
+            max: *samples.last()?,
+        })
+    }
+}
+
+/// What one run measured: its figure in the case's unit and, when the
+/// load tool timed each I/O, their latency.
+#[derive(Clone, Copy, Debug)]
+pub struct Measured {
+    pub value: f64,
+    pub latency: Option<Latency>,
+}
+
+impl From<f64> for Measured {
+    fn from(value: f64) -> Measured {
+        Measured {
+            value,
+            latency: None,
+        }
+    }
+}
 
 /// One measured target in one case: its samples, or why it could not run.
 #[derive(Clone, Debug)]
@@ -21,6 +58,8 @@ pub struct Series {
     pub ceiling: bool,
     /// CPU used during each successful run, in the order of `samples`.
     pub cpu: Vec<CpuUse>,
+    /// Latency of each successful run that timed its I/Os.
+    pub latency: Vec<Latency>,
 }
 
 impl Series {
@@ -32,6 +71,7 @@ impl Series {
             goal,
             ceiling: false,
             cpu: Vec::new(),
+            latency: Vec::new(),
         }
     }
 
@@ -43,11 +83,12 @@ impl Series {
         }
     }
 
-    pub fn record(&mut self, outcome: Result<f64, String>, cpu: CpuUse) {
+    pub fn record(&mut self, outcome: Result<Measured, String>, cpu: CpuUse) {
         match outcome {
-            Ok(value) => {
-                self.samples.push(value);
+            Ok(measured) => {
+                self.samples.push(measured.value);
                 self.cpu.push(cpu);
+                self.latency.extend(measured.latency);
             }
             Err(why) => {
                 if self.failure.is_none() {
@@ -74,6 +115,24 @@ impl Series {
         let values: Vec<f64> = self.cpu.iter().filter_map(figure).collect();
         median(&values)
     }
+
+    /// Latency over the runs: the median of each run's median and p99,
+    /// and the largest of any run; `None` when no run timed its I/Os or
+    /// one failed.
+    pub fn latency(&self) -> Option<Latency> {
+        if self.failure.is_some() {
+            return None;
+        }
+        let of = |figure: fn(&Latency) -> f64| {
+            let values: Vec<f64> = self.latency.iter().map(figure).collect();
+            median(&values)
+        };
+        Some(Latency {
+            median: of(|l| l.median)?,
+            p99: of(|l| l.p99)?,
+            max: self.latency.iter().map(|l| l.max).reduce(f64::max)?,
+        })
+    }
 }
 
 /// One case (e.g. "4k randread qd16, 1 conn"): ours first, then peers.
@@ -86,6 +145,9 @@ pub struct Comparison {
     /// Processes whose CPU each run recorded: "nbdkit" (the target's),
     /// then the backend's (e.g. "http-disk-server", "Garage").
     pub cpu_roles: Vec<String>,
+    /// Whether the report gives each target's I/O latency in this case
+    /// (where a consumer's time budget per write is the question).
+    pub latency: bool,
     pub ours: Series,
     pub peers: Vec<Series>,
 }
@@ -155,6 +217,9 @@ pub struct Results {
     pub memory: Vec<MemoryReading>,
     /// Groups not run, and why (e.g. a plugin not built).
     pub skipped: Vec<(String, String)>,
+    /// What a group found about where it ran (the filesystem under its
+    /// backing file), reported with the machine's facts.
+    pub facts: Vec<String>,
     /// Exact command lines used, in order of first use.
     pub commands: Vec<String>,
 }
@@ -164,5 +229,51 @@ impl Results {
         if !self.commands.contains(&command) {
             self.commands.push(command);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_of_a_run_and_over_runs() {
+        let mut times: Vec<f64> = (1..=100).rev().map(f64::from).collect();
+        let run = Latency::of(&mut times).unwrap();
+        assert_eq!(
+            run,
+            Latency {
+                median: 50.0,
+                p99: 99.0,
+                max: 100.0
+            }
+        );
+        assert_eq!(Latency::of(&mut []), None);
+        let mut series = Series::new("ours", None);
+        for (median, max) in [(1.0, 5.0), (3.0, 9.0), (2.0, 4.0)] {
+            let latency = Some(Latency {
+                median,
+                p99: median * 2.0,
+                max,
+            });
+            series.record(
+                Ok(Measured {
+                    value: 1.0,
+                    latency,
+                }),
+                CpuUse::default(),
+            );
+        }
+        // Medians of the runs' figures; the slowest I/O of any run.
+        assert_eq!(
+            series.latency(),
+            Some(Latency {
+                median: 2.0,
+                p99: 4.0,
+                max: 9.0
+            })
+        );
+        series.record(Err("failed".into()), CpuUse::default());
+        assert_eq!(series.latency(), None);
     }
 }

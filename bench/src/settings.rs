@@ -15,6 +15,9 @@ pub struct Settings {
     pub repeats: usize,
     /// Size of the disks served (files, chunk stores).
     pub disk_size: u64,
+    /// Runs of each write-through case per target (see
+    /// [`Settings::write_through`]; `--repeats` sets it too).
+    pub write_through_repeats: usize,
     /// Failover pauses measured.
     pub failovers: usize,
     /// Scratch directory, removed at the end.
@@ -33,10 +36,12 @@ impl Settings {
             // such runs; the total stays about the same.
             (Duration::from_secs(2), 5, 256 << 20, 7)
         };
+        let write_through_repeats = if quick { 1 } else { 3 };
         Settings {
             quick,
             runtime,
             repeats: repeats.unwrap_or(default_repeats).max(1),
+            write_through_repeats: repeats.unwrap_or(write_through_repeats).max(1),
             disk_size,
             failovers,
             work,
@@ -67,5 +72,32 @@ impl Settings {
         workloads.push(Workload::CopyOut);
         workloads.push(Workload::CopyIn(source_file));
         workloads
+    }
+
+    /// The write-through group's settings: 1 s runs (each still times
+    /// thousands of writes) and three repetitions by default (quick: one),
+    /// so that the group adds about half a minute to the full run, which
+    /// must stay under 15 minutes.
+    pub fn write_through(&self) -> Settings {
+        Settings {
+            runtime: self.runtime.min(Duration::from_secs(1)),
+            repeats: self.write_through_repeats,
+            ..self.clone()
+        }
+    }
+
+    /// The write-through group's cases: random 4 KiB writes at queue
+    /// depth 1 and 16, on one connection (how the wrapper attaches).
+    pub fn write_through_workloads(&self) -> Vec<Workload> {
+        [1, 16]
+            .map(|iodepth| {
+                Workload::Fio(FioJob {
+                    rw: "randwrite",
+                    block_size: 4096,
+                    iodepth,
+                    connections: 1,
+                })
+            })
+            .to_vec()
     }
 }

@@ -16,6 +16,14 @@ pub fn median(samples: &[f64]) -> Option<f64> {
     })
 }
 
+/// The `q`th percentile (0-100) of `sorted` (ascending), nearest rank:
+/// the smallest sample with at least `q` % of the samples at or below
+/// it. `None` when there are no samples.
+pub fn percentile(sorted: &[f64], q: f64) -> Option<f64> {
+    let rank = (q / 100.0 * sorted.len() as f64).ceil() as usize;
+    sorted.get(rank.clamp(1, sorted.len().max(1)) - 1).copied()
+}
+
 /// Spread as a percentage of the median: (max - min) / median * 100.
 /// Says how much to trust a ratio: a 3 % difference inside a 20 % spread
 /// is noise.
@@ -38,6 +46,16 @@ mod tests {
         assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
         assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), Some(2.5));
         assert_eq!(median(&[]), None);
+    }
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let sorted: Vec<f64> = (1..=200).map(f64::from).collect();
+        assert_eq!(percentile(&sorted, 50.0), Some(100.0));
+        assert_eq!(percentile(&sorted, 99.0), Some(198.0));
+        assert_eq!(percentile(&sorted, 100.0), Some(200.0));
+        assert_eq!(percentile(&[7.0], 99.0), Some(7.0));
+        assert_eq!(percentile(&[], 50.0), None);
     }
 
     #[test]

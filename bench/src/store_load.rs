@@ -352,7 +352,8 @@ fn make_unique(data: &mut [u8], stamp: u64) {
     data[..8].copy_from_slice(&stamp.to_le_bytes());
 }
 
-fn xorshift(mut x: u64) -> u64 {
+/// One step of xorshift64: the random offsets of the direct loads.
+pub(crate) fn xorshift(mut x: u64) -> u64 {
     x ^= x << 13;
     x ^= x >> 7;
     x ^= x << 17;

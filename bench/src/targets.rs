@@ -1,12 +1,15 @@
 //! Things a benchmark drives: an nbdkit export (ours or a peer plugin)
 //! on a Unix socket, started through the test harness so it is stopped
 //! with its process group whatever happens; or, as a reference, the
-//! backend driven directly (see `store_load`).
+//! backend driven directly (see `store_load` and `local_sync`).
 
+use std::fs::File;
 use std::path::Path;
 
 use harness::Nbdkit;
 
+use crate::local_sync::LocalSync;
+use crate::results::Measured;
 use crate::settings::Settings;
 use crate::store_load::DirectStore;
 use crate::workload::Workload;
@@ -20,7 +23,7 @@ pub trait Target {
     /// own (nbdkit; this process for a load sent from here).
     fn pid(&self) -> i32;
     /// Runs `workload` once; its figure in the workload's unit.
-    fn run(&self, workload: &Workload, settings: &Settings) -> Result<f64, String>;
+    fn run(&self, workload: &Workload, settings: &Settings) -> Result<Measured, String>;
 }
 
 /// One nbdkit export under test.
@@ -97,7 +100,7 @@ impl Target for NbdTarget {
         NbdTarget::pid(self)
     }
 
-    fn run(&self, workload: &Workload, settings: &Settings) -> Result<f64, String> {
+    fn run(&self, workload: &Workload, settings: &Settings) -> Result<Measured, String> {
         workload.run(
             &self.uri(),
             settings.disk_size,
@@ -120,7 +123,56 @@ impl Target for DirectStore {
         std::process::id() as i32
     }
 
-    fn run(&self, workload: &Workload, settings: &Settings) -> Result<f64, String> {
-        DirectStore::run(self, workload, settings.runtime)
+    fn run(&self, workload: &Workload, settings: &Settings) -> Result<Measured, String> {
+        DirectStore::run(self, workload, settings.runtime).map(Measured::from)
+    }
+}
+
+impl Target for LocalSync {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn command(&self) -> &str {
+        &self.command
+    }
+
+    fn pid(&self) -> i32 {
+        std::process::id() as i32
+    }
+
+    fn run(&self, workload: &Workload, settings: &Settings) -> Result<Measured, String> {
+        LocalSync::run(self, workload, settings.runtime)
+    }
+}
+
+/// A target whose backing file is made durable (`fdatasync`) after each
+/// of its runs, so that no run leaves dirty pages behind for the next
+/// run's first `fdatasync` to write: a write-back run leaves seconds of
+/// writes in the page cache.
+pub struct SyncedAfterRun<'a> {
+    pub inner: &'a dyn Target,
+    pub file: &'a File,
+}
+
+impl Target for SyncedAfterRun<'_> {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn command(&self) -> &str {
+        self.inner.command()
+    }
+
+    fn pid(&self) -> i32 {
+        self.inner.pid()
+    }
+
+    fn run(&self, workload: &Workload, settings: &Settings) -> Result<Measured, String> {
+        let measured = self.inner.run(workload, settings)?;
+        self.file
+            .sync_data()
+            .map_err(|e| format!("fdatasync of the backing file after the run: {e}"))?;
+        Ok(measured)
     }
 }

@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use harness::{debian_tool, run};
 
+use crate::results::{Latency, Measured};
+
 /// One fio job shape.
 #[derive(Clone, Copy, Debug)]
 pub struct FioJob {
@@ -100,14 +102,15 @@ impl Workload {
     }
 
     /// Runs once against `uri` (a disk of `disk_size` bytes); returns the
-    /// figure in [`Workload::unit`], or why it failed.
+    /// figure in [`Workload::unit`] (with fio, and fio's latency of each
+    /// I/O), or why it failed.
     pub fn run(
         &self,
         uri: &str,
         disk_size: u64,
         runtime: Duration,
         scratch: &Path,
-    ) -> Result<f64, String> {
+    ) -> Result<Measured, String> {
         let output = scratch.join("fio.json");
         let _ = std::fs::remove_file(&output);
         let args = self.args(uri, &output, runtime);
@@ -127,14 +130,15 @@ impl Workload {
         match self {
             Workload::Fio(job) => parse_fio(&output, job),
             Workload::CopyOut | Workload::CopyIn(_) => {
-                Ok(disk_size as f64 / (1 << 20) as f64 / elapsed)
+                Ok((disk_size as f64 / (1 << 20) as f64 / elapsed).into())
             }
         }
     }
 }
 
-/// The aggregate figure of a `--group_reporting` fio JSON result.
-fn parse_fio(output: &Path, job: &FioJob) -> Result<f64, String> {
+/// The aggregate figure of a `--group_reporting` fio JSON result, and
+/// its completion latency (submission to completion of each I/O).
+fn parse_fio(output: &Path, job: &FioJob) -> Result<Measured, String> {
     let text = std::fs::read_to_string(output)
         .map_err(|e| format!("reading fio output {}: {e}", output.display()))?;
     // fio may print lines (e.g. "connected to NBD server") before the JSON.
@@ -160,7 +164,17 @@ fn parse_fio(output: &Path, job: &FioJob) -> Result<f64, String> {
     } else {
         figures["bw_bytes"].as_f64().map(|b| b / (1 << 20) as f64)
     };
-    figure.ok_or_else(|| format!("fio JSON has no {direction} figure"))
+    let value = figure.ok_or_else(|| format!("fio JSON has no {direction} figure"))?;
+    let clat = &figures["clat_ns"];
+    let ns = |value: &serde_json::Value| value.as_f64().map(|ns| ns / 1e9);
+    let latency = (|| {
+        Some(Latency {
+            median: ns(&clat["percentile"]["50.000000"])?,
+            p99: ns(&clat["percentile"]["99.000000"])?,
+            max: ns(&clat["max"])?,
+        })
+    })();
+    Ok(Measured { value, latency })
 }
 
 fn errno_name(errno: i64) -> &'static str {
