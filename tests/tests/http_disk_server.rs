@@ -516,28 +516,41 @@ fn busy_server_answers_503_beyond_its_workers() {
 fn idle_connections_make_room_for_new_clients() {
     let dir = TempDir::new().unwrap();
     let disk = pattern_file(dir.path(), "disk.img", SIZE, 44);
-    let server = DiskServer::start(&disk, &["--workers", "2"]);
+    let server = DiskServer::start_with_metrics(&disk, &["--workers", "2"]);
     let addr = server.addr();
     let head = b"HEAD / HTTP/1.1\r\n\r\n";
+    // A worker registers its connection as idle only after its reply is
+    // out, so a client can act before the server counts it: each step
+    // waits until both connections are idle, so "the one idle the
+    // longest" is the one the test means (CI once saw `silent` counted
+    // before `third`, and `silent` closed in its place).
+    let both_idle = || {
+        assert!(
+            wait_until(Duration::from_secs(10), || idle_connections(&server) == 2),
+            "the server never counted two idle connections"
+        )
+    };
     let mut older = KeptAlive::open(&addr);
     assert_eq!(older.request(head).status, 200);
     std::thread::sleep(Duration::from_millis(50));
     let mut newer = KeptAlive::open(&addr);
     assert_eq!(newer.request(head).status, 200);
+    both_idle();
     // Both workers are taken by idle kept-alive connections: a newcomer
     // is served, and the one idle the longest closed.
     let mut third = KeptAlive::open(&addr);
     assert_eq!(third.request(head).status, 200, "the newcomer was refused");
     assert!(older.closed_by_server(), "the longest idle was not closed");
+    both_idle();
     // Each newcomer takes the place of the longest idle: `newer`, then
     // `third`, then a silent connection that never sent a request.
     let mut silent = TcpStream::connect(&addr).unwrap();
     assert!(newer.closed_by_server());
-    std::thread::sleep(Duration::from_millis(50));
+    both_idle();
     let mut fourth = KeptAlive::open(&addr);
     assert_eq!(fourth.request(head).status, 200);
     assert!(third.closed_by_server());
-    std::thread::sleep(Duration::from_millis(50));
+    both_idle();
     let mut fifth = KeptAlive::open(&addr);
     assert_eq!(fifth.request(head).status, 200);
     silent
@@ -551,6 +564,22 @@ fn idle_connections_make_room_for_new_clients() {
     assert_eq!(fourth.request(head).status, 200);
     assert_eq!(fifth.request(head).status, 200);
     assert!(!server.proc.output.contains("workers busy"));
+}
+
+/// `http_disk_server_connections_idle` from the metrics listener.
+fn idle_connections(server: &DiskServer) -> u64 {
+    let metrics = server.metrics_url();
+    let addr = metrics.trim_start_matches("http://");
+    let reply = raw_exchange(
+        addr,
+        b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        false,
+    );
+    String::from_utf8_lossy(&reply)
+        .lines()
+        .find_map(|line| line.strip_prefix("http_disk_server_connections_idle "))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(u64::MAX)
 }
 
 // ------------------------------------------------- readonly, allow, limits
