@@ -10,7 +10,11 @@
 //! the image), let the guest write and flush through `/dev/nbdX`, then
 //! SIGKILL QEMU and that nbdkit (the power cut: no shutdown, nothing more
 //! leaves the guest or the disk's cache) and check on the host that the
-//! image holds every flushed byte.
+//! image holds every flushed byte. `powerloss-noflush` is a client that
+//! never flushes (XCP-ng's HA statefile: O_DIRECT writes, no fsync): there
+//! every acknowledged write must be in the image, which only write-through
+//! (the multihttp default) gives. `HND_VM_PLUGIN_KEYS=writeback=true`
+//! (tests/vm/run) shows that test fail.
 //!
 //! Needs: qemu-system-x86, busybox-static, cpio (scripts/install-deps),
 //! e2fsprogs (mkfs.ext4, e2fsck, debugfs), the release build, and apt
@@ -105,11 +109,15 @@ const SECTOR: usize = 512;
 /// What the guest reported before the power cut, and when it came.
 struct PowerCut {
     console: String,
-    /// (offset, length) written and flushed (`VM-FLUSHED`).
-    flushed: Vec<(u64, u64)>,
-    /// (offset, length) written, acknowledged, never flushed (`VM-UNFLUSHED`).
-    unflushed: Vec<(u64, u64)>,
+    lines: Vec<String>,
     boot_to_cut: Duration,
+}
+
+impl PowerCut {
+    /// (offset, length) of the guest's `<marker><offset> <length>` lines.
+    fn ranges(&self, marker: &str) -> Vec<(u64, u64)> {
+        reported_ranges(&self.lines, marker)
+    }
 }
 
 /// Images for one power-loss test, on a real disk under the build
@@ -180,10 +188,12 @@ fn cut_power(pidfile: &Path) {
 }
 
 /// Boots the VM on `scenario` with `disks` (tests/vm/run HND_VM_DISKS
-/// entries), waits until the guest has acknowledged a first unflushed
-/// write, then cuts the power. Panics (QEMU killed with its group by
-/// Proc) if the guest fails or never gets there.
-fn boot_and_cut_power(scenario: &str, disks: &[String]) -> PowerCut {
+/// entries), waits until the console has `cut_at.1` lines containing
+/// `cut_at.0` (what the guest acknowledged so far), then cuts the power.
+/// Panics (QEMU killed with its group by Proc) if the guest fails or
+/// never gets there.
+fn boot_and_cut_power(scenario: &str, disks: &[String], cut_at: (&str, usize)) -> PowerCut {
+    let (marker, count) = cut_at;
     let _slot = vm_slot();
     let pid_dir = TempDir::new().expect("temp dir");
     let pidfile = pid_dir.path().join("qemu.pid");
@@ -195,14 +205,16 @@ fn boot_and_cut_power(scenario: &str, disks: &[String]) -> PowerCut {
     let started = Instant::now();
     let mut vm = Proc::spawn("vm", cmd);
     let mut ended = false;
+    let failed = |vm: &Proc| vm.output.contains("VM-RESULT: FAIL");
     wait_until(VM_TIMEOUT, || {
         ended = vm.exited().is_some();
-        ended || vm.output.contains("VM-UNFLUSHED ") || vm.output.contains("VM-RESULT: FAIL")
+        ended || vm.output.count(marker) >= count || failed(&vm)
     });
-    if ended || !vm.output.contains("VM-UNFLUSHED ") {
+    if ended || vm.output.count(marker) < count || failed(&vm) {
         vm.kill();
         panic!(
-            "{scenario}: the guest never reached an unflushed write (ended: {ended}):\n{}",
+            "{scenario}: the guest failed or never acknowledged {count} `{marker}` lines \
+             (ended: {ended}):\n{}",
             vm.output_when_closed()
         );
     }
@@ -226,19 +238,26 @@ fn boot_and_cut_power(scenario: &str, disks: &[String]) -> PowerCut {
         !lines.iter().any(|l| l.contains("VM-DONE")),
         "{scenario}: the guest got to its clean end before the power cut:\n{console}"
     );
-    let flushed = reported_ranges(&lines, "VM-FLUSHED ");
-    assert_eq!(
-        flushed.len(),
-        FLUSHED_GENERATIONS,
-        "{scenario}: the guest reported {} flushed generations:\n{console}",
-        flushed.len()
+    assert!(
+        !lines.iter().any(|l| l.contains("VM-RESULT: FAIL")),
+        "{scenario}: the guest failed:\n{console}"
     );
     PowerCut {
-        flushed,
-        unflushed: reported_ranges(&lines, "VM-UNFLUSHED "),
         console,
+        lines,
         boot_to_cut,
     }
+}
+
+/// The two disks of a multihttp power-loss scenario: `data`, the "DRBD
+/// device" the guest's http-disk-server serves, volatile (only what the
+/// server's fdatasync flushed out of the disk's cache counts), and the
+/// read-only pattern.
+fn multihttp_disks(data: &Path, pattern: &Path) -> [String; 2] {
+    [
+        format!("hnd-data={}:volatile", data.display()),
+        format!("hnd-pattern={}:ro", pattern.display()),
+    ]
 }
 
 /// Bytes of `range` that `image` holds as the pattern has them, counted
@@ -255,9 +274,16 @@ fn bytes_found(image: &[u8], pattern: &[u8], (offset, length): (u64, u64)) -> u6
         .sum()
 }
 
-/// Every flushed byte must be in `image`; the unflushed ones are counted
-/// and reported, not judged (a power cut may keep or lose them).
-fn assert_flushed_bytes_survived(scenario: &str, cut: &PowerCut, image: &[u8], pattern: &[u8]) {
+/// Every byte of the `durable` ranges (the guest called them `what`)
+/// must be in `image`; those of `maybe` are counted and reported, not
+/// judged (a power cut may keep or lose them).
+fn assert_survived(
+    scenario: &str,
+    cut: &PowerCut,
+    (image, pattern): (&[u8], &[u8]),
+    (what, durable): (&str, &[(u64, u64)]),
+    maybe: &[(u64, u64)],
+) {
     let total = |ranges: &[(u64, u64)]| ranges.iter().map(|r| r.1).sum::<u64>();
     let found = |ranges: &[(u64, u64)]| {
         ranges
@@ -265,21 +291,55 @@ fn assert_flushed_bytes_survived(scenario: &str, cut: &PowerCut, image: &[u8], p
             .map(|&r| bytes_found(image, pattern, r))
             .sum::<u64>()
     };
-    let (flushed, flushed_found) = (total(&cut.flushed), found(&cut.flushed));
-    let (unflushed, unflushed_found) = (total(&cut.unflushed), found(&cut.unflushed));
+    let maybe_found = match maybe {
+        [] => String::new(),
+        _ => format!(
+            "; acknowledged unflushed {} bytes, found {}",
+            total(maybe),
+            found(maybe)
+        ),
+    };
     println!(
-        "{scenario}: power cut {:.1} s after start; flushed {flushed} bytes, found {flushed_found}; \
-         acknowledged unflushed {unflushed} bytes, found {unflushed_found}",
-        cut.boot_to_cut.as_secs_f64()
+        "{scenario}: power cut {:.1} s after start; {what} {} bytes in {} writes, found {}{maybe_found}",
+        cut.boot_to_cut.as_secs_f64(),
+        total(durable),
+        durable.len(),
+        found(durable),
     );
-    for &range in &cut.flushed {
-        let found = bytes_found(image, pattern, range);
-        assert_eq!(
-            found, range.1,
-            "{scenario}: flushed range {range:?}: only {found} bytes survived the power cut:\n{}",
-            cut.console
-        );
-    }
+    let lost: Vec<((u64, u64), u64)> = durable
+        .iter()
+        .map(|&range| (range, bytes_found(image, pattern, range)))
+        .filter(|&((_, length), found)| found != length)
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{scenario}: {} of {} {what} writes did not survive the power cut \
+         ((offset, length), bytes found): {lost:?}\n{}",
+        lost.len(),
+        durable.len(),
+        cut.console
+    );
+}
+
+/// The flushed generations of `write_until_power_cut` (tests/vm/guest-test)
+/// survived, the unflushed ones are reported.
+fn assert_flushed_bytes_survived(scenario: &str, cut: &PowerCut, image: &[u8], pattern: &[u8]) {
+    let flushed = cut.ranges("VM-FLUSHED ");
+    assert_eq!(
+        flushed.len(),
+        FLUSHED_GENERATIONS,
+        "{scenario}: the guest reported {} flushed generations:\n{}",
+        flushed.len(),
+        cut.console
+    );
+    let unflushed = cut.ranges("VM-UNFLUSHED ");
+    assert_survived(
+        scenario,
+        cut,
+        (image, pattern),
+        ("flushed", &flushed),
+        &unflushed,
+    );
 }
 
 #[test]
@@ -288,18 +348,69 @@ fn flushed_writes_through_multihttp_survive_a_vm_power_cut() {
     artifact("libmultihttp.so");
     let dir = image_dir();
     let (pattern_path, pattern) = pattern_disk(dir.path());
-    // The "DRBD device" the guest's http-disk-server serves; volatile: only
-    // what the server's fdatasync flushed out of the disk's cache counts.
     let data = empty_image(dir.path(), "data.img", 64 << 20);
     let cut = boot_and_cut_power(
         "powerloss-multihttp",
-        &[
-            format!("hnd-data={}:volatile", data.display()),
-            format!("hnd-pattern={}:ro", pattern_path.display()),
-        ],
+        &multihttp_disks(&data, &pattern_path),
+        ("VM-UNFLUSHED ", 1),
     );
     let image = fs::read(&data).expect("read the data image");
     assert_flushed_bytes_survived("powerloss-multihttp", &cut, &image, &pattern);
+}
+
+/// Must match tests/vm/guest-test: block b of `powerloss-noflush` is the
+/// pattern's bytes [b*NOFLUSH_BLOCK, (b+1)*NOFLUSH_BLOCK) at the same
+/// offset; the guest checks that nothing flushed after NOFLUSH_CHECKED.
+const NOFLUSH_BLOCK: u64 = 4096;
+const NOFLUSH_CHECKED: usize = 16;
+/// Acknowledged blocks before the power cut: the guest is still writing
+/// (up to 64 blocks) when it comes.
+const NOFLUSH_CUT_AT: usize = NOFLUSH_CHECKED + 8;
+
+/// Issue #19: XCP-ng's HA daemon writes its statefile with O_DIRECT and
+/// never flushes. Through the wrapper with default settings, every write
+/// the guest saw acknowledged must survive a power cut: the server synced
+/// it before its reply (write-through). The guest checked that neither
+/// its nbd device nor the server saw a flush.
+///
+/// The image is read here once QEMU and the disk's nbdkit are dead: a
+/// restarted VM would see exactly that file, through a new nbdkit whose
+/// cache starts empty, so this is what it would read (without another
+/// boot of ~30 s under TCG).
+#[test]
+fn acknowledged_writes_of_a_client_that_never_flushes_survive_a_vm_power_cut() {
+    artifact("http-disk-server");
+    artifact("libmultihttp.so");
+    let dir = image_dir();
+    let (pattern_path, pattern) = pattern_disk(dir.path());
+    let data = empty_image(dir.path(), "data.img", 64 << 20);
+    let cut = boot_and_cut_power(
+        "powerloss-noflush",
+        &multihttp_disks(&data, &pattern_path),
+        ("VM-ACKED ", NOFLUSH_CUT_AT),
+    );
+    let acked = cut.ranges("VM-ACKED ");
+    assert!(
+        acked.len() >= NOFLUSH_CUT_AT,
+        "powerloss-noflush: only {} acknowledged writes:\n{}",
+        acked.len(),
+        cut.console
+    );
+    for (b, range) in acked.iter().enumerate() {
+        assert_eq!(
+            *range,
+            (b as u64 * NOFLUSH_BLOCK, NOFLUSH_BLOCK),
+            "powerloss-noflush: acknowledged write {b} is not block {b}"
+        );
+    }
+    let image = fs::read(&data).expect("read the data image");
+    assert_survived(
+        "powerloss-noflush",
+        &cut,
+        (&image, &pattern),
+        ("acknowledged", &acked),
+        &[],
+    );
 }
 
 #[test]
@@ -315,6 +426,7 @@ fn flushed_writes_through_sharded_on_ext4_survive_a_vm_power_cut() {
             format!("hnd-fs={}:volatile", fs_image.display()),
             format!("hnd-pattern={}:ro", pattern_path.display()),
         ],
+        ("VM-UNFLUSHED ", 1),
     );
     let image = read_sharded_disk_from_ext4(&fs_image, dir.path());
     assert_flushed_bytes_survived("powerloss-sharded", &cut, &image, &pattern);
