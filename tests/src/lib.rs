@@ -21,6 +21,7 @@ pub mod disk_server;
 pub mod fio;
 pub mod garage;
 pub mod nbd_scripts;
+pub mod netns;
 pub mod scripted_peer;
 pub mod test_ca;
 pub mod tls_proxy;

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use harness::disk_server::auth_file;
 use harness::nbd_scripts::{counted_after_each, printed_counts};
+use harness::netns::Netns;
 use harness::scripted_peer::{old_server_sync_log, Misbehaviour, Script, ScriptedPeer};
 use harness::{
     artifact, debian_tool, free_port, nbdsh, pattern_file, run_ok, DiskServer, Nbdkit, TempDir,
@@ -690,61 +691,6 @@ fn nbdkit_readonly_never_sends_a_write_to_a_writable_server() {
     );
 }
 
-/// A network namespace of the test's own (loopback only), deleted on drop.
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn new(tag: &str) -> Netns {
-        let name = format!("hnd-{tag}-{}", std::process::id());
-        let mut add = Command::new("ip");
-        add.args(["netns", "add", &name]);
-        run_ok(add, Duration::from_secs(10));
-        let netns = Netns { name };
-        run_ok(
-            netns.exec("ip", &["link", "set", "lo", "up"]),
-            Duration::from_secs(10),
-        );
-        netns
-    }
-
-    /// `ip netns exec NAME program args...`
-    fn exec(&self, program: &str, args: &[&str]) -> Command {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.name, program]).args(args);
-        cmd
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let mut del = Command::new("ip");
-        del.args(["netns", "del", &self.name]);
-        let _ = harness::run(del, Duration::from_secs(10));
-    }
-}
-
-/// http-disk-server inside `netns` on `port`, once it is ready.
-fn server_in(netns: &Netns, disk: &Path, port: u16) -> harness::Proc {
-    let server = artifact("http-disk-server");
-    let disk = disk.display().to_string();
-    let port = port.to_string();
-    let cmd = netns.exec(
-        &server.display().to_string(),
-        &["--disk", &disk, "--ip", "127.0.0.1", "--port", &port],
-    );
-    let proc = harness::Proc::spawn("http-disk-server", cmd);
-    assert!(
-        proc.output
-            .wait_for("Server ready!", Duration::from_secs(20)),
-        "server in {} did not start: {:?}",
-        netns.name,
-        proc.output.snapshot()
-    );
-    proc
-}
-
 #[test]
 fn seventy_urls_of_which_68_dead_or_blackholed_cost_one_timeout_at_most() {
     let netns = Netns::new("70urls");
@@ -773,8 +719,8 @@ fn seventy_urls_of_which_68_dead_or_blackholed_cost_one_timeout_at_most() {
     );
 
     let disk = pattern_file(dir.path(), "disk.img", MIB, 15);
-    let _a = server_in(&netns, &disk, 30001);
-    let _b = server_in(&netns, &disk, 30002);
+    let _a = netns.disk_server(&disk, 30001);
+    let _b = netns.disk_server(&disk, 30002);
     let mut urls: Vec<String> = Vec::new();
     for i in 0..34 {
         urls.push(format!("http://127.0.0.1:{}", 20000 + i));
@@ -785,7 +731,7 @@ fn seventy_urls_of_which_68_dead_or_blackholed_cost_one_timeout_at_most() {
     assert_eq!(urls.len(), 70);
 
     let started = Instant::now();
-    let wrapper = ["ip", "netns", "exec", netns.name.as_str()];
+    let wrapper = netns.wrapper();
     // No device-size: open must find a live server among the 70.
     let urls_param = format!("urls={}", urls.join(","));
     let nbdkit = Nbdkit::try_start_wrapped(&wrapper, &[], &plugin(), &[&urls_param])
