@@ -39,6 +39,9 @@ use std::time::{Duration, Instant};
 use tls_io::rustls::pki_types::ServerName;
 use tls_io::rustls::{ClientConfig, ClientConnection};
 
+use socket2::{Domain, Protocol, Socket as Socket2, Type};
+
+use crate::abort::{Abort, Aborted};
 use crate::chunked::ChunkedDecoder;
 use crate::response::{self, Body, ResponseHead};
 
@@ -128,6 +131,25 @@ pub struct Connection {
     quick_ack: bool,
 }
 
+/// A connecting socket armed for [`Abort`]; disarmed on drop, before the
+/// socket can be closed (an abort must never shut down a reused fd).
+struct ArmedConnect<'a>(&'a Abort);
+
+impl<'a> ArmedConnect<'a> {
+    fn arm(abort: &'a Abort, fd: RawFd) -> io::Result<ArmedConnect<'a>> {
+        abort
+            .arm(fd)
+            .map_err(|Aborted| io::Error::other("aborted"))?;
+        Ok(ArmedConnect(abort))
+    }
+}
+
+impl Drop for ArmedConnect<'_> {
+    fn drop(&mut self) {
+        self.0.disarm();
+    }
+}
+
 /// The TCP socket and its timeouts as last set.
 struct Socket {
     stream: TcpStream,
@@ -145,7 +167,37 @@ pub struct TlsTarget<'a> {
 impl Connection {
     /// Connects, and for `tls` completes the handshake; both within
     /// `connect_timeout` and the deadline. `quick_ack`: see the top comment.
+    /// `abort` may end both at once from another thread: the socket is
+    /// armed from before its connect starts, so a connect to a host that
+    /// drops every packet (no reset, no refusal) need not run out its
+    /// timeout; it is disarmed again before this returns.
     pub fn connect(
+        address: SocketAddr,
+        connect_timeout: Duration,
+        deadline: &Deadline,
+        tls: Option<TlsTarget<'_>>,
+        quick_ack: bool,
+        abort: Option<&Abort>,
+    ) -> io::Result<Connection> {
+        let socket = Socket2::new(
+            Domain::for_address(address),
+            Type::STREAM,
+            Some(Protocol::TCP),
+        )?;
+        let _armed = match abort {
+            Some(abort) => Some(ArmedConnect::arm(abort, socket.as_raw_fd())?),
+            None => None,
+        };
+        let connection =
+            Self::connect_on(socket, address, connect_timeout, deadline, tls, quick_ack);
+        match abort {
+            Some(abort) if abort.is_aborted() => Err(io::Error::other("aborted")),
+            _ => connection,
+        }
+    }
+
+    fn connect_on(
+        socket: Socket2,
         address: SocketAddr,
         connect_timeout: Duration,
         deadline: &Deadline,
@@ -153,7 +205,8 @@ impl Connection {
         quick_ack: bool,
     ) -> io::Result<Connection> {
         let timeout = deadline.next_timeout()?.min(connect_timeout);
-        let stream = TcpStream::connect_timeout(&address, timeout)?;
+        socket.connect_timeout(&address.into(), timeout)?;
+        let stream: TcpStream = socket.into();
         // Requests are single writes already; never let Nagle hold one
         // back waiting for the ACK of the previous one.
         stream.set_nodelay(true)?;
@@ -648,6 +701,87 @@ mod tests {
         assert!(!needs_change(step, step - Duration::from_millis(100)));
         assert!(needs_change(step, Duration::from_secs(2)));
         assert!(needs_change(Duration::from_secs(2), step));
+    }
+
+    /// A listener that drops every SYN, as a blackholed host does: its
+    /// accept queue (backlog 0) is filled and never accepted from, and
+    /// Linux then drops new SYNs instead of answering them. Returns the
+    /// listener and the connections that filled it (kept open).
+    fn silent_listener() -> (Socket2, SocketAddr, Vec<TcpStream>) {
+        let listener = Socket2::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        listener.bind(&any.into()).unwrap();
+        listener.listen(0).unwrap();
+        let address = listener.local_addr().unwrap().as_socket().unwrap();
+        let mut filling = Vec::new();
+        for _ in 0..8 {
+            match TcpStream::connect_timeout(&address, Duration::from_millis(300)) {
+                Ok(stream) => filling.push(stream),
+                Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                    return (listener, address, filling)
+                }
+                Err(e) => panic!("filling the accept queue: {e}"),
+            }
+        }
+        panic!("8 connections did not fill an accept queue of backlog 0");
+    }
+
+    #[test]
+    fn an_abort_ends_a_connect_to_a_host_that_drops_every_packet() {
+        let (_listener, address, _filling) = silent_listener();
+        let abort = Arc::new(Abort::new());
+        let request = abort.begin();
+        let aborter = {
+            let abort = Arc::clone(&abort);
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(200));
+                assert!(abort.abort(request));
+            })
+        };
+        let started = Instant::now();
+        let deadline = Deadline::new(Duration::from_secs(30), Duration::from_secs(30));
+        let connect_timeout = Duration::from_secs(20);
+        let result = Connection::connect(
+            address,
+            connect_timeout,
+            &deadline,
+            None,
+            false,
+            Some(&abort),
+        );
+        let waited = started.elapsed();
+        aborter.join().unwrap();
+        let error = result
+            .err()
+            .expect("a connect to a silent listener succeeded");
+        assert_eq!(error.to_string(), "aborted");
+        assert!(
+            waited < Duration::from_secs(10),
+            "the connect waited for its own timeout: {waited:?}"
+        );
+        // Disarmed on the way out: a later abort of the same request
+        // shuts nothing down (the fd may already be someone else's).
+        assert!(!abort.abort(request), "aborted twice");
+    }
+
+    #[test]
+    fn a_connect_without_an_abort_to_a_silent_host_times_out() {
+        // The other half of the test above: the listener really drops the
+        // SYN (no abort, a short timeout, and the connect times out).
+        let (_listener, address, _filling) = silent_listener();
+        let deadline = Deadline::new(Duration::from_secs(30), Duration::from_secs(30));
+        let result = Connection::connect(
+            address,
+            Duration::from_millis(300),
+            &deadline,
+            None,
+            false,
+            None,
+        );
+        let error = result
+            .err()
+            .expect("a connect to a silent listener succeeded");
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut, "{error}");
     }
 
     #[test]

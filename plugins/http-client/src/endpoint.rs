@@ -300,7 +300,7 @@ impl Endpoint {
             let (mut lease, fresh) = match slot {
                 Slot::Pooled(lease) => (lease, false),
                 Slot::New(new) => (
-                    new.connect(connect_timeout, deadline)
+                    new.connect_abortable(connect_timeout, deadline, abort)
                         .map_err(SendError::Connect)?,
                     true,
                 ),
@@ -436,6 +436,17 @@ impl<'a> NewSlot<'a> {
         connect_timeout: Duration,
         deadline: &Deadline,
     ) -> Result<Lease<'a>, String> {
+        self.connect_abortable(connect_timeout, deadline, None)
+    }
+
+    /// As [`NewSlot::connect`]; `abort` ends each connect attempt at once
+    /// (see [`Connection::connect`]).
+    fn connect_abortable(
+        self,
+        connect_timeout: Duration,
+        deadline: &Deadline,
+        abort: Option<&Abort>,
+    ) -> Result<Lease<'a>, String> {
         let Address { host, port, .. } = &self.endpoint.address;
         let addresses: Vec<SocketAddr> = (host.as_str(), *port)
             .to_socket_addrs()
@@ -449,7 +460,7 @@ impl<'a> NewSlot<'a> {
                 .as_ref()
                 .map(|(config, name)| TlsTarget { config, name });
             let quick_ack = self.endpoint.quick_ack;
-            match Connection::connect(address, connect_timeout, deadline, tls, quick_ack) {
+            match Connection::connect(address, connect_timeout, deadline, tls, quick_ack, abort) {
                 Ok(connection) => {
                     let endpoint = self.endpoint;
                     // The slot now belongs to the lease.
@@ -460,7 +471,12 @@ impl<'a> NewSlot<'a> {
                         abort: None,
                     });
                 }
-                Err(e) => last_error = format!("connect to {address}: {e}"),
+                Err(e) => {
+                    last_error = format!("connect to {address}: {e}");
+                    if abort.is_some_and(Abort::is_aborted) {
+                        break;
+                    }
+                }
             }
         }
         Err(last_error)
