@@ -17,9 +17,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 pub use tempfile::TempDir;
 
+pub mod block;
 pub mod disk_server;
 pub mod fio;
 pub mod garage;
+pub mod hanging_disk;
 pub mod nbd_scripts;
 pub mod netns;
 pub mod scripted_peer;

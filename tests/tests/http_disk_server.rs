@@ -7,41 +7,17 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use harness::block::LoopDevice;
 use harness::disk_server::{auth_file, raw_exchange, status_of, syncs, KeptAlive, Reply};
 use harness::{pattern, pattern_file, run, run_ok, wait_until, DiskServer, TempDir};
 
 const SIZE: usize = 1 << 20;
 
 // ---------------------------------------------------------------- helpers
-
-/// A loop device over a file, detached on drop (even when a test fails).
-struct LoopDevice {
-    device: PathBuf,
-}
-
-impl LoopDevice {
-    fn attach(file: &Path) -> LoopDevice {
-        let mut cmd = Command::new("losetup");
-        cmd.args(["-f", "--show"]).arg(file);
-        let device = run_ok(cmd, Duration::from_secs(30)).trim().to_owned();
-        assert!(device.starts_with("/dev/loop"), "losetup said {device:?}");
-        LoopDevice {
-            device: PathBuf::from(device),
-        }
-    }
-}
-
-impl Drop for LoopDevice {
-    fn drop(&mut self) {
-        let mut cmd = Command::new("losetup");
-        cmd.arg("-d").arg(&self.device);
-        let _ = run(cmd, Duration::from_secs(30));
-    }
-}
 
 fn get(addr: &str, range: &str) -> Reply {
     KeptAlive::open(addr).request(

@@ -9,6 +9,7 @@
 
 use std::fs;
 
+use harness::hanging_disk::{HangingDisk, ResumeOnDrop};
 use harness::netns::Netns;
 use harness::{artifact, nbdsh, pattern_file, DiskServer, Nbdkit, TempDir};
 
@@ -154,6 +155,37 @@ fn a_blackholed_server_in_use_is_left_within_the_redo_log_budget() {
         ),
     );
     assert_left_within_budget(&output, &nbdkit, "blackhole");
+}
+
+/// A disk that stops answering under the server in use (a FUSE disk
+/// whose daemon is stopped: the server's writes and fdatasync wait in the
+/// kernel, the server process and its connections are fine). Each server
+/// has its own copy of the disk, so what the hung one writes when its disk
+/// comes back lands on its copy only (on a pool, DRBD's fence keeps it off
+/// the others).
+#[test]
+fn a_server_whose_disk_stops_answering_is_left_within_the_redo_log_budget() {
+    let dir = TempDir::new().unwrap();
+    let disks: Vec<HangingDisk> = ["a", "b"]
+        .iter()
+        .map(|copy| HangingDisk::over(&pattern_file(dir.path(), &format!("{copy}.img"), MIB, 74)))
+        .collect();
+    let servers: Vec<DiskServer> = disks
+        .iter()
+        .map(|disk| DiskServer::start(&disk.file, &[]))
+        .collect();
+    // Dropped first: the servers then stop without waiting on a disk.
+    let _resume = ResumeOnDrop(&disks);
+    let urls: Vec<String> = servers.iter().map(DiskServer::url).collect();
+    let nbdkit = Nbdkit::multihttp(&urls, &["device-size=1M"]);
+    nbdsh(&nbdkit.uri(), "h.pread(512, 0)");
+    let active = nbdkit.multihttp_active_port().expect("a server in use");
+    let hung = servers.iter().position(|s| s.port == active).unwrap();
+    let output = nbdsh(
+        &nbdkit.uri(),
+        &stop_during_writes(disks[hung].daemon_pid(), 40, 10),
+    );
+    assert_left_within_budget(&output, &nbdkit, "hung disk");
 }
 
 #[test]
