@@ -342,19 +342,23 @@ fn assert_flushed_bytes_survived(scenario: &str, cut: &PowerCut, image: &[u8], p
     );
 }
 
-#[test]
-fn flushed_writes_through_multihttp_survive_a_vm_power_cut() {
+/// Runs a multihttp power-loss `scenario` (see [`boot_and_cut_power`]) and
+/// returns what the guest reported, the data image after the cut, and
+/// the pattern.
+fn multihttp_power_cut(scenario: &str, cut_at: (&str, usize)) -> (PowerCut, Vec<u8>, Vec<u8>) {
     artifact("http-disk-server");
     artifact("libmultihttp.so");
     let dir = image_dir();
     let (pattern_path, pattern) = pattern_disk(dir.path());
     let data = empty_image(dir.path(), "data.img", 64 << 20);
-    let cut = boot_and_cut_power(
-        "powerloss-multihttp",
-        &multihttp_disks(&data, &pattern_path),
-        ("VM-UNFLUSHED ", 1),
-    );
+    let cut = boot_and_cut_power(scenario, &multihttp_disks(&data, &pattern_path), cut_at);
     let image = fs::read(&data).expect("read the data image");
+    (cut, image, pattern)
+}
+
+#[test]
+fn flushed_writes_through_multihttp_survive_a_vm_power_cut() {
+    let (cut, image, pattern) = multihttp_power_cut("powerloss-multihttp", ("VM-UNFLUSHED ", 1));
     assert_flushed_bytes_survived("powerloss-multihttp", &cut, &image, &pattern);
 }
 
@@ -376,19 +380,11 @@ const NOFLUSH_CUT_AT: usize = NOFLUSH_CHECKED + 8;
 /// The image is read here once QEMU and the disk's nbdkit are dead: a
 /// restarted VM would see exactly that file, through a new nbdkit whose
 /// cache starts empty, so this is what it would read (without another
-/// boot of ~30 s under TCG).
+/// boot of ~10 s under TCG).
 #[test]
 fn acknowledged_writes_of_a_client_that_never_flushes_survive_a_vm_power_cut() {
-    artifact("http-disk-server");
-    artifact("libmultihttp.so");
-    let dir = image_dir();
-    let (pattern_path, pattern) = pattern_disk(dir.path());
-    let data = empty_image(dir.path(), "data.img", 64 << 20);
-    let cut = boot_and_cut_power(
-        "powerloss-noflush",
-        &multihttp_disks(&data, &pattern_path),
-        ("VM-ACKED ", NOFLUSH_CUT_AT),
-    );
+    let (cut, image, pattern) =
+        multihttp_power_cut("powerloss-noflush", ("VM-ACKED ", NOFLUSH_CUT_AT));
     let acked = cut.ranges("VM-ACKED ");
     assert!(
         acked.len() >= NOFLUSH_CUT_AT,
@@ -403,7 +399,6 @@ fn acknowledged_writes_of_a_client_that_never_flushes_survive_a_vm_power_cut() {
             "powerloss-noflush: acknowledged write {b} is not block {b}"
         );
     }
-    let image = fs::read(&data).expect("read the data image");
     assert_survived(
         "powerloss-noflush",
         &cut,
