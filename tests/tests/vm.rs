@@ -75,13 +75,18 @@ fn run_vm(scenarios: &str) -> (Option<i32>, Vec<String>) {
     (status.code(), lines)
 }
 
+/// One boot for the scenarios that need no host-side disks: concurrent
+/// wrappers, failover through the real nbd driver, and (issue #20) the
+/// same /dev/nbdX kept by nbd-netlink across five SIGKILLs of nbdkit.
 #[test]
-fn kernel_attach_failover_and_concurrent_wrappers_in_a_vm() {
+fn kernel_attach_failover_concurrent_wrappers_and_nbdkit_restarts_in_a_vm() {
     artifact("http-disk-server");
     artifact("libmultihttp.so");
-    let (code, lines) = run_vm("concurrent,failover");
+    artifact("nbd-netlink");
+    let scenarios = ["concurrent", "failover", "restart"];
+    let (code, lines) = run_vm(&scenarios.join(","));
     let console = lines.join("\n");
-    for scenario in ["concurrent", "failover"] {
+    for scenario in scenarios {
         let pass = format!("VM-RESULT: PASS {scenario}");
         assert!(
             lines.iter().any(|l| l.ends_with(&pass)),
