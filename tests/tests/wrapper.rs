@@ -43,8 +43,33 @@ sleep 0.3
 echo $$ >"$HND_SYSFS_BLOCK/$name/pid"
 "#;
 
+/// The stand-in nbd-netlink, for the wrapper's restart logic (the real one
+/// keeps a real device across restarts in the VM, `tests/vm.rs`): attaches
+/// like the stand-in nbd-client (a real handshake first), says so as
+/// nbd-netlink does, then stays until SIGTERM, which "disconnects".
+const FAKE_NBD_NETLINK: &str = r#"#!/usr/bin/env bash
+set -euo pipefail
+echo "$*" >>"$FAKE_NETLINK_LOG"
+[[ $1 == attach ]] || { echo "fake nbd-netlink: unexpected call $*" >&2; exit 2; }
+shift
+while (($#)); do
+    case $1 in
+    --socket) sock=$2 ;;
+    --device) dev=$2 ;;
+    esac
+    shift 2
+done
+nbdinfo --size "nbd+unix:///?socket=$sock" >/dev/null || { echo "fake nbd-netlink: $sock does not answer" >&2; exit 1; }
+marker=$HND_SYSFS_BLOCK/${dev##*/}/pid
+echo $$ >"$marker"
+trap 'rm -f "$marker"; exit 0' TERM INT
+echo "attached $dev"
+while :; do sleep 0.1; done
+"#;
+
 /// A sandbox for one or more wrappers: fake /dev and /sys/block trees,
-/// run dir, lock file, the stand-in nbd-client.
+/// run dir, lock file, the stand-ins for nbd-client (the default here,
+/// `HND_ATTACH=nbd-client`) and nbd-netlink.
 struct Sandbox {
     dir: TempDir,
 }
@@ -63,9 +88,14 @@ impl Sandbox {
             fs::create_dir_all(&queue).expect("fake sysfs queue");
             fs::write(queue.join("scheduler"), "[mq-deadline] none\n").expect("fake scheduler");
         }
-        let client = sandbox.path("bin").join("nbd-client");
-        fs::write(&client, FAKE_NBD_CLIENT).expect("write fake nbd-client");
-        fs::set_permissions(&client, fs::Permissions::from_mode(0o755)).expect("chmod");
+        for (name, script) in [
+            ("nbd-client", FAKE_NBD_CLIENT),
+            ("nbd-netlink", FAKE_NBD_NETLINK),
+        ] {
+            let path = sandbox.path("bin").join(name);
+            fs::write(&path, script).expect("write a stand-in");
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).expect("chmod");
+        }
         sandbox
     }
 
@@ -99,7 +129,9 @@ impl Sandbox {
             .env("HND_DEV_DIR", self.path("dev"))
             .env("HND_SYSFS_BLOCK", self.path("sys"))
             .env("HND_LOCK_FILE", self.path("nbd.lock"))
-            .env("FAKE_NBD_LOG", self.path("nbd-client.log"));
+            .env("HND_ATTACH", "nbd-client")
+            .env("FAKE_NBD_LOG", self.path("nbd-client.log"))
+            .env("FAKE_NETLINK_LOG", self.path("nbd-netlink.log"));
         let path = std::env::var("PATH").unwrap_or_default();
         if fake_client {
             cmd.env(
@@ -452,6 +484,116 @@ fn nbdkit_dying_detaches_and_exits_non_zero() {
     assert!(sandbox.client_calls().contains("-d "), "not detached");
     assert!(!sandbox.path("sys/nbd0/pid").exists());
     sandbox.assert_cleaned_up("vol", Some(pid));
+}
+
+/// The pid of the `restarts`-th nbdkit the wrapper restarted, once it
+/// logged it ready (the wrapper's own readiness check: killing an nbdkit
+/// still starting would be a failed start, not a restart), checked
+/// against the pidfile and a real handshake.
+fn restarted_nbdkit_pid(sandbox: &Sandbox, name: &str, restarts: usize, wrapper: &Proc) -> i32 {
+    let said = "nbdkit restarted (pid ";
+    let back = wait_until(ATTACH_TIMEOUT, || wrapper.output.count(said) >= restarts);
+    let output = wrapper.output.snapshot();
+    assert!(back, "nbdkit was not restarted:\n{}", output.join("\n"));
+    let pid: i32 = output
+        .iter()
+        .filter_map(|l| l.split_once(said))
+        .nth(restarts - 1)
+        .and_then(|(_, rest)| rest.split(')').next()?.parse().ok())
+        .expect("a pid in the restart line");
+    assert_eq!(nbdkit_pid(sandbox, name), pid, "pidfile");
+    let uri = format!("nbd+unix:///?socket={}", sandbox.socket(name).display());
+    let mut info = Command::new("nbdinfo");
+    info.args(["--size", &uri]);
+    assert!(
+        run(info, Duration::from_secs(10)).status.success(),
+        "the restarted nbdkit does not answer"
+    );
+    pid
+}
+
+/// With nbd-netlink keeping the device (the default), nbdkit dying is not
+/// the end: the wrapper restarts it on the same socket, logs each
+/// restart, keeps the device; SIGHUP restarts it too (an in-place upgrade
+/// of the plugin); SIGTERM still detaches and exits 0.
+#[test]
+fn with_nbd_netlink_a_killed_nbdkit_is_restarted_and_the_device_kept() {
+    let sandbox = Sandbox::new(&["nbd0"]);
+    let mut cmd = sandbox.wrapper("vol", MEMORY, true);
+    cmd.env("HND_ATTACH", "netlink");
+    let mut wrapper = Proc::spawn("wrapper", cmd);
+    wait_attached(&wrapper);
+    let attach = fs::read_to_string(sandbox.path("nbd-netlink.log")).unwrap_or_default();
+    let socket = sandbox.socket("vol").display().to_string();
+    let dev = sandbox.path("dev/nbd0").display().to_string();
+    assert_eq!(
+        attach.trim(),
+        format!("attach --socket {socket} --export vol --device {dev} --timeout 60 --dead-conn-timeout 60"),
+        "nbd-netlink arguments"
+    );
+    let mut pid = nbdkit_pid(&sandbox, "vol");
+    for restart in 1..=3 {
+        // SAFETY: kill(2) on the nbdkit our wrapper started.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        pid = restarted_nbdkit_pid(&sandbox, "vol", restart, &wrapper);
+        let said = format!("restarting it (restart {restart}), {dev} stays attached");
+        assert!(
+            wrapper.output.contains(&said),
+            "{}",
+            wrapper.output.snapshot().join("\n")
+        );
+    }
+    wrapper.signal(libc::SIGHUP);
+    pid = restarted_nbdkit_pid(&sandbox, "vol", 4, &wrapper);
+    assert!(wrapper.output.contains("got SIGHUP: restarting nbdkit"));
+    assert!(sandbox.path("sys/nbd0/pid").exists(), "detached");
+    assert_eq!(wrapper.wait_timeout(Duration::from_millis(300)), None);
+    group_signal(&wrapper, libc::SIGTERM);
+    let status = wrapper
+        .wait_timeout(EXIT_TIMEOUT)
+        .expect("wrapper exits on SIGTERM");
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "{}",
+        wrapper.output.snapshot().join("\n")
+    );
+    assert!(!sandbox.path("sys/nbd0/pid").exists(), "still attached");
+    sandbox.assert_cleaned_up("vol", Some(pid));
+}
+
+/// An nbdkit that cannot come back (its disk is gone) is retried for
+/// HND_RESTART_WINDOW, then the wrapper detaches and exits 1.
+#[test]
+fn with_nbd_netlink_an_nbdkit_that_cannot_restart_detaches_after_the_window() {
+    let sandbox = Sandbox::new(&["nbd0"]);
+    let disk = sandbox.path("disk.img");
+    fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    let file_param = format!("file={}", disk.display());
+    let mut cmd = sandbox.wrapper("vol", &["--plugin", "file", &file_param], true);
+    cmd.env("HND_ATTACH", "netlink")
+        .env("HND_RESTART_WINDOW", "3");
+    let mut wrapper = Proc::spawn("wrapper", cmd);
+    wait_attached(&wrapper);
+    let pid = nbdkit_pid(&sandbox, "vol");
+    fs::remove_file(&disk).unwrap();
+    // SAFETY: kill(2) on the nbdkit our wrapper started.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let status = wrapper
+        .wait_timeout(EXIT_TIMEOUT)
+        .expect("the wrapper gives up");
+    let output = wrapper.output.snapshot().join("\n");
+    assert_eq!(status.code(), Some(1), "{output}");
+    assert!(
+        output.contains("restarting nbdkit failed: nbdkit exited during start-up"),
+        "{output}"
+    );
+    assert!(
+        output.contains("nbdkit could not be restarted within 3s; detaching"),
+        "{output}"
+    );
+    assert!(!sandbox.path("sys/nbd0/pid").exists(), "still attached");
+    sandbox.assert_cleaned_up("vol", None);
 }
 
 #[test]
