@@ -1,7 +1,10 @@
 //! HTTP Basic authentication against a credentials file (`--auth-file`).
 //!
 //! The file holds one `user:salt:sha256hex` line per client, where the
-//! hash is SHA-256 of the salt text followed by the password. No password
+//! hash is SHA-256 of the salt text followed by the password. A user may
+//! have more than one line: each line's password gets in. That is how a
+//! password is rotated without a refused request: add the new line,
+//! reload, give the client its new password, remove the old line, reload. No password
 //! is ever on the command line or in the file. SHA-256 is a fast hash: it
 //! protects secrets that are long and random (what a pool's hosts share,
 //! e.g. `openssl rand -hex 32`), not human-chosen passwords; the file is
@@ -27,7 +30,8 @@ use zeroize::Zeroizing;
 /// The users allowed in, with their salted password hashes.
 #[derive(Debug)]
 pub struct Credentials {
-    users: HashMap<String, Entry>,
+    /// Every line of a user: more than one while a password is rotated.
+    users: HashMap<String, Vec<Entry>>,
 }
 
 #[derive(Debug)]
@@ -70,9 +74,10 @@ impl Credentials {
                 salt: salt.to_owned(),
                 hash,
             };
-            if users.insert(user.to_owned(), entry).is_some() {
-                return Err(format!(":{number}: user {user:?} listed twice"));
-            }
+            users
+                .entry(user.to_owned())
+                .or_insert_with(Vec::new)
+                .push(entry);
         }
         if users.is_empty() {
             return Err(": no user in the file: every request would be refused".into());
@@ -97,18 +102,27 @@ impl Credentials {
             hash: [0xFF; 32],
         };
         let known = self.users.get(user);
-        let entry = known.unwrap_or(&dummy);
-        let digest = Sha256::new()
-            .chain_update(entry.salt.as_bytes())
-            .chain_update(password)
-            .finalize();
-        let same = digest
+        let entries = known.map_or(std::slice::from_ref(&dummy), Vec::as_slice);
+        // Every line of the user is checked, not only up to the first
+        // match, so that the time taken does not tell which one matched.
+        let any_match = entries
             .iter()
-            .zip(entry.hash.iter())
-            .fold(0u8, |diff, (a, b)| diff | (a ^ b))
-            == 0;
-        same && known.is_some()
+            .fold(false, |any, entry| matches(entry, password) | any);
+        any_match && known.is_some()
     }
+}
+
+/// Whether `password` hashes to `entry`, compared in constant time.
+fn matches(entry: &Entry, password: &[u8]) -> bool {
+    let digest = Sha256::new()
+        .chain_update(entry.salt.as_bytes())
+        .chain_update(password)
+        .finalize();
+    digest
+        .iter()
+        .zip(entry.hash.iter())
+        .fold(0u8, |diff, (a, b)| diff | (a ^ b))
+        == 0
 }
 
 /// `Basic base64(user:password)` → `user:password`, in a buffer zeroed
@@ -206,9 +220,27 @@ mod tests {
             let error = Credentials::parse(text).unwrap_err();
             assert!(error.contains(expected), "{text:?}: {error}");
         }
-        let twice = format!("{}\n{}\n", line(HOST1, "a"), line(HOST1, "b"));
-        assert!(Credentials::parse(&twice)
-            .unwrap_err()
-            .contains(":2: user \"host1\" listed twice"));
+    }
+
+    #[test]
+    fn a_user_with_two_lines_gets_in_with_either_password() {
+        // The rotation sequence: old line, old + new, new only.
+        let old = Credentials::parse(&line(HOST1, "old")).unwrap();
+        let both = Credentials::parse(&format!(
+            "{}\n{}\n",
+            line(HOST1, "old"),
+            line("host1:s9:", "new")
+        ))
+        .unwrap();
+        let new = Credentials::parse(&line("host1:s9:", "new")).unwrap();
+        assert_eq!(both.user_count(), 1, "one user, two lines");
+        assert!(old.permits(Some(&header("host1", "old"))));
+        assert!(!old.permits(Some(&header("host1", "new"))));
+        assert!(both.permits(Some(&header("host1", "old"))));
+        assert!(both.permits(Some(&header("host1", "new"))));
+        assert!(!both.permits(Some(&header("host1", "neither"))));
+        assert!(!both.permits(Some(&header("host2", "new"))));
+        assert!(!new.permits(Some(&header("host1", "old"))));
+        assert!(new.permits(Some(&header("host1", "new"))));
     }
 }
