@@ -75,3 +75,34 @@ pub fn assert_fio_clean(
     }
     jobs
 }
+
+/// Starts fio as a verifying load on the NBD export at `uri`: one job,
+/// 4 KiB random writes at queue depth 4 over the first `size` bytes,
+/// passes over the region until `runtime`, every block read back and
+/// checked (crc32c and fio's header) after each 256 writes and at the
+/// end. Any I/O error or bad block ends it with a failure; its report
+/// goes to `json` (check it with [`assert_fio_clean`]). Not `time_based`:
+/// fio then skips the write-number check that tells a stale block from
+/// the latest one.
+pub fn start_verifying_load(uri: &str, size: &str, runtime: Duration, json: &Path) -> Proc {
+    let mut fio = crate::debian_tool("fio");
+    fio.args([
+        "--name=load",
+        "--ioengine=nbd",
+        &format!("--uri={uri}"),
+        "--rw=randwrite",
+        "--bs=4k",
+        &format!("--size={size}"),
+        "--iodepth=4",
+        "--verify=crc32c",
+        "--do_verify=1",
+        "--verify_fatal=1",
+        "--verify_state_save=0",
+        "--verify_backlog=256",
+        "--loops=1000000",
+        &format!("--runtime={}s", runtime.as_secs()),
+        "--output-format=json",
+    ])
+    .arg(format!("--output={}", json.display()));
+    Proc::spawn("fio", fio)
+}

@@ -186,6 +186,11 @@ pub trait Builder: Default + Clone + Send {
     fn set_secret(&mut self, key: &str, _value: Secret) -> Result<(), ConfigError> {
         Err(ConfigError::new(key, "not a secret key of this plugin"))
     }
+
+    /// The file a secret key was read from (`+FILE`; `None` for the other
+    /// forms), told before `set_secret`, for plugins that read it again
+    /// when it is rotated.
+    fn secret_file(&mut self, _key: &str, _path: Option<&std::path::Path>) {}
 }
 
 /// Collects a plugin's parameters from nbdkit's `config` callback (one per
@@ -214,9 +219,11 @@ impl<B: Builder> Collector<B> {
             || -> Result<(), ConfigError> {
                 if self.secret_keys.contains(&key) {
                     let secret = read_password(key, value)?;
-                    self.lock()
-                        .get_or_insert_with(B::default)
-                        .set_secret(key, secret)
+                    let mut builder = self.lock();
+                    let builder = builder.get_or_insert_with(B::default);
+                    let file = value.strip_prefix('+').map(std::path::Path::new);
+                    builder.secret_file(key, file);
+                    builder.set_secret(key, secret)
                 } else {
                     self.lock().get_or_insert_with(B::default).set(key, value)
                 }

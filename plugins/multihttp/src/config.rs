@@ -4,7 +4,7 @@
 //! Pure Rust: everything except `password=` (which reads through nbdkit)
 //! is unit-tested with `cargo test`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::endpoint::Address;
@@ -81,6 +81,8 @@ password=+FILE         HTTP Basic auth password, as in nbdkit: +FILE (first
                        line of FILE), -FD (inherited descriptor) or -
                        (prompt). A literal password=PASSWORD works but shows
                        in ps and in nbdkit -v: never in production.
+                       +FILE is read again when the file is rewritten or
+                       a server answers 401 (rotation, no restart).
 connect-timeout=TIME   TCP connect and HEAD probe timeout (default 2s).
                        All URLs are probed in parallel: start-up and each
                        failover cost at most one connect-timeout.
@@ -122,6 +124,8 @@ cafile=PATH            PEM bundle of the CA certificates trusted for
                        /etc/pki/tls/certs/ca-bundle.crt). The server's
                        certificate must also name the URL's host (DNS name
                        or IP address). http:// and https:// URLs may mix.
+                       Read again when the file is rewritten or a
+                       certificate does not verify (CA rotation).
 tls-verify=false       DANGEROUS: check neither certificates nor names of
                        https:// servers (still encrypted, but anyone on the
                        path can pose as a server). Logged as a warning.";
@@ -133,6 +137,8 @@ pub struct Config {
     pub device_size: Option<u64>,
     pub user: Option<String>,
     pub password: Option<Secret>,
+    /// `password=+FILE`: re-read when it changes or a server answers 401.
+    pub password_file: Option<PathBuf>,
     pub connect_timeout: Duration,
     pub io_timeout: Duration,
     pub stall_timeout: Duration,
@@ -179,6 +185,7 @@ pub struct ConfigBuilder {
     device_size: Option<u64>,
     user: Option<String>,
     password: Option<Secret>,
+    password_file: Option<PathBuf>,
     connect_timeout: Option<Duration>,
     io_timeout: Option<Duration>,
     stall_timeout: Option<Duration>,
@@ -242,6 +249,14 @@ impl Builder for ConfigBuilder {
         }
         Ok(())
     }
+
+    /// Only `+FILE` can be read again; a later `password=` of another
+    /// form replaces it, like the password itself.
+    fn secret_file(&mut self, key: &str, path: Option<&Path>) {
+        if key == "password" {
+            self.password_file = path.map(Path::to_owned);
+        }
+    }
 }
 
 impl ConfigBuilder {
@@ -264,6 +279,7 @@ impl ConfigBuilder {
             device_size: self.device_size,
             user: self.user.clone(),
             password: self.password.clone(),
+            password_file: self.password_file.clone(),
             connect_timeout: self.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
             io_timeout: self.io_timeout.unwrap_or(DEFAULT_IO_TIMEOUT),
             stall_timeout: self.stall_timeout.unwrap_or(DEFAULT_STALL_TIMEOUT),

@@ -22,6 +22,7 @@
 
 pub mod cluster;
 pub mod config;
+pub mod credentials;
 pub mod discovery;
 pub mod error;
 pub mod health;
@@ -31,6 +32,7 @@ pub mod reply;
 pub mod stall;
 pub mod tls;
 pub mod transport;
+pub mod watched_file;
 
 pub use http_client::{connection, endpoint, response};
 

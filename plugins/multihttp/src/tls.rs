@@ -1,25 +1,32 @@
 //! `https://` URLs: the rustls client configuration built once from
 //! `cafile=` (or the system CA bundle) and `tls-verify=`.
 //!
+//! The CA file is read again when it is rewritten, and when a server's
+//! certificate does not verify after it was (see [`RotatingCa`]): a CA is
+//! rotated by adding the new CA to the file, renewing the servers'
+//! certificates, then removing the old CA, with no nbdkit restart.
+//!
 //! Verification checks the server's certificate chain against those CAs
 //! and its name against the URL's host (a DNS name, or an IP address
 //! against the certificate's IP SANs). `tls-verify=false` turns both
 //! off: the connection is still encrypted, but anyone able to intercept
 //! it can pose as the server, so it is logged loudly at start-up.
 
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 
 use plugin_glue::config::ConfigError;
 use tls_io::rustls::client::danger::{
     HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier,
 };
+use tls_io::rustls::client::WebPkiServerVerifier;
 use tls_io::rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
 use tls_io::rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use tls_io::rustls::{self, ClientConfig, DigitallySignedStruct, SignatureScheme};
 
 use crate::config::Config;
 use crate::endpoint::Address;
+use crate::watched_file::WatchedFile;
 
 /// CA bundles used for `https://` URLs when `cafile=` is not given, the
 /// first that exists: Debian/Ubuntu's, then RHEL/CentOS's (XCP-ng dom0).
@@ -58,7 +65,15 @@ pub fn client_config(config: &Config) -> Result<Option<Arc<ClientConfig>>, Confi
                 ),
             ));
         };
-        tls_io::client_trusting(cafile).map_err(|e| ConfigError::new("cafile", e))?
+        let provider = tls_io::provider();
+        let verifier = RotatingCa::new(cafile.to_owned(), Arc::clone(&provider))
+            .map_err(|e| ConfigError::new("cafile", e))?;
+        ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| ConfigError::new("urls", format!("TLS set-up: {e}")))?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_no_client_auth()
     } else {
         log::warn!(
             "multihttp: WARNING: tls-verify=false: the certificates and names of https:// servers \
@@ -78,6 +93,115 @@ pub fn client_config(config: &Config) -> Result<Option<Arc<ClientConfig>>, Confi
 }
 
 pub use http_client::endpoint::server_name;
+
+/// Verifies servers against the CAs of a PEM file that may be rotated
+/// under a running nbdkit. The file is looked at (a `stat`, at most once
+/// a second) before a certificate is checked, and at once when one does
+/// not verify: the servers may have been given certificates of the new
+/// CA within the same second. A file that cannot be read or holds no CA
+/// keeps the CAs in use (logged), so a half-written file never stops the
+/// disk.
+#[derive(Debug)]
+pub struct RotatingCa {
+    file: WatchedFile,
+    provider: Arc<CryptoProvider>,
+    verifier: RwLock<Arc<WebPkiServerVerifier>>,
+}
+
+impl RotatingCa {
+    pub fn new(cafile: PathBuf, provider: Arc<CryptoProvider>) -> Result<RotatingCa, String> {
+        let verifier = verifier_for(&cafile, &provider)?;
+        Ok(RotatingCa {
+            file: WatchedFile::new(cafile),
+            provider,
+            verifier: RwLock::new(verifier),
+        })
+    }
+
+    fn current(&self) -> Arc<WebPkiServerVerifier> {
+        Arc::clone(&self.verifier.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Reads the file again; `false` (and the CAs in use kept) when it
+    /// cannot be used.
+    fn reload(&self) -> bool {
+        match verifier_for(self.file.path(), &self.provider) {
+            Ok(verifier) => {
+                *self.verifier.write().unwrap_or_else(|e| e.into_inner()) = verifier;
+                log::info!("cafile {}: read the CAs again", self.file.path().display());
+                true
+            }
+            Err(e) => {
+                log::warn!("cafile: {e}; keeping the CAs in use");
+                false
+            }
+        }
+    }
+}
+
+fn verifier_for(
+    cafile: &Path,
+    provider: &Arc<CryptoProvider>,
+) -> Result<Arc<WebPkiServerVerifier>, String> {
+    let roots = tls_io::pem::root_store(cafile)?;
+    WebPkiServerVerifier::builder_with_provider(Arc::new(roots), Arc::clone(provider))
+        .build()
+        .map_err(|e| format!("{}: {e}", cafile.display()))
+}
+
+impl ServerCertVerifier for RotatingCa {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if self.file.changed() {
+            self.reload();
+        }
+        let verify = || {
+            self.current().verify_server_cert(
+                end_entity,
+                intermediates,
+                server_name,
+                ocsp_response,
+                now,
+            )
+        };
+        match verify() {
+            Err(rustls::Error::InvalidCertificate(_))
+                if self.file.changed_now() && self.reload() =>
+            {
+                verify()
+            }
+            outcome => outcome,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.current().verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.current().verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.current().supported_verify_schemes()
+    }
+}
 
 /// `tls-verify=false`: any certificate, any name. Handshake signatures
 /// are still checked (the server must hold the key of the certificate

@@ -32,6 +32,7 @@ use http_disk_protocol::{headers, ByteRange};
 use plugin_glue::secret::{wipe, Secret};
 
 use crate::config::{Config, PoolSize};
+use crate::credentials::Credentials;
 use http_client::abort::Abort;
 use http_client::connection::Deadline;
 use http_client::endpoint::{Address, Endpoint, Lease, Pool};
@@ -52,8 +53,8 @@ pub struct Transport {
     endpoints: HashMap<String, Endpoint>,
     connect_timeout: Duration,
     io_timeout: Duration,
-    /// `Basic base64(user:password)`, never in ordinary memory.
-    authorization: Option<Secret>,
+    /// The Authorization header when `user=` is set (re-read on rotation).
+    credentials: Option<Credentials>,
     pool_size: PoolSize,
     /// NBD client connections open now (they size the default pool).
     client_connections: Mutex<usize>,
@@ -101,15 +102,14 @@ impl Transport {
                 (url.clone(), Endpoint::new(address, pool, tls))
             })
             .collect();
-        let authorization = config
-            .user
-            .as_ref()
-            .map(|user| basic_authorization(user, config.password.as_ref()));
+        let credentials = config.user.as_ref().map(|user| {
+            Credentials::new(user, config.password.as_ref(), config.password_file.clone())
+        });
         Transport {
             endpoints,
             connect_timeout: config.connect_timeout,
             io_timeout: config.io_timeout,
-            authorization,
+            credentials,
             pool_size: config.pool_size,
             client_connections: Mutex::new(0),
         }
@@ -146,8 +146,38 @@ impl Transport {
 
     /// Sends one request and reads the reply head (every request here is
     /// idempotent: the endpoint may send it again on a new connection
-    /// when a kept-alive one turns out closed).
+    /// when a kept-alive one turns out closed). A 401 re-reads
+    /// `password=+FILE` and, if the password changed, sends the request
+    /// once more with it: the server may have moved to a new password
+    /// before this client looked at its file. Only once, so a password the
+    /// server does not take ends as a 401 like before (failover).
     fn exchange<'a>(
+        &'a self,
+        url: &str,
+        method: &str,
+        extra_headers: &[(&str, &str)],
+        body: &[u8],
+        deadline: &Deadline,
+        abort: Option<&'a Abort>,
+    ) -> Result<(Lease<'a>, ResponseHead), String> {
+        if let Some(credentials) = &self.credentials {
+            credentials.refresh_if_changed();
+        }
+        let (lease, head) = self.send_once(url, method, extra_headers, body, deadline, abort)?;
+        let refused = head.status == 401
+            && self
+                .credentials
+                .as_ref()
+                .is_some_and(Credentials::reload_after_refusal);
+        if !refused {
+            return Ok((lease, head));
+        }
+        // The refused reply's connection is dropped with its unread body.
+        drop(lease);
+        self.send_once(url, method, extra_headers, body, deadline, abort)
+    }
+
+    fn send_once<'a>(
         &'a self,
         url: &str,
         method: &str,
@@ -162,13 +192,17 @@ impl Transport {
             .ok_or_else(|| format!("{url} is not a configured URL"))?;
         let (inline_body, tail) = split_body(body);
         let request = request(endpoint, method, extra_headers, body.len());
-        let secret = self.secret_header();
+        let authorization = self.credentials.as_ref().map(Credentials::header);
+        let secret = secret_header(authorization.as_deref());
         let mut wire =
             RequestBytes::with_capacity(request.capacity(secret.as_ref()) + inline_body.len());
         request.write_head(&mut wire.bytes, secret.as_ref())?;
         if secret.is_some() {
             wire.secret_len = wire.bytes.len();
         }
+        // The lock is not held while the request is on the wire: a
+        // rotation may swap the header meanwhile.
+        drop(authorization);
         wire.bytes.extend_from_slice(inline_body);
         // A reallocation would have left a copy of the head in freed memory.
         debug_assert!(wire.bytes.len() <= wire.capacity, "head capacity too small");
@@ -179,14 +213,6 @@ impl Transport {
             None => endpoint.send(&wire.bytes, tail, self.connect_timeout, deadline),
         };
         sent.map_err(|e| e.to_string())
-    }
-
-    /// The Authorization header of every request, when `user=` is set.
-    fn secret_header(&self) -> Option<SecretHeader<'_>> {
-        self.authorization.as_ref().map(|value| SecretHeader {
-            name: "Authorization",
-            value: value.expose(),
-        })
     }
 
     /// HEAD probe, bounded as a whole by `connect-timeout`.
@@ -382,7 +408,7 @@ fn request<'a>(
 /// `Basic base64(user:password)` for the Authorization header, assembled
 /// and encoded in [`Secret`] memory only (`user:password` never exists in
 /// ordinary memory, and is zeroed as soon as it is encoded).
-fn basic_authorization(user: &str, password: Option<&Secret>) -> Secret {
+pub(crate) fn basic_authorization(user: &str, password: Option<&Secret>) -> Secret {
     const PREFIX: &[u8] = b"Basic ";
     let password = password.map_or(&[][..], Secret::expose);
     let credentials = Secret::build(user.len() + 1 + password.len(), |buf| {
@@ -400,6 +426,14 @@ fn basic_authorization(user: &str, password: Option<&Secret>) -> Secret {
             .encode_slice(credentials.expose(), token)
             .expect("sized by encoded_len");
         PREFIX.len() + written
+    })
+}
+
+/// The Authorization header of a request, when `user=` is set.
+fn secret_header(value: Option<&Secret>) -> Option<SecretHeader<'_>> {
+    value.map(|value| SecretHeader {
+        name: "Authorization",
+        value: value.expose(),
     })
 }
 
@@ -491,7 +525,8 @@ mod tests {
             (headers::WRITEBACK, "1"),
         ];
         let request = request(endpoint, "POST", &extra, usize::MAX);
-        let secret = t.secret_header();
+        let authorization = t.credentials.as_ref().map(Credentials::header);
+        let secret = secret_header(authorization.as_deref());
         let capacity = request.capacity(secret.as_ref());
         let mut wire = Vec::with_capacity(capacity);
         request.write_head(&mut wire, secret.as_ref()).unwrap();
