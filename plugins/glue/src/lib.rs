@@ -10,13 +10,17 @@
 //! - [`logging`]: a `log` backend writing through `nbdkit_error` /
 //!   `nbdkit_debug`, so messages honour nbdkit's `--log` and `-v`.
 //! - [`secret`]: passwords and keys kept out of logs and core dumps.
+//! - [`refreshable`], [`watched_file`]: secrets read again from their
+//!   files when rotated, without restarting nbdkit.
 //!
 //! Not here: anything specific to one backend.
 
 pub mod config;
 pub mod errno;
 pub mod logging;
+pub mod refreshable;
 pub mod secret;
+pub mod watched_file;
 
 pub use errno::{guard, ToErrno};
 pub use secret::Secret;

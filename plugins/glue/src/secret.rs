@@ -76,6 +76,20 @@ impl Secret {
         secret
     }
 
+    /// The first line of `path` without its newline, as nbdkit reads a
+    /// `+FILE` secret; the ordinary buffer it was read into is zeroed.
+    /// For reading a rotated secret again (see [`crate::refreshable`]).
+    pub fn read_first_line(path: &std::path::Path) -> std::io::Result<Secret> {
+        let mut bytes = std::fs::read(path)?;
+        let end = bytes
+            .iter()
+            .position(|&b| b == b'\n')
+            .unwrap_or(bytes.len());
+        let secret = Secret::new(&bytes[..end]);
+        wipe(&mut bytes);
+        Ok(secret)
+    }
+
     /// The bytes, for the one place that must use them (an HTTP header,
     /// a signing key). Never log them.
     pub fn expose(&self) -> &[u8] {

@@ -32,7 +32,6 @@ pub mod reply;
 pub mod stall;
 pub mod tls;
 pub mod transport;
-pub mod watched_file;
 
 pub use http_client::{connection, endpoint, response};
 

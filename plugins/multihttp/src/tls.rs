@@ -26,7 +26,7 @@ use tls_io::rustls::{self, ClientConfig, DigitallySignedStruct, SignatureScheme}
 
 use crate::config::Config;
 use crate::endpoint::Address;
-use crate::watched_file::WatchedFile;
+use plugin_glue::watched_file::WatchedFile;
 
 /// CA bundles used for `https://` URLs when `cafile=` is not given, the
 /// first that exists: Debian/Ubuntu's, then RHEL/CentOS's (XCP-ng dom0).

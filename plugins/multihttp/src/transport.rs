@@ -32,7 +32,7 @@ use http_disk_protocol::{headers, ByteRange};
 use plugin_glue::secret::{wipe, Secret};
 
 use crate::config::{Config, PoolSize};
-use crate::credentials::Credentials;
+use crate::credentials::{credentials, Credentials};
 use http_client::abort::Abort;
 use http_client::connection::Deadline;
 use http_client::endpoint::{Address, Endpoint, Lease, Pool};
@@ -102,9 +102,10 @@ impl Transport {
                 (url.clone(), Endpoint::new(address, pool, tls))
             })
             .collect();
-        let credentials = config.user.as_ref().map(|user| {
-            Credentials::new(user, config.password.as_ref(), config.password_file.clone())
-        });
+        let credentials = config
+            .user
+            .as_ref()
+            .map(|user| credentials(user, config.password.as_ref(), config.password_file.clone()));
         Transport {
             endpoints,
             connect_timeout: config.connect_timeout,
@@ -160,59 +161,52 @@ impl Transport {
         deadline: &Deadline,
         abort: Option<&'a Abort>,
     ) -> Result<(Lease<'a>, ResponseHead), String> {
-        if let Some(credentials) = &self.credentials {
-            credentials.refresh_if_changed();
-        }
-        let (lease, head) = self.send_once(url, method, extra_headers, body, deadline, abort)?;
+        let endpoint = self
+            .endpoints
+            .get(url)
+            .ok_or_else(|| format!("{url} is not a configured URL"))?;
+        let send_once = |authorization: Option<&Secret>| {
+            let (inline_body, tail) = split_body(body);
+            let request = request(endpoint, method, extra_headers, body.len());
+            let secret = secret_header(authorization);
+            let mut wire =
+                RequestBytes::with_capacity(request.capacity(secret.as_ref()) + inline_body.len());
+            request.write_head(&mut wire.bytes, secret.as_ref())?;
+            if secret.is_some() {
+                wire.secret_len = wire.bytes.len();
+            }
+            wire.bytes.extend_from_slice(inline_body);
+            // A reallocation would have left a copy of the head in freed memory.
+            debug_assert!(wire.bytes.len() <= wire.capacity, "head capacity too small");
+            let sent = match abort {
+                Some(abort) => endpoint.send_abortable(
+                    &wire.bytes,
+                    tail,
+                    self.connect_timeout,
+                    deadline,
+                    abort,
+                ),
+                None => endpoint.send(&wire.bytes, tail, self.connect_timeout, deadline),
+            };
+            sent.map_err(|e| e.to_string())
+        };
+        // Held while the request is on the wire: a rotation meanwhile
+        // swaps in another value and does not wait for this one.
+        let authorization = self.credentials.as_ref().map(Credentials::current);
+        let (lease, head) = send_once(authorization.as_deref())?;
         let refused = head.status == 401
             && self
                 .credentials
                 .as_ref()
-                .is_some_and(Credentials::reload_after_refusal);
+                .zip(authorization.as_ref())
+                .is_some_and(|(credentials, used)| credentials.reload_after_refusal(used));
         if !refused {
             return Ok((lease, head));
         }
         // The refused reply's connection is dropped with its unread body.
         drop(lease);
-        self.send_once(url, method, extra_headers, body, deadline, abort)
-    }
-
-    fn send_once<'a>(
-        &'a self,
-        url: &str,
-        method: &str,
-        extra_headers: &[(&str, &str)],
-        body: &[u8],
-        deadline: &Deadline,
-        abort: Option<&'a Abort>,
-    ) -> Result<(Lease<'a>, ResponseHead), String> {
-        let endpoint = self
-            .endpoints
-            .get(url)
-            .ok_or_else(|| format!("{url} is not a configured URL"))?;
-        let (inline_body, tail) = split_body(body);
-        let request = request(endpoint, method, extra_headers, body.len());
-        let authorization = self.credentials.as_ref().map(Credentials::header);
-        let secret = secret_header(authorization.as_deref());
-        let mut wire =
-            RequestBytes::with_capacity(request.capacity(secret.as_ref()) + inline_body.len());
-        request.write_head(&mut wire.bytes, secret.as_ref())?;
-        if secret.is_some() {
-            wire.secret_len = wire.bytes.len();
-        }
-        // The lock is not held while the request is on the wire: a
-        // rotation may swap the header meanwhile.
-        drop(authorization);
-        wire.bytes.extend_from_slice(inline_body);
-        // A reallocation would have left a copy of the head in freed memory.
-        debug_assert!(wire.bytes.len() <= wire.capacity, "head capacity too small");
-        let sent = match abort {
-            Some(abort) => {
-                endpoint.send_abortable(&wire.bytes, tail, self.connect_timeout, deadline, abort)
-            }
-            None => endpoint.send(&wire.bytes, tail, self.connect_timeout, deadline),
-        };
-        sent.map_err(|e| e.to_string())
+        let authorization = self.credentials.as_ref().map(Credentials::current);
+        send_once(authorization.as_deref())
     }
 
     /// HEAD probe, bounded as a whole by `connect-timeout`.
@@ -525,7 +519,7 @@ mod tests {
             (headers::WRITEBACK, "1"),
         ];
         let request = request(endpoint, "POST", &extra, usize::MAX);
-        let authorization = t.credentials.as_ref().map(Credentials::header);
+        let authorization = t.credentials.as_ref().map(Credentials::current);
         let secret = secret_header(authorization.as_deref());
         let capacity = request.capacity(secret.as_ref());
         let mut wire = Vec::with_capacity(capacity);

@@ -1,5 +1,6 @@
-//! A file the plugin reads again when it is rewritten (`password=+FILE`,
-//! `cafile=`): rotation without restarting nbdkit (issue #20).
+//! A file a plugin reads again when it is rewritten (multihttp's
+//! `password=+FILE` and `cafile=`, s3's key files): rotation without
+//! restarting nbdkit (issue #20).
 //!
 //! A rewrite is told by a `stat` (device, inode, size, mtime), looked at
 //! no more than once a second on the request path, so a busy disk does
