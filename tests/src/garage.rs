@@ -197,6 +197,52 @@ impl Garage {
         params
     }
 
+    /// Makes a new key named `name` that may read and write the bucket
+    /// (as an operator rotating keys does first); returns its id and
+    /// secret.
+    pub fn add_key(&self, name: &str) -> (String, String) {
+        let seed = u64::from(std::process::id()) << 24
+            ^ name
+                .bytes()
+                .fold(0u64, |h, b| h.wrapping_mul(31) ^ u64::from(b));
+        let access_key = format!("GK{}", hex(seed, 24));
+        let secret_key = hex(seed + 1, 64);
+        let config = self.dir.path().join("garage.toml");
+        cli(
+            &config,
+            &[
+                "key",
+                "import",
+                "--yes",
+                "-n",
+                name,
+                &access_key,
+                &secret_key,
+            ],
+        );
+        cli(
+            &config,
+            &[
+                "bucket",
+                "allow",
+                "--read",
+                "--write",
+                &self.bucket,
+                "--key",
+                &access_key,
+            ],
+        );
+        (access_key, secret_key)
+    }
+
+    /// Deletes the key `access_key`: requests signed with it are refused
+    /// from then on. [`Garage::objects`] signs with the key made at
+    /// start-up, so it no longer works once that one is deleted.
+    pub fn delete_key(&self, access_key: &str) {
+        let config = self.dir.path().join("garage.toml");
+        cli(&config, &["key", "delete", "--yes", access_key]);
+    }
+
     fn curl(&self, method: &str, query: &str) -> String {
         let url = format!("{}/{}{query}", self.endpoint(), self.bucket);
         signed_curl(&self.access_key, &self.secret_key, method, &url)

@@ -98,7 +98,7 @@ fn twenty_password_rotations_under_fio_cost_no_request_and_no_restart() {
     assert_eq!(setup.nbdkit.proc.pid(), pid);
     let log = setup.nbdkit.proc.output.snapshot().join("\n");
     assert_eq!(
-        log.matches("read a new password").count(),
+        log.matches("read a new value").count(),
         20,
         "one re-read per rotation:\n{log}"
     );

@@ -452,12 +452,14 @@ mod wrapper {
         let secret = random_secret();
         let password = format!("password={secret}");
         let secret_key = format!("secret-key={secret}");
+        let session_token = format!("session-token={secret}");
         let url = format!("http://{USER}:{secret}@127.0.0.1:9");
         let endpoint = format!("endpoint={url}");
         let dead = "http://127.0.0.1:9";
-        let cases: [&[&str]; 4] = [
+        let cases: [&[&str]; 5] = [
             &["--urls", dead, "user=alice", &password],
             &["--plugin", "s3", "bucket=b", &secret_key],
+            &["--plugin", "s3", "bucket=b", &session_token],
             &["--urls", &url],
             &["--plugin", "s3", &endpoint, "secret-key=+/dev/null"],
         ];

@@ -27,13 +27,14 @@ use http_client::connection::Deadline;
 use http_client::endpoint::{server_name, Address, Endpoint, Lease, Pool, SendError};
 use http_client::request::Request;
 use http_client::response::{Body, ResponseHead};
-use plugin_glue::Secret;
+use plugin_glue::refreshable::Refreshable;
 use rusty_s3::actions::{DeleteObjects, ListObjectsV2, ObjectIdentifier};
 use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
 use tls_io::rustls::{ClientConfig, RootCertStore};
 use url::{Position, Url};
 
 use crate::config::Config;
+use crate::credentials::{KeyPair, KeySource};
 
 /// Validity of each presigned URL: long enough for any retry of it.
 const SIGNED_FOR: Duration = Duration::from_secs(3600);
@@ -50,6 +51,12 @@ const MAX_ERROR_BODY: usize = 64 * 1024;
 const MAX_DELETE_REPLY: usize = 1 << 20;
 /// Largest ListObjectsV2 page (1000 keys of up to 1 KiB, and XML around).
 const MAX_LIST_PAGE: usize = 64 << 20;
+/// How many times one request is sent again at once after a refusal,
+/// each time with a key pair read anew: more than one rotation during
+/// one request is possible, an endless loop is not.
+const MAX_ROTATION_RESENDS: usize = 3;
+/// Error codes of a 400 that mean the session token, not the request.
+const TOKEN_REFUSED: [&str; 3] = ["ExpiredToken", "InvalidToken", "TokenRefreshRequired"];
 const USER_AGENT: &str = concat!("nbdkit-s3-plugin/", env!("CARGO_PKG_VERSION"));
 
 /// Why one attempt failed.
@@ -58,38 +65,22 @@ enum Failure {
     Transient(String),
     /// Retrying cannot help.
     Final(StoreError),
+    /// The credentials were refused: worth sending again only with a new
+    /// key pair (see [`S3Client::with_retries`]), else final.
+    Refused(StoreError),
 }
 
-/// The key pair (and session token) as we keep it: the secret parts in
-/// [`Secret`] memory, out of core dumps. rusty-s3 wants a [`Credentials`]
-/// holding the secret in a heap `String`; one is made for each signature
-/// and dropped right after it (rusty-s3 zeroes it on drop), so the heap
-/// holds the secret for microseconds per request, not for the life of
-/// the process.
-struct KeyPair {
-    access_key: String,
-    /// Checked to be UTF-8 at start-up.
-    secret_key: Secret,
-    session_token: Option<Secret>,
-}
-
-impl KeyPair {
-    fn credentials(&self) -> Credentials {
-        let secret = self.secret_key.expose_str().unwrap_or_default();
-        match self
-            .session_token
-            .as_ref()
-            .and_then(|t| t.expose_str().ok())
-        {
-            Some(token) => Credentials::new_with_token(self.access_key.clone(), secret, token),
-            None => Credentials::new(self.access_key.clone(), secret),
-        }
-    }
+/// Runs `sign` with credentials that exist only for this call (see
+/// [`KeyPair`]); anonymous requests when no key was given.
+fn signed<T>(keys: Option<&KeyPair>, sign: impl FnOnce(Option<&Credentials>) -> T) -> T {
+    let credentials = keys.map(KeyPair::credentials);
+    sign(credentials.as_ref())
 }
 
 pub struct S3Client {
     bucket: Bucket,
-    keys: Option<KeyPair>,
+    /// `None`: anonymous requests.
+    keys: Option<Refreshable<KeyPair>>,
     /// The store (the bucket's host with virtual-host addressing) and its
     /// keep-alive connections.
     endpoint: Endpoint,
@@ -154,19 +145,7 @@ impl S3Client {
             config.region.clone(),
         )
         .map_err(|e| format!("bucket {:?} at {}: {e}", config.bucket, config.endpoint))?;
-        let keys = match (&config.access_key, &config.secret_key) {
-            (Some(access_key), Some(secret_key)) => {
-                secret_key
-                    .expose_str()
-                    .map_err(|_| "the secret key is not UTF-8 text".to_owned())?;
-                Some(KeyPair {
-                    access_key: access_key.clone(),
-                    secret_key: secret_key.clone(),
-                    session_token: config.session_token.clone(),
-                })
-            }
-            _ => None,
-        };
+        let keys = config.keys.clone().map(KeySource::into_refreshable);
         let base = bucket.base_url();
         let address = Address::parse(base.as_str())
             .map_err(|e| format!("endpoint {:?}: {e}", config.endpoint))?;
@@ -198,32 +177,44 @@ impl S3Client {
         self.bucket.name()
     }
 
-    /// Runs `sign` with credentials that exist only for this call (see
-    /// [`KeyPair`]); anonymous requests when no key was given.
-    fn signed<T>(&self, sign: impl FnOnce(Option<&Credentials>) -> T) -> T {
-        let credentials = self.keys.as_ref().map(KeyPair::credentials);
-        sign(credentials.as_ref())
-    }
-
     /// The deadline of a request carrying `bytes`.
     fn deadline(&self, bytes: usize) -> Deadline {
         let total = self.io_timeout + Duration::from_secs_f64(bytes as f64 / MIN_TRANSFER_RATE);
         Deadline::new(total, self.io_timeout)
     }
 
-    /// Runs `attempt` until it succeeds, fails for good, or the retry
-    /// window is over.
+    /// Runs `attempt`, signing with the key pair in use (see [`signed`]),
+    /// until it succeeds, fails for good, or the retry window is over. A
+    /// refusal is sent again at once, up to [`MAX_ROTATION_RESENDS`]
+    /// times, when the key files hold another key than the one refused:
+    /// the store may have moved to a new key before this plugin looked
+    /// at its files.
     fn with_retries<T>(
         &self,
         what: &dyn Fn() -> String,
-        mut attempt: impl FnMut() -> Result<T, Failure>,
+        mut attempt: impl FnMut(Option<&KeyPair>) -> Result<T, Failure>,
     ) -> Result<T, StoreError> {
         let started = Instant::now();
         let mut backoff = FIRST_BACKOFF;
+        let mut resends = 0;
         loop {
-            match attempt() {
+            let keys = self.keys.as_ref().map(Refreshable::current);
+            match attempt(keys.as_deref()) {
                 Ok(value) => return Ok(value),
                 Err(Failure::Final(error)) => return Err(error),
+                Err(Failure::Refused(error)) => {
+                    let rotated = resends < MAX_ROTATION_RESENDS
+                        && self
+                            .keys
+                            .as_ref()
+                            .zip(keys.as_ref())
+                            .is_some_and(|(keys, used)| keys.reload_after_refusal(used));
+                    if !rotated {
+                        return Err(error);
+                    }
+                    resends += 1;
+                    log::info!("s3: {} refused, sending it again with the new key", what());
+                }
                 Err(Failure::Transient(why)) => {
                     let elapsed = started.elapsed();
                     if elapsed >= self.retry_window {
@@ -320,11 +311,16 @@ impl S3Client {
                 libc::EIO,
                 format!("{what}: bucket {:?} does not exist", self.bucket.name()),
             ))),
-            403 => Err(Failure::Final(StoreError::new(
+            403 => Err(Failure::Refused(StoreError::new(
                 libc::EPERM,
                 format!(
                     "{what}: access denied ({code}): check the credentials and the bucket's policy"
                 ),
+            ))),
+            // AWS answers an expired or unknown session token with a 400.
+            400 if TOKEN_REFUSED.contains(&code) => Err(Failure::Refused(StoreError::new(
+                libc::EPERM,
+                format!("{what}: session token refused ({code}): give a new one"),
             ))),
             429 | 500..=599 => Err(Failure::Transient(format!("{what}: {status} {code}"))),
             _ => Err(Failure::Final(StoreError::new(
@@ -370,9 +366,9 @@ impl S3Client {
         let last = offset + buf.len() as u64 - 1;
         let what = || format!("GET {key} bytes {offset}-{last}");
         let range = format!("bytes={offset}-{last}");
-        self.with_retries(&what, || {
+        self.with_retries(&what, |keys| {
             let what = what();
-            let url = self.signed(|c| self.bucket.get_object(c, key).sign(SIGNED_FOR));
+            let url = signed(keys, |c| self.bucket.get_object(c, key).sign(SIGNED_FOR));
             let deadline = self.deadline(buf.len());
             let reply = self.send(&what, "GET", &url, &[("Range", &range)], &[], &deadline)?;
             let Some((mut lease, head)) = self.classify(&what, "GET", reply, true, &deadline)?
@@ -433,9 +429,9 @@ impl S3Client {
     /// does not exist.
     pub fn get_all(&self, key: &str, limit: usize) -> Result<Option<Vec<u8>>, StoreError> {
         let what = || format!("GET {key}");
-        self.with_retries(&what, || {
+        self.with_retries(&what, |keys| {
             let what = what();
-            let url = self.signed(|c| self.bucket.get_object(c, key).sign(SIGNED_FOR));
+            let url = signed(keys, |c| self.bucket.get_object(c, key).sign(SIGNED_FOR));
             let deadline = self.deadline(0);
             let reply = self.send(&what, "GET", &url, &[], &[], &deadline)?;
             match self.classify(&what, "GET", reply, true, &deadline)? {
@@ -449,9 +445,9 @@ impl S3Client {
 
     pub fn put(&self, key: &str, data: &[u8]) -> Result<(), StoreError> {
         let what = || format!("PUT {key} ({} bytes)", data.len());
-        self.with_retries(&what, || {
+        self.with_retries(&what, |keys| {
             let what = what();
-            let url = self.signed(|c| self.bucket.put_object(c, key).sign(SIGNED_FOR));
+            let url = signed(keys, |c| self.bucket.put_object(c, key).sign(SIGNED_FOR));
             let deadline = self.deadline(data.len());
             let reply = self.send(&what, "PUT", &url, &[], data, &deadline)?;
             if let Some(reply) = self.classify(&what, "PUT", reply, false, &deadline)? {
@@ -463,9 +459,9 @@ impl S3Client {
 
     pub fn delete(&self, key: &str) -> Result<(), StoreError> {
         let what = || format!("DELETE {key}");
-        self.with_retries(&what, || {
+        self.with_retries(&what, |keys| {
             let what = what();
-            let url = self.signed(|c| self.bucket.delete_object(c, key).sign(SIGNED_FOR));
+            let url = signed(keys, |c| self.bucket.delete_object(c, key).sign(SIGNED_FOR));
             let deadline = self.deadline(0);
             let reply = self.send(&what, "DELETE", &url, &[], &[], &deadline)?;
             // Deleting a missing object is a success in S3 (204).
@@ -483,9 +479,9 @@ impl S3Client {
             .iter()
             .map(|k| ObjectIdentifier::new(k.clone()))
             .collect();
-        self.with_retries(&what, || {
+        self.with_retries(&what, |keys| {
             let what = what();
-            let (url, body, md5) = self.signed(|c| {
+            let (url, body, md5) = signed(keys, |c| {
                 let mut action = DeleteObjects::new(&self.bucket, c, objects.iter());
                 action.set_quiet(true);
                 let url = action.sign(SIGNED_FOR);
@@ -517,9 +513,9 @@ impl S3Client {
         let mut token: Option<String> = None;
         for _ in 0..MAX_LIST_PAGES {
             let what = || format!("ListObjectsV2 {prefix}");
-            let page = self.with_retries(&what, || {
+            let page = self.with_retries(&what, |keys| {
                 let what = what();
-                let url = self.signed(|c| {
+                let url = signed(keys, |c| {
                     let mut action = ListObjectsV2::new(&self.bucket, c);
                     action.with_prefix(prefix);
                     if let Some(token) = &token {
@@ -556,9 +552,9 @@ impl S3Client {
     /// Fails clearly when the bucket is missing or not ours to use.
     pub fn check_bucket(&self) -> Result<(), StoreError> {
         let what = || format!("HEAD bucket {}", self.bucket.name());
-        self.with_retries(&what, || {
+        self.with_retries(&what, |keys| {
             let what = what();
-            let url = self.signed(|c| self.bucket.head_bucket(c).sign(SIGNED_FOR));
+            let url = signed(keys, |c| self.bucket.head_bucket(c).sign(SIGNED_FOR));
             let deadline = self.deadline(0);
             let (lease, head) = self.send(&what, "HEAD", &url, &[], &[], &deadline)?;
             // HEAD replies have no body to tell NoSuchBucket: a 404 on the

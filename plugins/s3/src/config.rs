@@ -11,6 +11,8 @@ use plugin_glue::config::{
 };
 use plugin_glue::Secret;
 
+use crate::credentials::{KeyPair, KeySource};
+
 pub const HELP: &str = "\
 endpoint=URL          (required) S3 endpoint, http:// or https://
 cafile=PATH           PEM bundle of the CA certificates trusted for an
@@ -29,10 +31,24 @@ chunk-size=SIZE       Object size when creating (power of two, 4K to 1G;
 grow=BOOL             Allow size= larger than the stored size (default false).
 access-key=ID         Access key id (default: $AWS_ACCESS_KEY_ID).
 secret-key=+FILE      Secret key, as in nbdkit: +FILE, -FD or - (a literal
-                      key shows in ps and in nbdkit -v). Default:
-                      $AWS_SECRET_ACCESS_KEY; $AWS_SESSION_TOKEN is used
-                      when set. Both are removed from the environment once
-                      read (/proc/PID/environ, core dumps, --run commands).
+                      key shows in ps and in nbdkit -v). A +FILE is read
+                      again when rewritten and when the store refuses a
+                      request (403): rotation without restarting nbdkit.
+                      Default: $AWS_SECRET_ACCESS_KEY.
+session-token=+FILE   Session token of temporary credentials, same forms
+                      and re-reading; also read again on ExpiredToken.
+                      Default: $AWS_SESSION_TOKEN when set.
+credentials-file=PATH AWS shared credentials file: the key id, secret and
+                      token of profile=, read again as a whole when the
+                      file is rewritten or a request is refused, so a key
+                      with a new id can replace the old one. Default:
+                      $AWS_SHARED_CREDENTIALS_FILE when no key is given
+                      otherwise (~/.aws/credentials is not read unless
+                      named).
+profile=NAME          Profile in credentials-file= (default: $AWS_PROFILE,
+                      else default).
+                      The AWS_* variables are removed from the environment
+                      once read (/proc/PID/environ, core dumps, --run).
 pool-size=N           Idle keep-alive connections kept for the next
                       requests (default 16, one per nbdkit thread of an NBD
                       connection). It never holds requests back: more run
@@ -52,10 +68,8 @@ pub struct Config {
     pub region: String,
     pub virtual_host: bool,
     pub request: MetadataRequest,
-    pub access_key: Option<String>,
-    pub secret_key: Option<Secret>,
-    /// `$AWS_SESSION_TOKEN`, read when a key pair is used.
-    pub session_token: Option<Secret>,
+    /// `None`: anonymous requests.
+    pub keys: Option<KeySource>,
     pub pool_size: usize,
     pub connect_timeout: Duration,
     pub io_timeout: Duration,
@@ -73,6 +87,11 @@ pub struct ConfigBuilder {
     request: MetadataRequest,
     access_key: Option<String>,
     secret_key: Option<Secret>,
+    secret_file: Option<PathBuf>,
+    session_token: Option<Secret>,
+    token_file: Option<PathBuf>,
+    credentials_file: Option<PathBuf>,
+    profile: Option<String>,
     pool_size: Option<usize>,
     connect_timeout: Option<Duration>,
     io_timeout: Option<Duration>,
@@ -81,11 +100,13 @@ pub struct ConfigBuilder {
 }
 
 pub const KEYS: &str = "endpoint, bucket, prefix, region, addressing, size, chunk-size, grow, \
-                        access-key, secret-key, pool-size, connect-timeout, io-timeout, retry-window, \
+                        access-key, secret-key, session-token, credentials-file, profile, \
+                        pool-size, connect-timeout, io-timeout, retry-window, \
                         cafile";
 
 impl Builder for ConfigBuilder {
-    /// Every key except `secret-key` (see `set_secret`).
+    /// Every key except `secret-key` and `session-token` (see
+    /// `set_secret`).
     fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
         match key {
             "endpoint" => {
@@ -116,6 +137,11 @@ impl Builder for ConfigBuilder {
             "chunk-size" => self.request.chunk_size = Some(parse_size(key, value)?),
             "grow" => self.request.allow_grow = parse_bool(key, value)?,
             "access-key" => self.access_key = Some(value.to_owned()),
+            "credentials-file" if value.is_empty() => {
+                return Err(ConfigError::new(key, "empty path"))
+            }
+            "credentials-file" => self.credentials_file = Some(PathBuf::from(value)),
+            "profile" => self.profile = Some(value.to_owned()),
             // 0: a new connection per request (see HELP).
             "pool-size" if value.trim() == "0" => self.pool_size = Some(0),
             "pool-size" => self.pool_size = Some(parse_count(key, value, 1024)?),
@@ -129,13 +155,28 @@ impl Builder for ConfigBuilder {
         Ok(())
     }
 
-    /// `secret-key`, already read with nbdkit's password syntax.
+    /// `secret-key` and `session-token`, already read with nbdkit's
+    /// password syntax.
     fn set_secret(&mut self, key: &str, value: Secret) -> Result<(), ConfigError> {
+        if value.expose_str().is_err() {
+            return Err(ConfigError::new(key, "is not UTF-8 text"));
+        }
         match key {
             "secret-key" => self.secret_key = Some(value),
+            "session-token" => self.session_token = Some(value),
             _ => return Err(ConfigError::new(key, format!("unknown key (keys: {KEYS})"))),
         }
         Ok(())
+    }
+
+    /// The `+FILE` of a secret key: read again when rotated.
+    fn secret_file(&mut self, key: &str, path: Option<&std::path::Path>) {
+        let path = path.map(std::path::Path::to_path_buf);
+        match key {
+            "secret-key" => self.secret_file = path,
+            "session-token" => self.token_file = path,
+            _ => {}
+        }
     }
 }
 
@@ -145,23 +186,7 @@ impl ConfigBuilder {
     /// process; a parameter for tests). Variables are only read for what
     /// the keys did not give.
     pub fn build(self, env: impl Fn(&str) -> Option<Secret>) -> Result<Config, ConfigError> {
-        let access_key = self.access_key.or_else(|| {
-            env("AWS_ACCESS_KEY_ID").map(|id| String::from_utf8_lossy(id.expose()).into_owned())
-        });
-        let secret_key = self.secret_key.or_else(|| env("AWS_SECRET_ACCESS_KEY"));
-        if access_key.is_some() != secret_key.is_some() {
-            return Err(ConfigError::new(
-                "secret-key",
-                "an access key and a secret key go together (keys or AWS_* variables)",
-            ));
-        }
-        if secret_key.as_ref().is_some_and(|s| s.expose_str().is_err()) {
-            return Err(ConfigError::new("secret-key", "is not UTF-8 text"));
-        }
-        let session_token = secret_key
-            .as_ref()
-            .and_then(|_| env("AWS_SESSION_TOKEN"))
-            .filter(|token| token.expose_str().is_ok());
+        let keys = self.key_source(&env)?;
         let nonzero = |key: &str, d: Duration| {
             if d.is_zero() {
                 Err(ConfigError::new(key, "must be greater than 0"))
@@ -180,9 +205,7 @@ impl ConfigBuilder {
             region: self.region.unwrap_or_else(|| "us-east-1".into()),
             virtual_host: self.virtual_host,
             request: self.request,
-            access_key,
-            secret_key,
-            session_token,
+            keys,
             pool_size: self.pool_size.unwrap_or(16),
             connect_timeout: nonzero(
                 "connect-timeout",
@@ -195,6 +218,76 @@ impl ConfigBuilder {
             retry_window: self.retry_window.unwrap_or(Duration::from_secs(30)),
             cafile: self.cafile,
         })
+    }
+}
+
+impl ConfigBuilder {
+    /// Where the key pair comes from: the first source of
+    /// [`crate::credentials`]'s list that is given.
+    fn key_source(
+        &self,
+        env: &impl Fn(&str) -> Option<Secret>,
+    ) -> Result<Option<KeySource>, ConfigError> {
+        let given = self.access_key.is_some() || self.secret_key.is_some();
+        if given && self.credentials_file.is_some() {
+            return Err(ConfigError::new(
+                "credentials-file",
+                "either access-key= and secret-key= or credentials-file=, not both",
+            ));
+        }
+        let text = |name: &str| {
+            env(name).map(|value| String::from_utf8_lossy(value.expose()).into_owned())
+        };
+        let shared_file = |path: PathBuf| {
+            let profile = self
+                .profile
+                .clone()
+                .or_else(|| text("AWS_PROFILE"))
+                .unwrap_or_else(|| "default".into());
+            KeySource::shared_file(path, profile)
+                .map(Some)
+                .map_err(|e| ConfigError::new("credentials-file", e))
+        };
+        if let Some(path) = &self.credentials_file {
+            return shared_file(path.clone());
+        }
+        let access_key = self
+            .access_key
+            .clone()
+            .or_else(|| text("AWS_ACCESS_KEY_ID"));
+        let secret_key = self
+            .secret_key
+            .clone()
+            .or_else(|| env("AWS_SECRET_ACCESS_KEY"));
+        match (access_key, secret_key) {
+            (Some(access_key), Some(secret_key)) => {
+                if secret_key.expose_str().is_err() {
+                    return Err(ConfigError::new("secret-key", "is not UTF-8 text"));
+                }
+                let session_token = self
+                    .session_token
+                    .clone()
+                    .or_else(|| env("AWS_SESSION_TOKEN"))
+                    .filter(|token| token.expose_str().is_ok());
+                Ok(Some(KeySource::Given {
+                    keys: KeyPair {
+                        access_key,
+                        secret_key,
+                        session_token,
+                    },
+                    secret_file: self.secret_file.clone(),
+                    token_file: self.token_file.clone(),
+                }))
+            }
+            (None, None) => match text("AWS_SHARED_CREDENTIALS_FILE") {
+                Some(path) if !path.is_empty() => shared_file(PathBuf::from(path)),
+                _ => Ok(None),
+            },
+            _ => Err(ConfigError::new(
+                "secret-key",
+                "an access key and a secret key go together (keys or AWS_* variables)",
+            )),
+        }
     }
 }
 
@@ -233,7 +326,14 @@ mod tests {
         let c = b.clone().build(no_env).unwrap();
         assert_eq!(c.region, "us-east-1");
         assert!(!c.virtual_host);
-        assert_eq!(c.access_key, None);
+        assert!(c.keys.is_none(), "anonymous");
+    }
+
+    /// The key pair a configuration signs with.
+    fn keys(c: &Config) -> &KeyPair {
+        match c.keys.as_ref().expect("a key pair") {
+            KeySource::Given { keys, .. } | KeySource::SharedFile { keys, .. } => keys,
+        }
     }
 
     #[test]
@@ -247,35 +347,96 @@ mod tests {
             _ => None,
         };
         let c = b.clone().build(env).unwrap();
-        assert_eq!(c.access_key.as_deref(), Some("AK"));
-        assert_eq!(c.secret_key.as_ref().map(Secret::expose), Some(&b"SK"[..]));
-        assert!(
-            format!("{c:?}").contains("secret_key: Some(<redacted>)"),
-            "{c:?}"
-        );
+        assert_eq!(keys(&c).access_key, "AK");
+        assert_eq!(keys(&c).secret_key.expose(), b"SK");
+        assert!(format!("{c:?}").contains("secret_key: <redacted>"), "{c:?}");
         let mut given = b.clone();
         given.set("access-key", "AK1").unwrap();
+        given.secret_file("secret-key", Some(std::path::Path::new("/run/sk")));
         given.set_secret("secret-key", Secret::new(b"SK1")).unwrap();
         assert!(
             given.set("secret-key", "SK1").is_err(),
             "secret as plain text"
         );
+        assert!(given
+            .clone()
+            .set_secret("secret-key", Secret::new(b"\xff"))
+            .is_err());
         let c = given.build(env).unwrap();
-        assert_eq!(
-            c.secret_key.map(|s| s.expose().to_vec()),
-            Some(b"SK1".to_vec())
-        );
+        assert_eq!(keys(&c).access_key, "AK1");
+        assert_eq!(keys(&c).secret_key.expose(), b"SK1");
+        assert!(matches!(
+            &c.keys,
+            Some(KeySource::Given { secret_file: Some(f), token_file: None, .. })
+                if f == std::path::Path::new("/run/sk")
+        ));
         let with_token = |name: &str| match name {
             "AWS_SESSION_TOKEN" => Some(Secret::new(b"TOKEN")),
             _ => env(name),
         };
         let c = b.clone().build(with_token).unwrap();
         assert_eq!(
-            c.session_token.map(|t| t.expose().to_vec()),
-            Some(b"TOKEN".to_vec())
+            keys(&c).session_token.as_ref().map(Secret::expose),
+            Some(&b"TOKEN"[..])
+        );
+        let mut token_key = b.clone();
+        token_key
+            .set_secret("session-token", Secret::new(b"T2"))
+            .unwrap();
+        let c = token_key.build(with_token).unwrap();
+        assert_eq!(
+            keys(&c).session_token.as_ref().map(Secret::expose),
+            Some(&b"T2"[..]),
+            "the key wins over the environment"
         );
         let mut half = b.clone();
         half.set("access-key", "AK2").unwrap();
         assert!(half.build(no_env).is_err());
+    }
+
+    #[test]
+    fn a_shared_credentials_file_by_key_or_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("credentials");
+        std::fs::write(
+            &path,
+            "[default]\naws_access_key_id=AKD\naws_secret_access_key=SKD\n\
+             [ops]\naws_access_key_id=AKO\naws_secret_access_key=SKO\n",
+        )
+        .unwrap();
+        let mut b = ConfigBuilder::default();
+        b.set("endpoint", "http://127.0.0.1:3900").unwrap();
+        b.set("bucket", "b").unwrap();
+        let mut by_key = b.clone();
+        by_key
+            .set("credentials-file", &path.display().to_string())
+            .unwrap();
+        assert_eq!(
+            keys(&by_key.clone().build(no_env).unwrap()).access_key,
+            "AKD"
+        );
+        let ops_env = |name: &str| (name == "AWS_PROFILE").then(|| Secret::new(b"ops"));
+        assert_eq!(
+            keys(&by_key.clone().build(ops_env).unwrap()).access_key,
+            "AKO"
+        );
+        let mut missing = by_key.clone();
+        missing.set("profile", "nobody").unwrap();
+        let e = missing.build(no_env).unwrap_err().to_string();
+        assert!(
+            e.contains("[nobody]") && e.contains("no such profile"),
+            "{e}"
+        );
+        let mut both = by_key.clone();
+        both.set("access-key", "AK").unwrap();
+        assert!(both.build(no_env).is_err(), "two sources at once");
+        let file_env = |name: &str| match name {
+            "AWS_SHARED_CREDENTIALS_FILE" => {
+                Some(Secret::new(path.display().to_string().as_bytes()))
+            }
+            _ => None,
+        };
+        assert_eq!(keys(&b.clone().build(file_env).unwrap()).access_key, "AKD");
+        assert!(b.build(no_env).unwrap().keys.is_none(), "anonymous");
     }
 }

@@ -4,4 +4,5 @@
 mod backend;
 mod client;
 mod config;
+mod credentials;
 mod plugin;

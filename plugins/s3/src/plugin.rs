@@ -10,7 +10,7 @@ use crate::backend::{open_disk, S3Chunks};
 use crate::client::S3Client;
 use crate::config::{ConfigBuilder, HELP};
 
-static CONFIG: Collector<ConfigBuilder> = Collector::new("s3", &["secret-key"]);
+static CONFIG: Collector<ConfigBuilder> = Collector::new("s3", &["secret-key", "session-token"]);
 
 fn config(key: &str, value: &str) -> nbdkit::Result<()> {
     CONFIG.config(key, value)
