@@ -175,6 +175,13 @@ fn nbdkit_pid(sandbox: &Sandbox, name: &str) -> i32 {
     pid.unwrap_or_else(|| panic!("no nbdkit pidfile at {}", pidfile.display()))
 }
 
+/// The arguments nbdkit `pid` runs with, space-separated.
+fn nbdkit_command_line(pid: i32) -> String {
+    fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|raw| String::from_utf8_lossy(&raw).replace('\0', " "))
+        .unwrap_or_default()
+}
+
 fn attached_line(dev: &Path) -> String {
     format!("NBD `{}` is now attached.", dev.display())
 }
@@ -396,6 +403,10 @@ fn attaches_first_free_device_in_numeric_order_and_stops_on_sigterm() {
     let scheduler = fs::read_to_string(sandbox.path("sys/nbd2/queue/scheduler")).expect("read");
     assert_eq!(scheduler.trim(), "none");
     let pid = nbdkit_pid(&sandbox, "vol");
+    assert!(
+        !nbdkit_command_line(pid).contains("supersede="),
+        "a plugin without supersede= was given it"
+    );
 
     // SM stops it with SIGTERM to the whole process group.
     group_signal(&wrapper, libc::SIGTERM);
@@ -767,6 +778,14 @@ fn multihttp_export_writes_through_to_the_servers_disk() {
     let urls = format!("{},{}", first.url(), second.url());
     let mut wrapper = Proc::spawn("wrapper", multihttp_wrapper(&sandbox, "vol", &urls, SIZE));
     wait_attached(&wrapper);
+    // The kernel is the one client: a connection it gave up on must not
+    // write after its new one (multihttp_supersede.rs).
+    let pid = nbdkit_pid(&sandbox, "vol");
+    assert!(
+        nbdkit_command_line(pid).contains(" supersede=true"),
+        "{}",
+        nbdkit_command_line(pid)
+    );
     // What the kernel would send through /dev/nbdX, sent on the socket.
     let uri = format!("nbd+unix:///vol?socket={}", sandbox.socket("vol").display());
     harness::nbdsh(

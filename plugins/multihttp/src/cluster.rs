@@ -21,6 +21,7 @@ use http_client::abort::Abort;
 
 use tls_io::rustls::ClientConfig;
 
+use crate::clients::{Client, Clients};
 use crate::config::Config;
 use crate::discovery::{self, Found, NotFound};
 use crate::error::{Attempt, Error};
@@ -73,8 +74,11 @@ pub struct Cluster {
     unflushed_elsewhere: AtomicBool,
     /// Server in use, failovers and per-URL health, for `status-file=`.
     health: Health,
-    /// What each request thread is waiting for, for the stall watch.
+    /// What each request thread is waiting for, for the stall watch (and
+    /// for `supersede=true`, which abandons older connections' requests).
     watches: Watches,
+    /// The NBD connections, and which may still be served.
+    clients: Clients,
     /// The stall watch thread, once started, and how to stop it.
     watcher: Mutex<Option<JoinHandle<()>>>,
     stop_watch: (Mutex<bool>, Condvar),
@@ -96,6 +100,7 @@ impl Cluster {
             let _ = size.set(s);
         }
         let urls = Arc::new(config.urls.clone());
+        let clients = Clients::new(config.supersede);
         let journal_size = config.journal_size;
         Cluster {
             health: Health::new(Arc::clone(&urls), config.status_file.clone()),
@@ -113,6 +118,7 @@ impl Cluster {
             journal: Journal::new(journal_size),
             unflushed_elsewhere: AtomicBool::new(false),
             watches: Watches::default(),
+            clients,
             watcher: Mutex::new(None),
             stop_watch: (Mutex::new(false), Condvar::new()),
         }
@@ -136,6 +142,49 @@ impl Cluster {
 
     pub fn journal(&self) -> &Journal {
         &self.journal
+    }
+
+    /// A new NBD connection.
+    pub fn client_opened(&self) -> Client {
+        self.clients.opened()
+    }
+
+    pub fn supersedes(&self) -> bool {
+        self.clients.enabled()
+    }
+
+    /// Before a change or flush of `client` is sent: with
+    /// `supersede=true`, a connection newer than the last one that
+    /// changed the disk takes over, and every request of the older
+    /// connections still on the wire is abandoned now, before this one is
+    /// sent (see `clients.rs`).
+    pub fn take_over(&self, client: Client) {
+        if self.clients.take_over(client) {
+            let abandoned = self.watches.abort_clients_before(client.generation());
+            // Without requests in flight there is nothing to tell (the
+            // wrapper's readiness check is an older, idle connection).
+            let level = if abandoned > 0 {
+                log::Level::Error
+            } else {
+                log::Level::Debug
+            };
+            log::log!(
+                level,
+                "multihttp: NBD connection {} supersedes the older ones (supersede=true): \
+                 {abandoned} of their requests abandoned, the others fail",
+                client.generation()
+            );
+        }
+    }
+
+    /// The refusal of a request of a superseded connection.
+    fn superseded(&self, client: Client, what: &dyn Fn() -> String) -> Option<Error> {
+        self.clients.superseded(client).then(|| {
+            Error::Unavailable(format!(
+                "{} not sent: a newer NBD connection took over (supersede=true)",
+                what()
+            ))
+        })
     }
 
     pub fn current(&self) -> Option<Active> {
@@ -517,6 +566,7 @@ impl Cluster {
     /// [`Abort`], for every request it sends.
     pub fn run<T>(
         &self,
+        client: Client,
         what: &dyn Fn() -> String,
         bytes: u64,
         mut op: impl FnMut(&Active, &Abort) -> Result<T, Attempt>,
@@ -529,6 +579,9 @@ impl Cluster {
         let mut backoff = FIRST_BACKOFF;
         let mut last_error = String::new();
         for attempt in 1u32.. {
+            if let Some(error) = self.superseded(client, what) {
+                return Err(error);
+            }
             let remaining = deadline.saturating_duration_since(Instant::now());
             // The first round always gets a full probe, even with a
             // failover window of 0; later ones never outlast the window.
@@ -549,10 +602,23 @@ impl Cluster {
                 None => None,
             };
             let failed_on_server = if let Some(active) = active {
-                watch.begin(active.epoch, patience);
+                watch.begin(active.epoch, client.generation(), patience);
+                // Looked at again once registered: a take-over either saw
+                // this request running or is seen here.
+                if let Some(error) = self.superseded(client, what) {
+                    watch.end();
+                    return Err(error);
+                }
                 let result = op(&active, &watch.abort);
                 let abandoned = watch.abort.is_aborted();
                 watch.end();
+                // Abandoned for a newer connection, not for its server:
+                // the server is not left.
+                if abandoned && result.is_err() {
+                    if let Some(error) = self.superseded(client, what) {
+                        return Err(error);
+                    }
+                }
                 let result = match result {
                     Err(Attempt::Failover(why)) if abandoned => Err(Attempt::Failover(format!(
                         "abandoned ({why}): the stall watch left this server for another"

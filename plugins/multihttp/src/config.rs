@@ -29,6 +29,7 @@ pub const KEYS: &[&str] = &[
     "tls-verify",
     "writeback",
     "journal-size",
+    "supersede",
 ];
 
 /// Default of `connect-timeout=`: TCP connect and HEAD probe limit. Probes
@@ -113,6 +114,16 @@ journal-size=SIZE      With writeback=true: how much of the writes, trims
                        failover so the flush still succeeds (default 64M;
                        0: keep none). A failover after more than this
                        went unflushed makes the next flush fail with EIO.
+supersede=true         One NBD client at a time: the first write, trim,
+                       zero or flush of a newer connection ends the older
+                       connections' requests still waiting for a server
+                       (EIO; those on the wire are abandoned, and a
+                       server drops a write whose connection closed), and
+                       their later requests fail. For the kernel's
+                       reconnect after its timeout (nbd-http-server sets
+                       it): a request it gave up on and resent must not
+                       land after newer writes. Turns multi-conn off.
+                       Default false.
 status-file=PATH       Keep PATH (key=value lines) up to date with the
                        server in use, the failover count and each URL's
                        last error and last success; replaced atomically
@@ -153,6 +164,9 @@ pub struct Config {
     pub writeback: bool,
     /// `journal-size=`: bytes of write-back changes kept for replay.
     pub journal_size: u64,
+    /// `supersede=true`: a newer NBD connection's first change ends the
+    /// older connections' requests (see `cluster::Clients`).
+    pub supersede: bool,
 }
 
 /// How many connections may be open to one server.
@@ -196,6 +210,7 @@ pub struct ConfigBuilder {
     tls_verify: Option<bool>,
     writeback: Option<bool>,
     journal_size: Option<u64>,
+    supersede: Option<bool>,
 }
 
 impl Builder for ConfigBuilder {
@@ -235,6 +250,7 @@ impl Builder for ConfigBuilder {
             "tls-verify" => self.tls_verify = Some(parse_bool(key, value)?),
             "writeback" => self.writeback = Some(parse_bool(key, value)?),
             "journal-size" => self.journal_size = Some(parse_size(key, value)?),
+            "supersede" => self.supersede = Some(parse_bool(key, value)?),
             _ => return Err(ConfigError::unknown_key(key, KEYS)),
         }
         Ok(())
@@ -295,6 +311,7 @@ impl ConfigBuilder {
             // be lost with the server's host (see ops.rs).
             writeback: self.writeback.unwrap_or(false),
             journal_size: self.journal_size.unwrap_or(DEFAULT_JOURNAL_SIZE),
+            supersede: self.supersede.unwrap_or(false),
         })
     }
 }
@@ -377,6 +394,9 @@ mod tests {
         b.set("writeback", "true").unwrap();
         assert!(b.build().unwrap().writeback);
         assert!(b.set("writeback", "sometimes").is_err());
+        assert!(!b.build().unwrap().supersede, "several clients by default");
+        b.set("supersede", "true").unwrap();
+        assert!(b.build().unwrap().supersede);
         assert_eq!(c.journal_size, DEFAULT_JOURNAL_SIZE);
         b.set("journal-size", "1M").unwrap();
         assert_eq!(b.build().unwrap().journal_size, 1 << 20);

@@ -20,6 +20,7 @@
 //! - [`journal`]: write-back changes kept for replay after a failover;
 //! - [`error`]: errors and their errno, in one place.
 
+pub mod clients;
 pub mod cluster;
 pub mod config;
 pub mod credentials;

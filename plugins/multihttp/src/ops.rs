@@ -24,6 +24,7 @@
 
 use http_disk_protocol::{ByteRange, Feature};
 
+use crate::clients::Client;
 use crate::cluster::{Active, Cluster};
 use http_client::abort::Abort;
 
@@ -56,11 +57,11 @@ fn refuse_readonly(cluster: &Cluster, active: &Active) -> Result<(), Attempt> {
     Ok(())
 }
 
-pub fn read(cluster: &Cluster, buf: &mut [u8], offset: u64) -> Result<(), Error> {
+pub fn read(cluster: &Cluster, client: Client, buf: &mut [u8], offset: u64) -> Result<(), Error> {
     let len = buf.len();
     check_range(cluster, offset, len as u64)?;
     let what = || format!("read of {len} bytes at {offset}");
-    cluster.run(&what, len as u64, |active, abort| {
+    cluster.run(client, &what, len as u64, |active, abort| {
         cluster
             .transport()
             .read(cluster.url(active), offset, &mut *buf, abort)
@@ -146,6 +147,7 @@ pub fn apply(
 /// `writeback=true`, records it in the journal once acknowledged.
 fn change(
     cluster: &Cluster,
+    client: Client,
     what: &dyn Fn() -> String,
     change: ChangeRef<'_>,
     fua: bool,
@@ -155,17 +157,25 @@ fn change(
         ChangeRef::Write { data, .. } => data.len() as u64,
         ChangeRef::Trim(range) | ChangeRef::Zero { range, .. } => range.len(),
     };
-    cluster.run(what, bytes, |active, abort| {
+    cluster.take_over(client);
+    cluster.run(client, what, bytes, |active, abort| {
         apply(cluster, active, change, fua, fast, abort)?;
         cluster.record(active, change)
     })
 }
 
-pub fn write(cluster: &Cluster, data: &[u8], offset: u64, fua: bool) -> Result<(), Error> {
+pub fn write(
+    cluster: &Cluster,
+    client: Client,
+    data: &[u8],
+    offset: u64,
+    fua: bool,
+) -> Result<(), Error> {
     check_range(cluster, offset, data.len() as u64)?;
     let what = || format!("write of {} bytes at {offset}", data.len());
     change(
         cluster,
+        client,
         &what,
         ChangeRef::Write { offset, data },
         fua,
@@ -173,7 +183,8 @@ pub fn write(cluster: &Cluster, data: &[u8], offset: u64, fua: bool) -> Result<(
     )
 }
 
-pub fn flush(cluster: &Cluster) -> Result<(), Error> {
+pub fn flush(cluster: &Cluster, client: Client) -> Result<(), Error> {
+    cluster.take_over(client);
     if !cluster.config.writeback {
         // Write-through: every write, trim and zero acknowledged so far
         // was durable on its server before its reply. Nothing to send.
@@ -181,7 +192,7 @@ pub fn flush(cluster: &Cluster) -> Result<(), Error> {
     }
     let mark = cluster.journal().mark();
     let mut flushed_on = String::new();
-    cluster.run(&|| "flush".to_owned(), 0, |active, abort| {
+    cluster.run(client, &|| "flush".to_owned(), 0, |active, abort| {
         if active.info.has(Feature::Flush) {
             cluster
                 .transport()
@@ -208,19 +219,26 @@ pub fn flush(cluster: &Cluster) -> Result<(), Error> {
     Ok(())
 }
 
-pub fn trim(cluster: &Cluster, count: u32, offset: u64, fua: bool) -> Result<(), Error> {
+pub fn trim(
+    cluster: &Cluster,
+    client: Client,
+    count: u32,
+    offset: u64,
+    fua: bool,
+) -> Result<(), Error> {
     check_range(cluster, offset, count.into())?;
     let Some(range) = ByteRange::from_offset_len(offset, count.into()) else {
         return Ok(());
     };
     let what = || format!("trim of {count} bytes at {offset}");
-    change(cluster, &what, ChangeRef::Trim(range), fua, false)
+    change(cluster, client, &what, ChangeRef::Trim(range), fua, false)
 }
 
 /// Zeroes a range. `fast`: the client wants an error rather than a slow
 /// fallback (NBD_CMD_FLAG_FAST_ZERO).
 pub fn zero(
     cluster: &Cluster,
+    client: Client,
     count: u32,
     offset: u64,
     may_trim: bool,
@@ -234,6 +252,7 @@ pub fn zero(
     let what = || format!("zero of {count} bytes at {offset}");
     change(
         cluster,
+        client,
         &what,
         ChangeRef::Zero { range, may_trim },
         fua,

@@ -11,6 +11,7 @@ use nbdkit::{plugin, FuaFlags, Server, ThreadModel};
 use plugin_glue::config::{Collector, ConfigError};
 use plugin_glue::{guard, logging};
 
+use crate::clients::Client;
 use crate::cluster::Cluster;
 use crate::config::{self, ConfigBuilder};
 use crate::error::Error;
@@ -31,6 +32,8 @@ fn cluster() -> Result<&'static Arc<Cluster>, Error> {
 /// adapt to whichever server serves them.
 struct MultiHttp {
     cluster: Arc<Cluster>,
+    /// This connection among the others (`supersede=true`).
+    client: Client,
     server_at_open: Option<ServerInfo>,
 }
 
@@ -139,6 +142,9 @@ impl Server for MultiHttp {
             let _ = writeln!(out, "multihttp_old_server_compatible=yes");
             let _ = writeln!(out, "multihttp_url_schemes=http,https");
             let _ = writeln!(out, "multihttp_status_file=yes");
+            // nbd-http-server passes supersede=true only to a plugin that
+            // says it has it (an older one would refuse the key).
+            let _ = writeln!(out, "multihttp_supersede=yes");
             let _ = writeln!(
                 out,
                 "multihttp_status_file_refresh={:?}",
@@ -201,6 +207,7 @@ impl Server for MultiHttp {
                 };
                 cluster.transport().client_connection(true);
                 Ok(Box::new(MultiHttp {
+                    client: cluster.client_opened(),
                     cluster,
                     server_at_open,
                 }))
@@ -242,7 +249,9 @@ impl Server for MultiHttp {
         // All connections share one server choice, each flush is an
         // fdatasync of the whole device (or every write was synced, on an
         // old server): a flush on one connection covers all of them.
-        Ok(true)
+        // Not with supersede=true: a second connection's first write
+        // would end the first one's requests.
+        Ok(!self.cluster.supersedes())
     }
 
     fn can_trim(&self) -> nbdkit::Result<bool> {
@@ -261,7 +270,7 @@ impl Server for MultiHttp {
         let len = buf.len();
         guard(
             || format!("multihttp: read of {len} bytes at {offset}"),
-            || ops::read(&self.cluster, buf, offset),
+            || ops::read(&self.cluster, self.client, buf, offset),
         )
     }
 
@@ -271,6 +280,7 @@ impl Server for MultiHttp {
             || {
                 ops::write(
                     &self.cluster,
+                    self.client,
                     buf,
                     offset,
                     flags.contains(nbdkit::Flags::FUA),
@@ -282,7 +292,7 @@ impl Server for MultiHttp {
     fn flush(&self) -> nbdkit::Result<()> {
         guard(
             || "multihttp: flush".to_owned(),
-            || ops::flush(&self.cluster),
+            || ops::flush(&self.cluster, self.client),
         )
     }
 
@@ -292,6 +302,7 @@ impl Server for MultiHttp {
             || {
                 ops::trim(
                     &self.cluster,
+                    self.client,
                     count,
                     offset,
                     flags.contains(nbdkit::Flags::FUA),
@@ -306,6 +317,7 @@ impl Server for MultiHttp {
             || {
                 ops::zero(
                     &self.cluster,
+                    self.client,
                     count,
                     offset,
                     flags.contains(nbdkit::Flags::MAY_TRIM),

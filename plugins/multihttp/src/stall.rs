@@ -47,6 +47,8 @@ pub struct Running {
     pub request: u64,
     /// The server choice it runs on (`Active`'s epoch).
     pub epoch: u64,
+    /// The NBD connection it serves (`Client`'s generation).
+    pub client: u64,
     pub started: Instant,
     /// When it counts as stalled.
     pub stalls_at: Instant,
@@ -58,13 +60,15 @@ impl Watch {
         self.running.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// An attempt on server choice `epoch` starts; it stalls after `patience`.
-    pub fn begin(&self, epoch: u64, patience: Duration) {
+    /// An attempt of NBD connection `client` on server choice `epoch`
+    /// starts; it stalls after `patience`.
+    pub fn begin(&self, epoch: u64, client: u64, patience: Duration) {
         let request = self.abort.begin();
         let started = Instant::now();
         *self.lock() = Some(Running {
             request,
             epoch,
+            client,
             started,
             stalls_at: started + patience,
         });
@@ -141,6 +145,16 @@ impl Watches {
             .collect()
     }
 
+    /// Aborts every running request of an NBD connection older than
+    /// `client` (see `clients.rs`); returns how many.
+    pub fn abort_clients_before(&self, client: u64) -> usize {
+        self.running()
+            .into_iter()
+            .filter(|(_, running)| running.client < client)
+            .filter(|(watch, running)| watch.abort.abort(running.request))
+            .count()
+    }
+
     /// Aborts every running request on server choice `epoch`; returns how many.
     pub fn abort_epoch(&self, epoch: u64) -> usize {
         self.running()
@@ -160,12 +174,12 @@ mod tests {
         let watches = Arc::new(Watches::default());
         let mine = watches.mine();
         assert!(Arc::ptr_eq(&mine, &watches.mine()), "one watch per thread");
-        mine.begin(7, Duration::from_millis(500));
+        mine.begin(7, 1, Duration::from_millis(500));
         let other = {
             let watches = Arc::clone(&watches);
             std::thread::spawn(move || {
                 let watch = watches.mine();
-                watch.begin(8, Duration::ZERO);
+                watch.begin(8, 2, Duration::ZERO);
                 watch
             })
             .join()
@@ -174,8 +188,11 @@ mod tests {
         // The other thread ended: its watch lives on only through `other`.
         let epochs: Vec<u64> = watches.running().iter().map(|(_, r)| r.epoch).collect();
         assert_eq!(epochs.len(), 2, "{epochs:?}");
+        assert_eq!(watches.abort_clients_before(1), 0);
         assert_eq!(watches.abort_epoch(8), 1);
         assert!(other.abort.is_aborted() && !mine.abort.is_aborted());
+        assert_eq!(watches.abort_clients_before(2), 1, "connection 1's request");
+        assert!(mine.abort.is_aborted());
         drop(other);
         mine.end();
         assert!(watches.running().is_empty());
