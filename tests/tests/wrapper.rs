@@ -120,7 +120,17 @@ impl Sandbox {
     /// pointed at this sandbox. `fake_client`: put the stand-in first on
     /// PATH (else the real nbd-client is used).
     fn wrapper(&self, name: &str, args: &[&str], fake_client: bool) -> Command {
-        let mut cmd = Command::new(workspace_root().join("scripts/nbd-http-server"));
+        self.wrapper_at(
+            &workspace_root().join("scripts/nbd-http-server"),
+            name,
+            args,
+            fake_client,
+        )
+    }
+
+    /// As [`Sandbox::wrapper`], running the wrapper file `script`.
+    fn wrapper_at(&self, script: &Path, name: &str, args: &[&str], fake_client: bool) -> Command {
+        let mut cmd = Command::new(script);
         cmd.arg("--socket-path")
             .arg(self.socket(name))
             .args(["--nbd-name", name])
@@ -570,6 +580,83 @@ fn with_nbd_netlink_a_killed_nbdkit_is_restarted_and_the_device_kept() {
         wrapper.output.snapshot().join("\n")
     );
     assert!(!sandbox.path("sys/nbd0/pid").exists(), "still attached");
+    sandbox.assert_cleaned_up("vol", Some(pid));
+}
+
+/// The in-place upgrade of the wrapper itself: after its file is replaced
+/// (a new inode renamed over, as a package manager does), SIGHUP makes
+/// the same process run the new file, which adopts the device and the
+/// nbd-netlink keeping it and starts a new nbdkit. Twice, then an nbdkit
+/// death is still restarted and SIGTERM still detaches.
+#[test]
+fn sighup_runs_the_upgraded_wrapper_in_the_same_process_and_keeps_the_device() {
+    let sandbox = Sandbox::new(&["nbd0"]);
+    // Next to the stand-in nbd-netlink, which the wrapper looks for there.
+    let script = sandbox.path("bin/nbd-http-server");
+    let original = fs::read_to_string(workspace_root().join("scripts/nbd-http-server")).unwrap();
+    fs::write(&script, &original).unwrap();
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
+    let mut cmd = sandbox.wrapper_at(&script, "vol", MEMORY, true);
+    cmd.env("HND_ATTACH", "netlink");
+    let mut wrapper = Proc::spawn("wrapper", cmd);
+    wait_attached(&wrapper);
+    let marker = sandbox.path("sys/nbd0/pid");
+    let netlink_pid = fs::read_to_string(&marker).unwrap().trim().to_owned();
+    let dev = sandbox.path("dev/nbd0").display().to_string();
+    for upgrade in 1..=2 {
+        let said = format!("upgraded wrapper {upgrade} adopting");
+        let upgraded = original.replace(
+            "adopt_device() {\n",
+            &format!("adopt_device() {{\n    log \"{said}\"\n"),
+        );
+        assert_ne!(upgraded, original, "adopt_device not found in the wrapper");
+        let next = sandbox.path("bin/nbd-http-server.new");
+        fs::write(&next, upgraded).unwrap();
+        fs::set_permissions(&next, fs::Permissions::from_mode(0o755)).unwrap();
+        fs::rename(&next, &script).unwrap();
+        wrapper.signal(libc::SIGHUP);
+        restarted_nbdkit_pid(&sandbox, "vol", upgrade, &wrapper);
+        let output = wrapper.output.snapshot().join("\n");
+        assert!(
+            output.contains(&said),
+            "the new file did not run:\n{output}"
+        );
+        assert!(
+            output.contains(&format!(
+                "(in-place upgrade): {dev} and nbd-netlink (pid {netlink_pid}) carry on"
+            )),
+            "{output}"
+        );
+        assert_eq!(wrapper.wait_timeout(Duration::from_millis(300)), None);
+        assert_eq!(
+            fs::read_to_string(&marker).unwrap_or_default().trim(),
+            netlink_pid,
+            "the device is not held by the same nbd-netlink"
+        );
+    }
+    // The adopted wrapper still restarts a killed nbdkit.
+    let pid = nbdkit_pid(&sandbox, "vol");
+    // SAFETY: kill(2) on the nbdkit our wrapper started.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let pid = restarted_nbdkit_pid(&sandbox, "vol", 3, &wrapper);
+    assert!(wrapper.output.contains("restarting it (restart 1)"));
+    group_signal(&wrapper, libc::SIGTERM);
+    let status = wrapper
+        .wait_timeout(EXIT_TIMEOUT)
+        .expect("wrapper exits on SIGTERM");
+    let output = wrapper.output.snapshot().join("\n");
+    assert_eq!(status.code(), Some(0), "{output}");
+    assert!(output.contains(&format!("detached {dev}")), "{output}");
+    assert!(!marker.exists(), "still attached");
+    let netlink_pid: i32 = netlink_pid.parse().unwrap();
+    assert!(
+        wait_until(EXIT_TIMEOUT, || {
+            // SAFETY: signal 0 only checks whether the stand-in still runs.
+            let alive = unsafe { libc::kill(netlink_pid, 0) } == 0;
+            !alive
+        }),
+        "nbd-netlink left behind"
+    );
     sandbox.assert_cleaned_up("vol", Some(pid));
 }
 
