@@ -549,7 +549,7 @@ fn with_nbd_netlink_a_killed_nbdkit_is_restarted_and_the_device_kept() {
     let dev = sandbox.path("dev/nbd0").display().to_string();
     assert_eq!(
         attach.trim(),
-        format!("attach --socket {socket} --export vol --device {dev} --timeout 60 --dead-conn-timeout 60"),
+        format!("attach --socket {socket} --export vol --device {dev} --timeout 10 --dead-conn-timeout 60"),
         "nbd-netlink arguments"
     );
     let mut pid = nbdkit_pid(&sandbox, "vol");
