@@ -68,12 +68,26 @@ pub struct Deadline {
     step: Duration,
 }
 
+/// Slowest payload rate a working server or store is allowed (1 MiB/s):
+/// see [`Deadline::for_payload`].
+pub const MIN_TRANSFER_RATE: u64 = 1 << 20;
+
 impl Deadline {
     pub fn new(total: Duration, step: Duration) -> Deadline {
         Deadline {
             at: Instant::now() + total,
             step: step.min(total),
         }
+    }
+
+    /// The one deadline rule of a request carrying `bytes` (multihttp's
+    /// and s3's): `io_timeout` plus the time the payload needs at `rate`
+    /// bytes a second, each blocking call bounded by `io_timeout`. A large
+    /// transfer on a slow but working link is not cut, while a peer that
+    /// stopped is given up after about `io_timeout`.
+    pub fn for_payload(io_timeout: Duration, bytes: u64, rate: u64) -> Deadline {
+        let total = io_timeout + Duration::from_secs_f64(bytes as f64 / rate.max(1) as f64);
+        Deadline::new(total, io_timeout)
     }
 
     pub fn at(&self) -> Instant {
@@ -793,5 +807,19 @@ mod tests {
         );
         let d = Deadline::new(Duration::from_secs(60), Duration::from_secs(5));
         assert_eq!(d.next_timeout().unwrap(), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_payload_lengthens_the_deadline_not_each_call() {
+        let io = Duration::from_secs(30);
+        let d = Deadline::for_payload(io, 64 * MIN_TRANSFER_RATE, MIN_TRANSFER_RATE);
+        let left = d.at.saturating_duration_since(Instant::now());
+        assert!(
+            left > Duration::from_secs(93) && left <= Duration::from_secs(94),
+            "{left:?}"
+        );
+        assert_eq!(d.step, io);
+        let small = Deadline::for_payload(io, 0, MIN_TRANSFER_RATE);
+        assert!(small.at.saturating_duration_since(Instant::now()) <= io);
     }
 }

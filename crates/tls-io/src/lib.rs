@@ -38,16 +38,37 @@ pub fn provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
     std::sync::Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// A client configuration that trusts exactly the CAs of the PEM bundle
-/// at `cafile` (safe protocol versions, no client certificate). Errors
-/// name the file and what is wrong with it.
-pub fn client_trusting(cafile: &std::path::Path) -> Result<rustls::ClientConfig, String> {
-    let roots = pem::root_store(cafile)?;
-    Ok(rustls::ClientConfig::builder_with_provider(provider())
+/// How a client verifies the servers it connects to.
+pub enum Trust {
+    /// Certificates chaining to exactly these roots, naming the host.
+    Roots(rustls::RootCertStore),
+    /// The caller's own verifier (multihttp's rotating CA file, or its
+    /// `tls-verify=false`).
+    Verifier(std::sync::Arc<dyn rustls::client::danger::ServerCertVerifier>),
+}
+
+/// The one place a client configuration is made (multihttp, s3, tests):
+/// the ring provider, safe protocol versions, no client certificate, and
+/// ALPN `http/1.1` (all these clients speak). Errors say what failed.
+pub fn client_config(trust: Trust) -> Result<rustls::ClientConfig, String> {
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS set-up: {e}"))?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
+        .map_err(|e| format!("TLS set-up: {e}"))?;
+    let mut config = match trust {
+        Trust::Roots(roots) => builder.with_root_certificates(roots),
+        Trust::Verifier(verifier) => builder
+            .dangerous()
+            .with_custom_certificate_verifier(verifier),
+    }
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// A client configuration that trusts exactly the CAs of the PEM bundle
+/// at `cafile`. Errors name the file and what is wrong with it.
+pub fn client_trusting(cafile: &std::path::Path) -> Result<rustls::ClientConfig, String> {
+    client_config(Trust::Roots(pem::root_store(cafile)?))
 }
 
 /// Completes the handshake (nothing to do when it is done already).

@@ -49,7 +49,7 @@ pub fn client_config(config: &Config) -> Result<Option<Arc<ClientConfig>>, Confi
         }
         return Ok(None);
     }
-    let mut client = if config.tls_verify {
+    let verifier: Arc<dyn ServerCertVerifier> = if config.tls_verify {
         let system = || {
             SYSTEM_CA_BUNDLES
                 .iter()
@@ -65,30 +65,20 @@ pub fn client_config(config: &Config) -> Result<Option<Arc<ClientConfig>>, Confi
                 ),
             ));
         };
-        let provider = tls_io::provider();
-        let verifier = RotatingCa::new(cafile.to_owned(), Arc::clone(&provider))
-            .map_err(|e| ConfigError::new("cafile", e))?;
-        ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| ConfigError::new("urls", format!("TLS set-up: {e}")))?
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(verifier))
-            .with_no_client_auth()
+        Arc::new(
+            RotatingCa::new(cafile.to_owned(), tls_io::provider())
+                .map_err(|e| ConfigError::new("cafile", e))?,
+        )
     } else {
         log::warn!(
             "multihttp: WARNING: tls-verify=false: the certificates and names of https:// servers \
              are NOT checked; the traffic is encrypted, but anyone on the network path can pose \
              as a server and read or change the disk's data"
         );
-        let provider = tls_io::provider();
-        ClientConfig::builder_with_provider(Arc::clone(&provider))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| ConfigError::new("urls", format!("TLS set-up: {e}")))?
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(NoVerification(provider)))
-            .with_no_client_auth()
+        Arc::new(NoVerification(tls_io::provider()))
     };
-    client.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let client = tls_io::client_config(tls_io::Trust::Verifier(verifier))
+        .map_err(|e| ConfigError::new("urls", e))?;
     Ok(Some(Arc::new(client)))
 }
 

@@ -42,8 +42,7 @@ use http_client::response::{Body, ResponseHead};
 use crate::error::Attempt;
 use crate::reply::{self, ServerInfo};
 
-/// Slowest payload rate a working server is allowed (1 MiB/s).
-pub const MIN_TRANSFER_RATE: u64 = 1 << 20;
+pub use http_client::connection::MIN_TRANSFER_RATE;
 /// Slowest rate at which a server may zero or trim a range (64 MiB/s:
 /// zeroing a block device without hardware offload writes the zeros).
 pub const MIN_ZERO_RATE: u64 = 64 << 20;
@@ -141,8 +140,7 @@ impl Transport {
 
     /// Deadline of a whole request moving `bytes` at `rate` or faster.
     fn data_deadline(&self, bytes: u64, rate: u64) -> Deadline {
-        let total = self.io_timeout + Duration::from_secs_f64(bytes as f64 / rate as f64);
-        Deadline::new(total, self.io_timeout)
+        Deadline::for_payload(self.io_timeout, bytes, rate)
     }
 
     /// Sends one request and reads the reply head (every request here is

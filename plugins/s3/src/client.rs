@@ -23,7 +23,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use chunk_store::StoreError;
-use http_client::connection::Deadline;
+use http_client::connection::{Deadline, MIN_TRANSFER_RATE};
 use http_client::endpoint::{server_name, Address, Endpoint, Lease, Pool, SendError};
 use http_client::request::Request;
 use http_client::response::{Body, ResponseHead};
@@ -31,6 +31,7 @@ use plugin_glue::refreshable::Refreshable;
 use rusty_s3::actions::{DeleteObjects, ListObjectsV2, ObjectIdentifier};
 use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
 use tls_io::rustls::{ClientConfig, RootCertStore};
+use tls_io::Trust;
 use url::{Position, Url};
 
 use crate::config::Config;
@@ -40,8 +41,6 @@ use crate::credentials::{KeyPair, KeySource};
 const SIGNED_FOR: Duration = Duration::from_secs(3600);
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
-/// Slowest payload rate a working store is allowed (1 MiB/s).
-const MIN_TRANSFER_RATE: f64 = (1 << 20) as f64;
 /// At most this many pages when listing (1000 keys each): bounded.
 const MAX_LIST_PAGES: usize = 100_000;
 /// Error documents are read up to this size (for their `<Code>`), and
@@ -99,21 +98,13 @@ pub struct S3Client {
 /// whatever its bundle's age or path (dom0s differ); a private CA is
 /// what `cafile=` is for.
 fn tls_config(cafile: Option<&std::path::Path>) -> Result<Arc<ClientConfig>, String> {
-    let mut config = match cafile {
-        Some(cafile) => tls_io::client_trusting(cafile).map_err(|e| format!("cafile: {e}"))?,
-        None => {
-            let roots = RootCertStore {
-                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-            };
-            ClientConfig::builder_with_provider(tls_io::provider())
-                .with_safe_default_protocol_versions()
-                .map_err(|e| format!("TLS set-up: {e}"))?
-                .with_root_certificates(roots)
-                .with_no_client_auth()
-        }
+    let roots = match cafile {
+        Some(cafile) => tls_io::pem::root_store(cafile).map_err(|e| format!("cafile: {e}"))?,
+        None => RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        },
     };
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    tls_io::client_config(Trust::Roots(roots)).map(Arc::new)
 }
 
 /// The `Host` header of `url` as rusty-s3 signs it: the host, and the
@@ -179,8 +170,7 @@ impl S3Client {
 
     /// The deadline of a request carrying `bytes`.
     fn deadline(&self, bytes: usize) -> Deadline {
-        let total = self.io_timeout + Duration::from_secs_f64(bytes as f64 / MIN_TRANSFER_RATE);
-        Deadline::new(total, self.io_timeout)
+        Deadline::for_payload(self.io_timeout, bytes as u64, MIN_TRANSFER_RATE)
     }
 
     /// Runs `attempt`, signing with the key pair in use (see [`signed`]),
