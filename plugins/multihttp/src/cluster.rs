@@ -27,7 +27,7 @@ use crate::discovery::{self, Found, NotFound};
 use crate::error::{Attempt, Error};
 use crate::health::Health;
 use crate::journal::{Backlog, ChangeRef, Journal, Recorded, Stale};
-use crate::reply::{ServerInfo, WRONG_SIZE};
+use crate::reply::{ProbeError, ServerInfo};
 use crate::stall::{self, Watches};
 use crate::transport::Transport;
 
@@ -243,11 +243,11 @@ impl Cluster {
         limit: Duration,
     ) -> Result<Found, NotFound> {
         let on_probe =
-            |index: usize, result: &Result<ServerInfo, String>| self.note_probe(index, result);
+            |index: usize, result: &Result<ServerInfo, ProbeError>| self.note_probe(index, result);
         let size = self.size();
         discovery::discover(
             &self.transport,
-            &self.urls,
+            self.urls.len(),
             size,
             avoid,
             skip,
@@ -257,14 +257,16 @@ impl Cluster {
     }
 
     /// Health and the wrong-size log of one probe result.
-    fn note_probe(&self, index: usize, result: &Result<ServerInfo, String>) {
+    fn note_probe(&self, index: usize, result: &Result<ServerInfo, ProbeError>) {
         match result {
             Ok(_) => self.health.success(index),
             Err(why) => {
-                if why.contains(WRONG_SIZE) && lock(&self.wrong_size_logged).insert(index) {
+                if matches!(why, ProbeError::WrongSize { .. })
+                    && lock(&self.wrong_size_logged).insert(index)
+                {
                     log::error!("multihttp: {}: {why}", self.urls[index]);
                 }
-                self.health.failure(index, why);
+                self.health.failure(index, &why.to_string());
             }
         }
     }

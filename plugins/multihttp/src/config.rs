@@ -145,6 +145,8 @@ tls-verify=false       DANGEROUS: check neither certificates nor names of
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     pub urls: Vec<String>,
+    /// `urls`, parsed once here (same order): what requests are sent to.
+    pub addresses: Vec<Address>,
     pub device_size: Option<u64>,
     pub user: Option<String>,
     pub password: Option<Secret>,
@@ -196,6 +198,7 @@ impl PoolSize {
 #[derive(Clone, Debug, Default)]
 pub struct ConfigBuilder {
     urls: Vec<String>,
+    addresses: Vec<Address>,
     device_size: Option<u64>,
     user: Option<String>,
     password: Option<Secret>,
@@ -218,8 +221,9 @@ impl Builder for ConfigBuilder {
     fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
         match key {
             "urls" => {
-                for url in parse_urls(value)? {
+                for (url, address) in parse_urls(value)? {
                     self.urls.push(url);
+                    self.addresses.push(address);
                 }
             }
             "device-size" => {
@@ -292,6 +296,7 @@ impl ConfigBuilder {
         }
         Ok(Config {
             urls: self.urls.clone(),
+            addresses: self.addresses.clone(),
             device_size: self.device_size,
             user: self.user.clone(),
             password: self.password.clone(),
@@ -326,8 +331,8 @@ fn positive(key: &str, value: &str) -> Result<Duration, ConfigError> {
 }
 
 /// Splits a comma-separated URL list (whitespace ignored, empty entries
-/// skipped so a trailing comma is harmless) and checks each URL.
-pub fn parse_urls(value: &str) -> Result<Vec<String>, ConfigError> {
+/// skipped so a trailing comma is harmless) and parses each URL.
+pub fn parse_urls(value: &str) -> Result<Vec<(String, Address)>, ConfigError> {
     let urls: Vec<String> = value
         .split(',')
         .map(|u| u.chars().filter(|c| !c.is_whitespace()).collect::<String>())
@@ -336,13 +341,16 @@ pub fn parse_urls(value: &str) -> Result<Vec<String>, ConfigError> {
     if urls.is_empty() {
         return Err(ConfigError::new("urls", "no URL in the list"));
     }
-    for url in &urls {
-        check_url(url).map_err(|why| {
+    urls.into_iter()
+        .map(|url| match check_url(&url) {
+            Ok(address) => Ok((url, address)),
             // Never echo what may be credentials typed into the URL.
-            ConfigError::new("urls", format!("{:?}: {why}", redact_userinfo(url)))
-        })?;
-    }
-    Ok(urls)
+            Err(why) => Err(ConfigError::new(
+                "urls",
+                format!("{:?}: {why}", redact_userinfo(&url)),
+            )),
+        })
+        .collect()
 }
 
 /// `url` for a message, with everything before an `@` (what would be
@@ -361,7 +369,7 @@ pub fn redact_userinfo(url: &str) -> String {
 /// should fail at start-up, not at failover. Any `@` is refused first, even
 /// in the path: a password containing `/` would otherwise end the host part
 /// early, and the parser's "bad port" error would quote a piece of it.
-fn check_url(url: &str) -> Result<(), String> {
+fn check_url(url: &str) -> Result<Address, String> {
     if url.contains('@') {
         return Err("put credentials in user=/password=, not in the URL".into());
     }
@@ -369,7 +377,7 @@ fn check_url(url: &str) -> Result<(), String> {
     if address.tls {
         crate::tls::server_name(&address.host)?;
     }
-    Ok(())
+    Ok(address)
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::reply::ServerInfo;
+use crate::reply::{ProbeError, ServerInfo};
 use crate::transport::Transport;
 
 /// The outcome of one discovery round.
@@ -35,7 +35,7 @@ impl NotFound {
     }
 }
 
-/// Probes all `urls` in parallel and returns the first usable server,
+/// Probes all `servers` (URL indexes `0..servers`) in parallel and returns the first usable server,
 /// waiting at most `limit`. Servers in `avoid` (those that just failed
 /// this request) are used only when no other server answered by the
 /// time every probe finished or `limit` passed; `skip` (the server the
@@ -43,25 +43,25 @@ impl NotFound {
 /// every probe result that arrives in time.
 pub fn discover(
     transport: &Arc<Transport>,
-    urls: &Arc<Vec<String>>,
+    servers: usize,
     expected_size: Option<u64>,
     avoid: &HashSet<usize>,
     skip: Option<usize>,
     limit: Duration,
-    on_probe: &dyn Fn(usize, &Result<ServerInfo, String>),
+    on_probe: &dyn Fn(usize, &Result<ServerInfo, ProbeError>),
 ) -> Result<Found, NotFound> {
     let deadline = Instant::now() + limit;
     let (tx, rx) = mpsc::channel();
     let mut reasons = Vec::new();
     let mut pending = 0usize;
-    for index in (0..urls.len()).filter(|&i| Some(i) != skip) {
-        let (tx, transport, urls) = (tx.clone(), Arc::clone(transport), Arc::clone(urls));
+    for index in (0..servers).filter(|&i| Some(i) != skip) {
+        let (tx, transport) = (tx.clone(), Arc::clone(transport));
         // Detached: a probe stuck on a blackholed host finishes on its own
         // after connect-timeout; nobody waits for it longer than `limit`.
         let spawned = thread::Builder::new()
             .name(format!("multihttp-probe-{index}"))
             .spawn(move || {
-                let result = transport.probe(&urls[index], expected_size);
+                let result = transport.probe(index, expected_size);
                 let _ = tx.send((index, result));
             });
         match spawned {
@@ -85,7 +85,7 @@ pub fn discover(
                     Ok(info) => {
                         fallback.get_or_insert(Found { index, info });
                     }
-                    Err(why) => reasons.push((index, why)),
+                    Err(why) => reasons.push((index, why.to_string())),
                 }
             }
             Err(_) => break,
@@ -95,7 +95,7 @@ pub fn discover(
         return Ok(found);
     }
     let answered: HashSet<usize> = reasons.iter().map(|(i, _)| *i).collect();
-    for index in (0..urls.len()).filter(|i| !answered.contains(i) && Some(*i) != skip) {
+    for index in (0..servers).filter(|i| !answered.contains(i) && Some(*i) != skip) {
         reasons.push((index, format!("no answer within {limit:?}")));
     }
     reasons.sort_by_key(|(i, _)| *i);

@@ -64,7 +64,7 @@ pub fn read(cluster: &Cluster, client: Client, buf: &mut [u8], offset: u64) -> R
     cluster.run(client, &what, len as u64, |active, abort| {
         cluster
             .transport()
-            .read(cluster.url(active), offset, &mut *buf, abort)
+            .read(active.index, offset, &mut *buf, abort)
     })
 }
 
@@ -87,7 +87,7 @@ fn put(
     let size = cluster.size().unwrap_or(0);
     cluster
         .transport()
-        .write(cluster.url(active), offset, data, size, writeback, abort)
+        .write(active.index, offset, data, size, writeback, abort)
 }
 
 /// Applies one change on `active`: the one place that turns a write, trim
@@ -103,7 +103,6 @@ pub fn apply(
     abort: &Abort,
 ) -> Result<(), Attempt> {
     refuse_readonly(cluster, active)?;
-    let url = cluster.url(active);
     match change {
         ChangeRef::Write { offset, data } => put(cluster, active, data, offset, fua, abort),
         ChangeRef::Trim(range) => {
@@ -116,17 +115,18 @@ pub fn apply(
             let writeback = writeback(cluster, active, fua);
             cluster
                 .transport()
-                .post(url, PostOp::Trim(range), writeback, abort)
+                .post(active.index, PostOp::Trim(range), writeback, abort)
         }
         ChangeRef::Zero { range, may_trim } => {
             if active.info.has(Feature::Zero) {
                 let writeback = writeback(cluster, active, fua);
                 let op = PostOp::Zero { range, may_trim };
-                return cluster.transport().post(url, op, writeback, abort);
+                return cluster.transport().post(active.index, op, writeback, abort);
             }
             if fast {
                 return Err(Attempt::Fatal(Error::NotFast(format!(
-                    "{url} has no zero extension"
+                    "{} has no zero extension",
+                    cluster.url(active)
                 ))));
             }
             // Old server: write the zeros. A failover repeats the whole
@@ -196,7 +196,7 @@ pub fn flush(cluster: &Cluster, client: Client) -> Result<(), Error> {
         if active.info.has(Feature::Flush) {
             cluster
                 .transport()
-                .post(cluster.url(active), PostOp::Flush, false, abort)?;
+                .post(active.index, PostOp::Flush, false, abort)?;
         }
         // Old server: every PUT it acknowledged was already synced.
         flushed_on = cluster.url(active).to_owned();

@@ -41,8 +41,34 @@ impl ServerInfo {
     }
 }
 
-/// Marks the probe error of a server whose size is not ours.
-pub const WRONG_SIZE: &str = "WRONG DISK SIZE";
+/// Why a probe found no usable server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProbeError {
+    /// The server holds a disk of another size: another disk, never used
+    /// (logged once per server, see `Cluster::note_probe`).
+    WrongSize { size: u64, expected: u64 },
+    /// Down, refusing, or a reply we cannot use: the next probe may do.
+    Unusable(String),
+}
+
+impl std::fmt::Display for ProbeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            // The words operators and tests look for in the log.
+            ProbeError::WrongSize { size, expected } => write!(
+                f,
+                "WRONG DISK SIZE: the server has {size} bytes, expected {expected}; never using it"
+            ),
+            ProbeError::Unusable(why) => f.write_str(why),
+        }
+    }
+}
+
+impl From<String> for ProbeError {
+    fn from(why: String) -> ProbeError {
+        ProbeError::Unusable(why)
+    }
+}
 
 /// Checks a HEAD reply: 200, `Accept-Ranges: bytes`, a size, and (when
 /// known) the expected size. A server of another size serves another disk:
@@ -53,26 +79,24 @@ pub fn check_head(
     content_length: Option<&str>,
     features: Option<&str>,
     expected_size: Option<u64>,
-) -> Result<ServerInfo, String> {
+) -> Result<ServerInfo, ProbeError> {
     if status != 200 {
-        return Err(format!("HEAD answered {status}"));
+        return Err(format!("HEAD answered {status}").into());
     }
     if !accept_ranges.is_some_and(|v| v.trim().eq_ignore_ascii_case("bytes")) {
-        return Err(format!(
-            "HEAD has no 'Accept-Ranges: bytes' (got {accept_ranges:?})"
-        ));
+        return Err(format!("HEAD has no 'Accept-Ranges: bytes' (got {accept_ranges:?})").into());
     }
     let size = content_length
         .and_then(|v| v.trim().parse::<u64>().ok())
         .ok_or_else(|| format!("HEAD has no usable Content-Length ({content_length:?})"))?;
     if size == 0 {
-        return Err("the server's disk is empty (size 0)".into());
+        return Err(ProbeError::Unusable(
+            "the server's disk is empty (size 0)".into(),
+        ));
     }
     if let Some(expected) = expected_size {
         if size != expected {
-            return Err(format!(
-                "{WRONG_SIZE}: the server has {size} bytes, expected {expected}; never using it"
-            ));
+            return Err(ProbeError::WrongSize { size, expected });
         }
     }
     let (generation, features) = match features {
@@ -175,6 +199,14 @@ mod tests {
     #[test]
     fn head_refusals() {
         let e = check_head(200, Some("bytes"), Some("4096"), None, Some(8192)).unwrap_err();
+        assert_eq!(
+            e,
+            ProbeError::WrongSize {
+                size: 4096,
+                expected: 8192
+            }
+        );
+        let e = e.to_string();
         assert!(e.contains("WRONG DISK SIZE"), "{e}");
         assert!(check_head(503, Some("bytes"), Some("4096"), None, None).is_err());
         assert!(check_head(200, None, Some("4096"), None, None).is_err());

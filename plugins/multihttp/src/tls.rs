@@ -25,7 +25,6 @@ use tls_io::rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use tls_io::rustls::{self, ClientConfig, DigitallySignedStruct, SignatureScheme};
 
 use crate::config::Config;
-use crate::endpoint::Address;
 use plugin_glue::watched_file::WatchedFile;
 
 /// CA bundles used for `https://` URLs when `cafile=` is not given, the
@@ -38,10 +37,7 @@ pub const SYSTEM_CA_BUNDLES: [&str; 2] = [
 /// The client configuration for the `https://` URLs, `None` when all
 /// URLs are plain `http://`.
 pub fn client_config(config: &Config) -> Result<Option<Arc<ClientConfig>>, ConfigError> {
-    let any_https = config
-        .urls
-        .iter()
-        .any(|url| Address::parse(url).is_ok_and(|a| a.tls));
+    let any_https = config.addresses.iter().any(|address| address.tls);
     if !any_https {
         // A cafile= with no https URL is still read: a typo should fail now.
         if let Some(cafile) = &config.cafile {

@@ -21,7 +21,6 @@
 //! nbdkit's buffer, a liveness check that is one non-blocking peek, and no
 //! setsockopt while a request is far from its deadline.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -35,12 +34,12 @@ use crate::config::{Config, PoolSize};
 use crate::credentials::{credentials, Credentials};
 use http_client::abort::Abort;
 use http_client::connection::Deadline;
-use http_client::endpoint::{Address, Endpoint, Lease, Pool};
+use http_client::endpoint::{Endpoint, Lease, Pool};
 use http_client::request::{split_body, Request, SecretHeader};
 use http_client::response::{Body, ResponseHead};
 
 use crate::error::Attempt;
-use crate::reply::{self, ServerInfo};
+use crate::reply::{self, ProbeError, ServerInfo};
 
 pub use http_client::connection::MIN_TRANSFER_RATE;
 /// Slowest rate at which a server may zero or trim a range (64 MiB/s:
@@ -48,8 +47,9 @@ pub use http_client::connection::MIN_TRANSFER_RATE;
 pub const MIN_ZERO_RATE: u64 = 64 << 20;
 
 pub struct Transport {
-    /// By URL exactly as configured (what the cluster passes in).
-    endpoints: HashMap<String, Endpoint>,
+    /// One per URL, in the configured order: requests name their server
+    /// by its index (the cluster's `Active::index`).
+    endpoints: Vec<Endpoint>,
     connect_timeout: Duration,
     io_timeout: Duration,
     /// The Authorization header when `user=` is set (re-read on rotation).
@@ -76,18 +76,16 @@ impl Transport {
     /// `tls::client_config`), present when there is one.
     pub fn new(config: &Config, tls: Option<Arc<ClientConfig>>) -> Transport {
         let endpoints = config
-            .urls
+            .addresses
             .iter()
-            .map(|url| {
-                // Config checked every URL with the same parser, and the
-                // host of https:// URLs as a TLS server name.
-                let address = Address::parse(url).expect("URLs are checked by config");
+            .map(|address| {
+                // Config checked the host of https:// URLs as a TLS server
+                // name; one that fails here gets no TLS and so fails its
+                // requests (never a panic inside nbdkit).
                 let tls = match (&tls, address.tls) {
-                    (Some(config), true) => {
-                        let name = crate::tls::server_name(&address.host)
-                            .expect("https hosts are checked by config");
-                        Some((Arc::clone(config), name))
-                    }
+                    (Some(config), true) => crate::tls::server_name(&address.host)
+                        .ok()
+                        .map(|name| (Arc::clone(config), name)),
                     _ => None,
                 };
                 // pool-size bounds the open connections, not only the idle
@@ -98,7 +96,7 @@ impl Transport {
                     max_idle: bound,
                     quick_ack: false,
                 };
-                (url.clone(), Endpoint::new(address, pool, tls))
+                Endpoint::new(address.clone(), pool, tls)
             })
             .collect();
         let credentials = config
@@ -129,7 +127,7 @@ impl Transport {
             count.saturating_sub(1)
         };
         let bound = self.pool_size.bound(*count);
-        for endpoint in self.endpoints.values() {
+        for endpoint in &self.endpoints {
             endpoint.set_bounds(bound, bound);
         }
         log::debug!(
@@ -152,7 +150,7 @@ impl Transport {
     /// server does not take ends as a 401 like before (failover).
     fn exchange<'a>(
         &'a self,
-        url: &str,
+        server: usize,
         method: &str,
         extra_headers: &[(&str, &str)],
         body: &[u8],
@@ -161,8 +159,8 @@ impl Transport {
     ) -> Result<(Lease<'a>, ResponseHead), String> {
         let endpoint = self
             .endpoints
-            .get(url)
-            .ok_or_else(|| format!("{url} is not a configured URL"))?;
+            .get(server)
+            .ok_or_else(|| format!("server {server} is not configured"))?;
         let send_once = |authorization: Option<&Secret>| {
             let (inline_body, tail) = split_body(body);
             let request = request(endpoint, method, extra_headers, body.len());
@@ -208,14 +206,18 @@ impl Transport {
     }
 
     /// HEAD probe, bounded as a whole by `connect-timeout`.
-    pub fn probe(&self, url: &str, expected_size: Option<u64>) -> Result<ServerInfo, String> {
+    pub fn probe(
+        &self,
+        server: usize,
+        expected_size: Option<u64>,
+    ) -> Result<ServerInfo, ProbeError> {
         let deadline = Deadline::new(self.connect_timeout, self.connect_timeout);
-        let (lease, head) = self.exchange(url, "HEAD", &[], &[], &deadline, None)?;
+        let (lease, head) = self.exchange(server, "HEAD", &[], &[], &deadline, None)?;
         if head.keep_alive() {
             lease.keep();
         }
         if head.status != 200 {
-            return Err(format!("HEAD answered {} {}", head.status, reason(&head)));
+            return Err(format!("HEAD answered {} {}", head.status, reason(&head)).into());
         }
         reply::check_head(
             head.status,
@@ -232,7 +234,7 @@ impl Transport {
     /// data request below.
     pub fn read(
         &self,
-        url: &str,
+        server: usize,
         offset: u64,
         buf: &mut [u8],
         abort: &Abort,
@@ -246,7 +248,7 @@ impl Transport {
         let range_header = range.to_range_header();
         let (mut lease, head) = self
             .exchange(
-                url,
+                server,
                 "GET",
                 &[("Range", &range_header)],
                 &[],
@@ -292,7 +294,7 @@ impl Transport {
     /// `writeback` defers durability to the next flush (new servers only).
     pub fn write(
         &self,
-        url: &str,
+        server: usize,
         offset: u64,
         data: &[u8],
         size: u64,
@@ -309,13 +311,13 @@ impl Transport {
             extra.push((headers::WRITEBACK, "1"));
         }
         let deadline = self.data_deadline(range.len(), MIN_TRANSFER_RATE);
-        self.send_expecting_success(url, "PUT", &what, &extra, data, &deadline, abort)
+        self.send_expecting_success(server, "PUT", &what, &extra, data, &deadline, abort)
     }
 
     /// Sends one POST extension (flush, trim, zero).
     pub fn post(
         &self,
-        url: &str,
+        server: usize,
         op: PostOp,
         writeback: bool,
         abort: &Abort,
@@ -349,7 +351,7 @@ impl Transport {
             extra.push((headers::WRITEBACK, "1"));
         }
         let deadline = self.data_deadline(work, MIN_ZERO_RATE);
-        self.send_expecting_success(url, "POST", &what, &extra, &[], &deadline, abort)
+        self.send_expecting_success(server, "POST", &what, &extra, &[], &deadline, abort)
     }
 
     /// A write-like request: 200/201/204 is success; its (small) body is
@@ -359,7 +361,7 @@ impl Transport {
     #[allow(clippy::too_many_arguments)]
     fn send_expecting_success(
         &self,
-        url: &str,
+        server: usize,
         method: &str,
         what: &str,
         extra_headers: &[(&str, &str)],
@@ -368,7 +370,7 @@ impl Transport {
         abort: &Abort,
     ) -> Result<(), Attempt> {
         let (lease, head) = self
-            .exchange(url, method, extra_headers, body, deadline, Some(abort))
+            .exchange(server, method, extra_headers, body, deadline, Some(abort))
             .map_err(|why| Attempt::Failover(format!("{what}: {why}")))?;
         finish_unwanted(lease, &head, method, deadline);
         if !matches!(head.status, 200 | 201 | 204) {
@@ -507,7 +509,7 @@ mod tests {
         // POST zero with every extension header and a huge length.
         let url = format!("http://[::1]:65535/{}", "p".repeat(300));
         let t = transport(&url, &[b'x'; 500]);
-        let endpoint = &t.endpoints[&url];
+        let endpoint = &t.endpoints[0];
         let range = ByteRange::from_offset_len(u64::MAX / 4, u64::MAX / 4).unwrap();
         let range = range.to_range_header();
         let extra = [
