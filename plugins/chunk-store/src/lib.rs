@@ -13,6 +13,7 @@ mod coalesce;
 mod error;
 mod geometry;
 mod metadata;
+mod open;
 mod plugin_macro;
 mod store;
 
@@ -20,6 +21,7 @@ pub use backend::{ChunkBackend, ChunkExtent};
 pub use error::StoreError;
 pub use geometry::{ChunkSpan, Geometry, DEFAULT_CHUNK_SIZE, MIN_CHUNK_SIZE};
 pub use metadata::{reconcile, Metadata, Request as MetadataRequest, FORMAT_VERSION};
+pub use open::{open_metadata, MetadataStore};
 pub use store::{ChunkStore, Extent};
 
 #[cfg(test)]

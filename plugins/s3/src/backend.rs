@@ -16,7 +16,9 @@
 use std::collections::BTreeSet;
 use std::sync::RwLock;
 
-use chunk_store::{ChunkBackend, Metadata, MetadataRequest, StoreError};
+use chunk_store::{
+    open_metadata, ChunkBackend, Metadata, MetadataRequest, MetadataStore, StoreError,
+};
 
 use crate::client::S3Client;
 
@@ -29,8 +31,47 @@ pub struct S3Chunks {
     existing: RwLock<BTreeSet<u64>>,
 }
 
-fn einval(why: String) -> StoreError {
-    StoreError::new(libc::EINVAL, why)
+/// The disk's metadata object, for chunk-store's one open sequence.
+struct PrefixMetadata<'a> {
+    client: &'a S3Client,
+    prefix: &'a str,
+    /// The chunk objects listed at open.
+    chunk_keys: &'a [String],
+}
+
+impl PrefixMetadata<'_> {
+    fn key(&self) -> String {
+        format!("{}{METADATA_KEY}", self.prefix)
+    }
+}
+
+impl MetadataStore for PrefixMetadata<'_> {
+    fn location(&self) -> String {
+        format!("{}/{}", self.client.bucket_name(), self.prefix)
+    }
+
+    fn metadata_name(&self) -> String {
+        self.key()
+    }
+
+    fn read_metadata(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        self.client.get_all(&self.key(), 64 * 1024)
+    }
+
+    fn foreign_data(&self) -> Result<Option<String>, StoreError> {
+        Ok((!self.chunk_keys.is_empty()).then(|| {
+            format!(
+                "{}/{}{CHUNKS} holds objects but there is no {}: not a disk of ours",
+                self.client.bucket_name(),
+                self.prefix,
+                self.key()
+            )
+        }))
+    }
+
+    fn write_metadata(&self, metadata: &Metadata) -> Result<(), StoreError> {
+        self.client.put(&self.key(), &metadata.to_bytes())
+    }
 }
 
 /// Opens (or creates, with `size=`) the disk under `prefix`.
@@ -40,25 +81,15 @@ pub fn open_disk(
     request: &MetadataRequest,
 ) -> Result<(Metadata, S3Chunks), StoreError> {
     client.check_bucket()?;
-    let meta_key = format!("{prefix}{METADATA_KEY}");
-    let stored = match client.get_all(&meta_key, 64 * 1024)? {
-        Some(bytes) => {
-            Some(Metadata::parse(&bytes).map_err(|e| einval(format!("{meta_key}: {e}")))?)
-        }
-        None => None,
-    };
     let chunk_keys = client.list(&format!("{prefix}{CHUNKS}"))?;
-    if stored.is_none() && !chunk_keys.is_empty() {
-        return Err(einval(format!(
-            "{}/{prefix}{CHUNKS} holds objects but there is no {meta_key}: not a disk of ours",
-            client.bucket_name()
-        )));
-    }
-    let (metadata, write) = chunk_store::reconcile(stored, request)
-        .map_err(|e| einval(format!("{}/{prefix}: {e}", client.bucket_name())))?;
-    if write {
-        client.put(&meta_key, &metadata.to_bytes())?;
-    }
+    let metadata = open_metadata(
+        &PrefixMetadata {
+            client: &client,
+            prefix,
+            chunk_keys: &chunk_keys,
+        },
+        request,
+    )?;
     let existing = chunk_keys
         .iter()
         .filter_map(|key| key.strip_prefix(&format!("{prefix}{CHUNKS}")))

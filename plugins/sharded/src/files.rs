@@ -20,7 +20,9 @@ use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use chunk_store::{ChunkBackend, ChunkExtent, Metadata, MetadataRequest, StoreError};
+use chunk_store::{
+    open_metadata, ChunkBackend, ChunkExtent, Metadata, MetadataRequest, MetadataStore, StoreError,
+};
 
 const METADATA_FILE: &str = "chunk-store.meta";
 const CHUNKS_DIR: &str = "chunks";
@@ -51,40 +53,64 @@ fn sync_dir(path: &Path) -> io::Result<()> {
     File::open(path)?.sync_all()
 }
 
+/// The disk's metadata file, for chunk-store's one open sequence.
+struct DirMetadata<'a> {
+    dir: &'a Path,
+}
+
+fn einval(why: String) -> StoreError {
+    StoreError::new(libc::EINVAL, why)
+}
+
+impl MetadataStore for DirMetadata<'_> {
+    fn location(&self) -> String {
+        self.dir.display().to_string()
+    }
+
+    fn metadata_name(&self) -> String {
+        self.dir.join(METADATA_FILE).display().to_string()
+    }
+
+    fn read_metadata(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        match fs::read(self.dir.join(METADATA_FILE)) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(einval(format!("reading {}: {e}", self.metadata_name()))),
+        }
+    }
+
+    fn foreign_data(&self) -> Result<Option<String>, StoreError> {
+        let not_empty = fs::read_dir(self.dir).is_ok_and(|mut entries| entries.next().is_some());
+        Ok(not_empty.then(|| {
+            format!(
+                "{} is not empty and has no {METADATA_FILE}: not a sharded disk",
+                self.dir.display()
+            )
+        }))
+    }
+
+    fn write_metadata(&self, metadata: &Metadata) -> Result<(), StoreError> {
+        let root = self.dir.join(CHUNKS_DIR);
+        fs::create_dir_all(&root)
+            .map_err(|e| einval(format!("creating {}: {e}", root.display())))?;
+        write_metadata(self.dir, metadata)
+            .map_err(|e| einval(format!("writing {}: {e}", self.metadata_name())))
+    }
+}
+
 /// Opens (or creates, with `size=`) the disk in `dir`: returns its
 /// metadata and the chunk backend.
-pub fn open_disk(dir: &Path, request: &MetadataRequest) -> Result<(Metadata, FileChunks), String> {
-    let meta_path = dir.join(METADATA_FILE);
-    let stored = match fs::read(&meta_path) {
-        Ok(bytes) => {
-            Some(Metadata::parse(&bytes).map_err(|e| format!("{}: {e}", meta_path.display()))?)
-        }
-        Err(e) if e.kind() == ErrorKind::NotFound => {
-            // Refuse to turn a non-empty directory that is not ours into a disk.
-            if let Ok(mut entries) = fs::read_dir(dir) {
-                if entries.next().is_some() {
-                    return Err(format!(
-                        "{} is not empty and has no {METADATA_FILE}: not a sharded disk",
-                        dir.display()
-                    ));
-                }
-            }
-            None
-        }
-        Err(e) => return Err(format!("reading {}: {e}", meta_path.display())),
-    };
-    let (metadata, write) =
-        chunk_store::reconcile(stored, request).map_err(|e| format!("{}: {e}", dir.display()))?;
+pub fn open_disk(
+    dir: &Path,
+    request: &MetadataRequest,
+) -> Result<(Metadata, FileChunks), StoreError> {
+    let metadata = open_metadata(&DirMetadata { dir }, request)?;
     let root = dir.join(CHUNKS_DIR);
-    if write {
-        fs::create_dir_all(&root).map_err(|e| format!("creating {}: {e}", root.display()))?;
-        write_metadata(dir, &metadata)
-            .map_err(|e| format!("writing {}: {e}", meta_path.display()))?;
-    } else if !root.is_dir() {
-        return Err(format!(
+    if !root.is_dir() {
+        return Err(einval(format!(
             "{} is missing: the disk is damaged",
             root.display()
-        ));
+        )));
     }
     Ok((
         metadata,

@@ -19,8 +19,7 @@ fn open_store() -> Result<ChunkStore<FileChunks>, StoreError> {
         .collected()
         .build()
         .map_err(|e| StoreError::new(libc::EINVAL, e.to_string()))?;
-    let (metadata, files) =
-        open_disk(&config.dir, &config.request).map_err(|e| StoreError::new(libc::EINVAL, e))?;
+    let (metadata, files) = open_disk(&config.dir, &config.request)?;
     let geometry = Geometry::new(metadata.size, metadata.chunk_size)
         .map_err(|e| StoreError::new(libc::EINVAL, e))?;
     log::debug!(
