@@ -398,6 +398,42 @@ mod s3 {
         assert_absent("the refusal", refused.as_bytes(), &[("the secret", secret)]);
     }
 
+    /// The secret read from a rotated `credentials-file=` (an AWS shared
+    /// credentials file) is kept like `secret-key=+FILE`: its bytes zeroed
+    /// once parsed, the key in never-dumped memory, no log line with it,
+    /// also after the file was read again.
+    #[test]
+    fn a_credentials_file_leaves_its_secret_in_no_core_dump_and_no_log() {
+        let garage = Garage::start();
+        let dir = TempDir::new().unwrap();
+        let credentials = dir.path().join("credentials");
+        let profile = format!(
+            "[disks]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+            garage.access_key, garage.secret_key
+        );
+        fs::write(&credentials, &profile).unwrap();
+        let mut params = store_params(&garage);
+        params.push(format!("credentials-file={}", credentials.display()));
+        params.push("profile=disks".to_owned());
+        let nbdkit = try_start(&params).unwrap_or_else(|p| panic!("{}", p.output_when_closed()));
+        assert_eq!(nbdsh(&nbdkit.uri(), TRAFFIC).trim(), "traffic ok");
+        // Rewritten (same content, new inode): read again on the next look.
+        let next = dir.path().join("credentials.new");
+        fs::write(&next, &profile).unwrap();
+        fs::rename(&next, &credentials).unwrap();
+        std::thread::sleep(Duration::from_millis(1300));
+        assert_eq!(nbdsh(&nbdkit.uri(), TRAFFIC).trim(), "traffic ok");
+        let forms = [("the secret key", garage.secret_key.clone())];
+        let log = nbdkit.proc.output.snapshot().join("\n");
+        assert_absent("nbdkit's log", log.as_bytes(), &forms);
+        let core = core_dump(nbdkit.proc.pid(), dir.path());
+        assert!(
+            contains(&core, b"X-Amz-Date"),
+            "not a core of the s3 plugin"
+        );
+        assert_absent("the core dump", &core, &forms);
+    }
+
     #[test]
     fn a_core_dump_after_traffic_holds_no_secret_key() {
         let garage = Garage::start();
