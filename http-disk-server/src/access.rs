@@ -8,8 +8,6 @@ use std::path::Path;
 
 use ipnet::IpNet;
 
-use crate::cli::parse_cidr;
-
 /// The networks allowed and denied.
 #[derive(Clone, Debug, Default)]
 pub struct AccessList {
@@ -64,6 +62,18 @@ pub fn canonical(peer: IpAddr) -> IpAddr {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(peer),
         v4 => v4,
     }
+}
+
+/// Parses `10.0.0.0/8`, `::1/128`, or a bare address (a single host).
+pub fn parse_cidr(text: &str) -> Result<IpNet, String> {
+    let text = text.trim();
+    if let Ok(net) = text.parse::<IpNet>() {
+        // Normalise so 10.1.2.3/8 matches like 10.0.0.0/8.
+        return Ok(net.trunc());
+    }
+    text.parse::<IpAddr>()
+        .map(IpNet::from)
+        .map_err(|_| format!("{text:?} is not an IP network (ADDR/PREFIX) or address"))
 }
 
 /// Reads a list file (`--allow-file`, `--deny-file`): one network or
@@ -157,6 +167,23 @@ mod tests {
         let deny_only = AccessList::new(None, nets(&["192.0.2.0/24"]));
         assert!(deny_only.permits(ip("198.51.100.1")));
         assert_eq!(deny_only.check(ip("192.0.2.9")), Err(Refusal::Denied));
+    }
+
+    #[test]
+    fn cidrs() {
+        assert_eq!(parse_cidr("10.1.2.3/8").unwrap().to_string(), "10.0.0.0/8");
+        assert_eq!(parse_cidr("::1").unwrap().to_string(), "::1/128");
+        assert_eq!(parse_cidr("127.0.0.1").unwrap().to_string(), "127.0.0.1/32");
+        for bad in [
+            "",
+            "10.0.0.0/33",
+            "host",
+            "10.0.0/8",
+            "::1/129",
+            "1.2.3.4/-1",
+        ] {
+            assert!(parse_cidr(bad).is_err(), "{bad:?} accepted");
+        }
     }
 
     #[test]
