@@ -18,10 +18,13 @@ pub struct AccessList {
     deny: Vec<IpNet>,
 }
 
-/// Why a peer is refused, for its 403 reason and the log.
+/// Which access list refuses a peer, for its 403 reason and the log.
+/// (The metrics count both as one reason: `metrics::RefusalReason`.)
 #[derive(Debug, PartialEq, Eq)]
-pub enum Refusal {
+pub enum ListRefusal {
+    /// In a `--deny` network.
     Denied,
+    /// An allow list was given and the peer is in none of its networks.
     NotAllowed,
 }
 
@@ -34,13 +37,15 @@ impl AccessList {
     /// and in an allowed one when an allow list was given. An IPv4 peer reaching an
     /// IPv6 socket shows up as `::ffff:a.b.c.d`: it is matched as the IPv4
     /// address it is, so `--allow 10.0.0.0/8` works whatever `--ip` is.
-    pub fn check(&self, peer: IpAddr) -> Result<(), Refusal> {
+    pub fn check(&self, peer: IpAddr) -> Result<(), ListRefusal> {
         let peer = canonical(peer);
         if self.deny.iter().any(|net| net.contains(&peer)) {
-            return Err(Refusal::Denied);
+            return Err(ListRefusal::Denied);
         }
         match &self.allow {
-            Some(allow) if !allow.iter().any(|net| net.contains(&peer)) => Err(Refusal::NotAllowed),
+            Some(allow) if !allow.iter().any(|net| net.contains(&peer)) => {
+                Err(ListRefusal::NotAllowed)
+            }
             _ => Ok(()),
         }
     }
@@ -120,7 +125,7 @@ mod tests {
         let open = AccessList::default();
         assert!(open.permits(ip("203.0.113.9")));
         assert!(open.permits(ip("::1")));
-        assert_eq!(list(&[]).check(ip("::1")), Err(Refusal::NotAllowed));
+        assert_eq!(list(&[]).check(ip("::1")), Err(ListRefusal::NotAllowed));
     }
 
     #[test]
@@ -159,14 +164,17 @@ mod tests {
             nets(&["10.1.0.0/16", "::1"]),
         );
         assert_eq!(access.check(ip("10.2.0.1")), Ok(()));
-        assert_eq!(access.check(ip("10.1.2.3")), Err(Refusal::Denied));
-        assert_eq!(access.check(ip("::ffff:10.1.2.3")), Err(Refusal::Denied));
-        assert_eq!(access.check(ip("::1")), Err(Refusal::Denied));
-        assert_eq!(access.check(ip("11.0.0.1")), Err(Refusal::NotAllowed));
+        assert_eq!(access.check(ip("10.1.2.3")), Err(ListRefusal::Denied));
+        assert_eq!(
+            access.check(ip("::ffff:10.1.2.3")),
+            Err(ListRefusal::Denied)
+        );
+        assert_eq!(access.check(ip("::1")), Err(ListRefusal::Denied));
+        assert_eq!(access.check(ip("11.0.0.1")), Err(ListRefusal::NotAllowed));
         // Deny alone: everyone else is served.
         let deny_only = AccessList::new(None, nets(&["192.0.2.0/24"]));
         assert!(deny_only.permits(ip("198.51.100.1")));
-        assert_eq!(deny_only.check(ip("192.0.2.9")), Err(Refusal::Denied));
+        assert_eq!(deny_only.check(ip("192.0.2.9")), Err(ListRefusal::Denied));
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use crate::access::canonical;
-use crate::metrics::Refusal;
+use crate::metrics::RefusalReason;
 use crate::server::State;
 
 /// Connections served per peer address.
@@ -58,7 +58,7 @@ impl Drop for Slot {
 /// Admits a connection from `peer`, or says why not (for the metrics, the
 /// 503 and the log). Called by the accept loop only, so nothing else adds to the
 /// counts between the check and the increment.
-pub fn admit(state: &Arc<State>, peer: IpAddr) -> Result<Slot, (Refusal, String)> {
+pub fn admit(state: &Arc<State>, peer: IpAddr) -> Result<Slot, (RefusalReason, String)> {
     let peer = canonical(peer);
     let config = &state.config;
     let mut counts = state.peers.lock();
@@ -69,7 +69,7 @@ pub fn admit(state: &Arc<State>, peer: IpAddr) -> Result<Slot, (Refusal, String)
         // more than --workers. No other client loses a connection.
         if !state.idle.close_longest_idle_of(peer) {
             return Err((
-                Refusal::PeerCap,
+                RefusalReason::PeerCap,
                 format!(
                     "{peer} already holds {held} connections, all busy with requests \
                      (--max-connections-per-peer {})",
@@ -84,7 +84,7 @@ pub fn admit(state: &Arc<State>, peer: IpAddr) -> Result<Slot, (Refusal, String)
         // worker ends within moments, so for that while one thread more
         // than --workers runs); only when all are busy does this one wait.
         return Err((
-            Refusal::Busy,
+            RefusalReason::Busy,
             format!("all {} workers busy with requests", config.workers),
         ));
     }

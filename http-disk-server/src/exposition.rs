@@ -268,7 +268,7 @@ pub fn status(report: &Report) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::{Failure, Op, Refusal, RequestCount};
+    use crate::metrics::{Failure, Op, RefusalReason, RequestCount};
     use std::time::Duration;
 
     fn report() -> Report {
@@ -310,7 +310,7 @@ mod tests {
                 bytes_read: 40960,
                 bytes_written: 20480,
                 failures: vec![(Failure::Disk, 0), (Failure::ClientGone, 2)],
-                refusals: vec![(Refusal::NotAllowed, 1), (Refusal::Busy, 0)],
+                refusals: vec![(RefusalReason::NotAllowed, 1), (RefusalReason::Busy, 0)],
             },
         }
     }

@@ -11,7 +11,7 @@ use http_disk_protocol::{
     headers, ContentRange, ContentTotal, Feature, FeatureSet, RangeError, RangeSpec,
 };
 
-use crate::access::Refusal;
+use crate::access::ListRefusal;
 use crate::disk::Disk;
 use crate::http::{self, BodyError, Framing, HttpError, Request};
 use crate::policy::Policy;
@@ -112,8 +112,10 @@ impl BodySource<'_> {
 pub fn check_peer(peer: IpAddr, policy: &Policy) -> Result<(), HttpError> {
     match policy.access.check(peer) {
         Ok(()) => Ok(()),
-        Err(Refusal::Denied) => Err(HttpError::new(403, format!("{peer} is in the --deny list"))),
-        Err(Refusal::NotAllowed) => Err(HttpError::new(
+        Err(ListRefusal::Denied) => {
+            Err(HttpError::new(403, format!("{peer} is in the --deny list")))
+        }
+        Err(ListRefusal::NotAllowed) => Err(HttpError::new(
             403,
             format!("{peer} is not in the --allow list"),
         )),
