@@ -15,6 +15,7 @@ pub mod exposition;
 pub mod handlers;
 pub mod http;
 pub mod idle;
+pub mod live;
 pub mod metrics;
 pub mod metrics_listener;
 pub mod policy;

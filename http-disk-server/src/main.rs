@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 
-use http_disk_server::reload::Live;
+use http_disk_server::live::Live;
 use http_disk_server::server::{Config, State};
 use http_disk_server::{budget, cli, disk, drbd, metrics_listener, server, signals, tls};
 

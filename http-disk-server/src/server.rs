@@ -19,9 +19,10 @@ use crate::disk::{Disk, IO_CHUNK};
 use crate::handlers::{self, Body, BodySource, Reply};
 use crate::http::{self, HeadError};
 use crate::idle::IdleConnections;
+use crate::live::Live;
 use crate::metrics::{Metrics, Op};
 use crate::policy::{Policy, PolicySources};
-use crate::reload::{self, Live};
+use crate::reload;
 use crate::signals;
 use crate::tls::{self, Outgoing, ServerTls};
 

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use tls_io::rustls::{self, ServerConfig, ServerConnection};
 use tls_io::Socket;
 
-use crate::reload::Live;
+use crate::live::Live;
 
 /// Reads `--tls-cert` (PEM chain: the server's certificate first) and
 /// `--tls-key` into a server configuration: TLS 1.2 and 1.3, HTTP/1.1.
