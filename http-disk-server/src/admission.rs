@@ -9,25 +9,13 @@
 //! connections are busy with requests, the newcomer gets 503 and the other
 //! peers keep their share.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use crate::access::canonical;
 use crate::metrics::RefusalReason;
-use crate::server::State;
-
-/// Connections served per peer address.
-#[derive(Debug, Default)]
-pub struct PeerCounts(Mutex<HashMap<IpAddr, usize>>);
-
-impl PeerCounts {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, usize>> {
-        // Every change is one insert, update or remove: still consistent.
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
+use crate::state::State;
 
 /// A connection's place, given back (both counts) when its worker ends,
 /// also by panic, or when its worker could not be started.

@@ -15,7 +15,7 @@ use crate::access::ListRefusal;
 use crate::disk::Disk;
 use crate::http::{self, BodyError, Framing, HttpError, Request};
 use crate::policy::Policy;
-use crate::server::State;
+use crate::state::State;
 
 /// What a reply carries after its head.
 #[derive(Debug)]
@@ -411,7 +411,7 @@ fn post(req: &Request, disk: &Disk, body: &mut BodySource) -> Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::server::Config;
+    use crate::state::Config;
     use std::io::Cursor;
     use std::sync::atomic::AtomicUsize;
     use std::sync::OnceLock;

@@ -22,4 +22,5 @@ pub mod policy;
 pub mod reload;
 pub mod server;
 pub mod signals;
+pub mod state;
 pub mod tls;

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 
 use http_disk_server::live::Live;
-use http_disk_server::server::{Config, State};
+use http_disk_server::state::{Config, State};
 use http_disk_server::{budget, cli, disk, drbd, metrics_listener, server, signals, tls};
 
 /// Longest wait for in-flight requests after SIGTERM before exiting anyway.

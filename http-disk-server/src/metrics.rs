@@ -145,7 +145,7 @@ impl Failure {
 const FIRST_STATUS: u16 = 100;
 const STATUSES: usize = 500;
 
-/// The counters; one per server, in [`crate::server::State`].
+/// The counters; one per server, in [`crate::state::State`].
 pub struct Metrics {
     started: Instant,
     /// `Op::ALL.len() * STATUSES` counters, by op then status.

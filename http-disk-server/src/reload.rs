@@ -3,7 +3,7 @@
 //! (`signals.rs`); the accept loop calls [`reload`]: the access policy
 //! and the TLS certificate, each held in `State` as a [`Live`](crate::live::Live) value.
 
-use crate::server::State;
+use crate::state::State;
 
 /// Re-reads everything reloadable. A part that fails keeps its previous
 /// value and logs why (file and line); the others still take effect.

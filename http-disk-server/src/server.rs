@@ -7,57 +7,20 @@
 use std::io::{self, BufReader, BufWriter, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::io::{AsRawFd, RawFd};
-use std::sync::atomic::AtomicUsize;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::admission::{self, PeerCounts};
+use crate::admission;
 use crate::auth;
-use crate::budget::Budget;
 use crate::disk::{Disk, IO_CHUNK};
 use crate::handlers::{self, Body, BodySource, Reply};
 use crate::http::{self, HeadError};
-use crate::idle::IdleConnections;
-use crate::live::Live;
-use crate::metrics::{Metrics, Op};
-use crate::policy::{Policy, PolicySources};
+use crate::metrics::Op;
 use crate::reload;
 use crate::signals;
-use crate::tls::{self, Outgoing, ServerTls};
-
-/// Settings from the command line that requests depend on.
-#[derive(Debug)]
-pub struct Config {
-    pub readonly: bool,
-    /// Where the access policy comes from (re-read on SIGHUP).
-    pub policy_sources: PolicySources,
-    pub max_request_size: u64,
-    pub idle_timeout: Duration,
-    pub workers: usize,
-    pub max_connections_per_peer: usize,
-}
-
-/// What every connection shares.
-pub struct State {
-    pub config: Config,
-    /// Set once the disk is held; until then every request gets 503.
-    pub disk: OnceLock<Disk>,
-    /// Who may use the server now: allow/deny lists and credentials.
-    pub policy: Live<Policy>,
-    /// Connections being served right now.
-    pub active: AtomicUsize,
-    /// Of those, how many each peer address holds.
-    pub peers: PeerCounts,
-    /// Memory held by write bodies being received, server-wide.
-    pub bodies: Budget,
-    /// Connections waiting for their next request.
-    pub idle: IdleConnections,
-    /// Request counters, for `--metrics-listen`.
-    pub metrics: Metrics,
-    /// `--tls-cert`: the port speaks HTTPS only.
-    pub tls: Option<ServerTls>,
-}
+use crate::state::State;
+use crate::tls::{self, Outgoing};
 
 /// The read side of a connection: every read waits at most the idle
 /// timeout, and, while a deadline is set (reading a request head), never

@@ -29,7 +29,7 @@ use http_disk_server::budget::Budget;
 use http_disk_server::disk::Disk;
 use http_disk_server::handlers::{self, Body, BodySource, Reply};
 use http_disk_server::http::{self, Framing, HeadError, Request};
-use http_disk_server::server::{Config, State};
+use http_disk_server::state::{Config, State};
 
 /// Size of the disk [`check_handling`] serves: small, so that the small
 /// numbers a fuzzer tries first land on both sides of its end.
