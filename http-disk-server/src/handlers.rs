@@ -1,8 +1,9 @@
 //! The HTTP methods of the disk protocol, one handler each (HEAD, GET,
 //! PUT, POST), plus the checks every request goes through first: access
-//! list, framing, method, device held. Handlers decide; they do no socket
-//! I/O except reading the request body through [`BodySource`], so every
-//! refusal happens before a body byte is read.
+//! list, framing, method, device held. Handlers decide (a `Reply`, which
+//! `reply.rs` writes); they do no socket I/O except reading the request
+//! body through [`BodySource`], so every refusal happens before a body
+//! byte is read.
 
 use std::io::{BufRead, Write};
 use std::net::IpAddr;
@@ -15,69 +16,8 @@ use crate::access::ListRefusal;
 use crate::disk::Disk;
 use crate::http::{self, BodyError, Framing, HttpError, Request};
 use crate::policy::Policy;
+use crate::reply::{Body, Reply};
 use crate::state::State;
-
-/// What a reply carries after its head.
-#[derive(Debug)]
-pub enum Body {
-    Empty,
-    Text(String),
-    /// `len` bytes of the disk from `start`, streamed.
-    Disk {
-        start: u64,
-        len: u64,
-    },
-    /// HEAD: announce this Content-Length, send nothing.
-    HeadOnly(u64),
-}
-
-/// A reply decided by a handler.
-#[derive(Debug)]
-pub struct Reply {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: Body,
-    /// Close the connection after this reply.
-    pub close: bool,
-}
-
-impl Reply {
-    fn new(status: u16, body: Body) -> Reply {
-        Reply {
-            status,
-            headers: Vec::new(),
-            body,
-            close: false,
-        }
-    }
-
-    /// An error reply: reason in `X-Disk-Error` and as a text body.
-    pub fn error(status: u16, reason: impl Into<String>) -> Reply {
-        let reason: String = reason.into().replace(['\r', '\n'], " ");
-        Reply::new(status, Body::Text(format!("{reason}\n")))
-            .with(headers::ERROR, &reason)
-            .with("Content-Type", "text/plain; charset=utf-8")
-    }
-
-    pub fn with(mut self, name: &str, value: &str) -> Reply {
-        self.headers.push((name.to_owned(), value.to_owned()));
-        self
-    }
-
-    pub fn closing(mut self) -> Reply {
-        self.close = true;
-        self
-    }
-
-    /// The reason of an error reply, for logs.
-    pub fn reason(&self) -> &str {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == headers::ERROR)
-            .map(|(_, v)| v.as_str())
-            .unwrap_or("")
-    }
-}
 
 /// The request body, read only when a handler asks for it; `100 Continue`
 /// is sent at that moment, never earlier.

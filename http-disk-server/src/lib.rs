@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod metrics_listener;
 pub mod policy;
 pub mod reload;
+pub mod reply;
 pub mod server;
 pub mod signals;
 pub mod state;

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use http_disk_protocol::{headers, ContentRange};
 
-use crate::handlers::{Body, Reply};
 use crate::http::Request;
+use crate::reply::{Body, Reply};
 
 /// What a request asked for, from its method and `X-Disk-Op`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

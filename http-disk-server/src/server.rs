@@ -13,11 +13,11 @@ use std::time::{Duration, Instant};
 
 use crate::admission;
 use crate::auth;
-use crate::disk::{Disk, IO_CHUNK};
-use crate::handlers::{self, Body, BodySource, Reply};
+use crate::handlers::{self, BodySource};
 use crate::http::{self, HeadError};
 use crate::metrics::Op;
 use crate::reload;
+use crate::reply::{self, Reply};
 use crate::signals;
 use crate::state::State;
 use crate::tls::{self, Outgoing};
@@ -303,7 +303,7 @@ fn serve_connection(stream: TcpStream, peer: SocketAddr, state: &State) {
                 state.metrics.count_request(Op::Other, e.status);
                 let reply = Reply::error(e.status, e.reason).closing();
                 log::debug!("{peer}: bad request -> {} {}", reply.status, reply.reason());
-                let _ = send(&mut writer, &reply, false, false, false, None);
+                let _ = reply::send(&mut writer, &reply, false, false, false, None);
                 linger = true;
                 break;
             }
@@ -344,7 +344,7 @@ fn serve_connection(stream: TcpStream, peer: SocketAddr, state: &State) {
         let body_pending = framing.is_none_or(|f| f.has_body() && !consumed);
         let keep_alive =
             request.keep_alive() && !reply.close && !body_pending && !signals::stopping();
-        let result = send(
+        let result = reply::send(
             &mut writer,
             &reply,
             keep_alive,
@@ -454,99 +454,6 @@ fn describe_range(request: &http::Request) -> String {
         .iter()
         .filter_map(|name| request.header(name).map(|v| format!("[{name}: {v}] ")))
         .collect()
-}
-
-/// Writes a reply; `Body::Disk` is streamed from the disk in chunks. A
-/// reply to HEAD announces its length but never carries a body (error
-/// replies included), or a keep-alive client would misread the stream.
-fn send(
-    writer: &mut BufWriter<Outgoing>,
-    reply: &Reply,
-    keep_alive: bool,
-    http10: bool,
-    head_only: bool,
-    disk: Option<&Disk>,
-) -> io::Result<()> {
-    let length = match &reply.body {
-        Body::Empty => 0,
-        Body::Text(text) => text.len() as u64,
-        Body::Disk { len, .. } => *len,
-        Body::HeadOnly(len) => *len,
-    };
-    http::write_head(
-        writer,
-        reply.status,
-        &reply.headers,
-        length,
-        keep_alive,
-        http10,
-    )?;
-    match &reply.body {
-        _ if head_only => {}
-        Body::Empty | Body::HeadOnly(_) => {}
-        Body::Text(text) => writer.write_all(text.as_bytes())?,
-        // TLS: every byte goes through the encryption in user space.
-        Body::Disk { start, len }
-            if *len <= INLINE_BODY || writer.get_ref().plain_socket().is_none() =>
-        {
-            // Small bodies go in the same write as the head: one TCP
-            // segment, so the client gets the whole reply in one recv
-            // (with sendfile, head and body left as two segments, and a
-            // 4 KiB read cost the client an extra recv and wakeup).
-            let disk = disk.ok_or_else(|| io::Error::other("no disk to stream from"))?;
-            stream_disk(writer, disk, *start, *len)?;
-        }
-        Body::Disk { start, len } => {
-            let disk = disk.ok_or_else(|| io::Error::other("no disk to stream from"))?;
-            // The head must be on the wire before sendfile writes the body
-            // to the raw socket behind the buffer.
-            writer.flush()?;
-            let socket = writer
-                .get_ref()
-                .plain_socket()
-                .ok_or_else(|| io::Error::other("no socket for sendfile"))?;
-            match disk.send_to(socket, *start, *len) {
-                Ok(_) => {}
-                // sendfile refused outright (a file kind the kernel cannot
-                // splice from): copy through user space instead.
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS)) => {
-                    stream_disk(writer, disk, *start, *len)?;
-                }
-                Err(e) => {
-                    // EIO is the disk failing; anything else (EPIPE,
-                    // ECONNRESET, a send timeout) is the client going away,
-                    // which the caller logs at debug level.
-                    if e.raw_os_error() == Some(libc::EIO) {
-                        log::error!("read of {len} bytes at {start} failed: {e}");
-                    }
-                    return Err(e);
-                }
-            }
-        }
-    }
-    writer.flush()
-}
-
-/// Disk bodies up to this size are copied into the reply buffer behind
-/// the head (which holds 64 KiB) instead of being sent with sendfile.
-const INLINE_BODY: u64 = 32 * 1024;
-
-/// Sends `len` bytes of the disk from `start` with bounded memory. A read
-/// error mid-way cannot change the status any more: the connection is
-/// cut, so the client sees a short body rather than wrong data.
-fn stream_disk(writer: &mut impl Write, disk: &Disk, start: u64, len: u64) -> io::Result<()> {
-    let mut buf = vec![0u8; IO_CHUNK.min(len as usize)];
-    let mut done = 0;
-    while done < len {
-        let n = (len - done).min(buf.len() as u64) as usize;
-        if let Err(e) = disk.read_at(&mut buf[..n], start + done) {
-            log::error!("read of {} bytes at {} failed: {e}", n, start + done);
-            return Err(e);
-        }
-        writer.write_all(&buf[..n])?;
-        done += n as u64;
-    }
-    Ok(())
 }
 
 #[cfg(test)]
