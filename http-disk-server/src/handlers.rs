@@ -9,7 +9,7 @@ use std::io::{BufRead, Write};
 use std::net::IpAddr;
 
 use http_disk_protocol::{
-    headers, ContentRange, ContentTotal, Feature, FeatureSet, RangeError, RangeSpec,
+    headers, ByteRange, ContentRange, ContentTotal, Feature, FeatureSet, RangeError, RangeSpec,
 };
 
 use crate::access::ListRefusal;
@@ -186,49 +186,10 @@ fn put(req: &Request, disk: &Disk, state: &State, body: &mut BodySource) -> Repl
         Ok(flag) => flag,
         Err(reply) => return reply,
     };
-    let Some(value) = req.header("Content-Range") else {
-        return Reply::error(400, "PUT needs a Content-Range: bytes B-E/total header");
+    let range = match write_range(req, size, state.config.max_request_size, body.framing) {
+        Ok(range) => range,
+        Err(reply) => return reply,
     };
-    let content_range = match ContentRange::parse(&value) {
-        Ok(cr) => cr,
-        Err(e) => return Reply::error(400, format!("Content-Range {value:?}: {e}")),
-    };
-    let range = content_range.range;
-    if let ContentTotal::Known(total) = content_range.total {
-        if total != size {
-            return Reply::error(
-                400,
-                format!("Content-Range total {total} is not the disk size {size}"),
-            );
-        }
-    }
-    if !range.fits_in(size) {
-        return unsatisfiable(
-            size,
-            format!("range {range} is outside the disk of {size} bytes"),
-        );
-    }
-    if range.len() > state.config.max_request_size {
-        return Reply::error(
-            413,
-            format!(
-                "a write of {} bytes is larger than --max-request-size {}",
-                range.len(),
-                state.config.max_request_size
-            ),
-        );
-    }
-    if let Framing::Length(len) = body.framing {
-        if len != range.len() {
-            return Reply::error(
-                400,
-                format!(
-                    "Content-Length {len} does not match the range {range} ({} bytes)",
-                    range.len()
-                ),
-            );
-        }
-    }
     let Some(_room) = state
         .bodies
         .reserve(range.len() + 1, state.config.idle_timeout)
@@ -261,6 +222,64 @@ fn put(req: &Request, disk: &Disk, state: &State, body: &mut BodySource) -> Repl
         return Reply::error(500, format!("write of {range} failed: {e}"));
     }
     durable(disk, writeback, "write")
+}
+
+/// The range a PUT writes, from its `Content-Range`, checked against the
+/// disk, `--max-request-size` and the body's announced length: the 4xx
+/// reply otherwise, before a body byte is read.
+fn write_range(
+    req: &Request,
+    size: u64,
+    max_request_size: u64,
+    framing: Framing,
+) -> Result<ByteRange, Reply> {
+    let Some(value) = req.header("Content-Range") else {
+        return Err(Reply::error(
+            400,
+            "PUT needs a Content-Range: bytes B-E/total header",
+        ));
+    };
+    let content_range = match ContentRange::parse(&value) {
+        Ok(cr) => cr,
+        Err(e) => return Err(Reply::error(400, format!("Content-Range {value:?}: {e}"))),
+    };
+    let range = content_range.range;
+    if let ContentTotal::Known(total) = content_range.total {
+        if total != size {
+            return Err(Reply::error(
+                400,
+                format!("Content-Range total {total} is not the disk size {size}"),
+            ));
+        }
+    }
+    if !range.fits_in(size) {
+        return Err(unsatisfiable(
+            size,
+            format!("range {range} is outside the disk of {size} bytes"),
+        ));
+    }
+    if range.len() > max_request_size {
+        return Err(Reply::error(
+            413,
+            format!(
+                "a write of {} bytes is larger than --max-request-size {}",
+                range.len(),
+                max_request_size
+            ),
+        ));
+    }
+    if let Framing::Length(len) = framing {
+        if len != range.len() {
+            return Err(Reply::error(
+                400,
+                format!(
+                    "Content-Length {len} does not match the range {range} ({} bytes)",
+                    range.len()
+                ),
+            ));
+        }
+    }
+    Ok(range)
 }
 
 /// A change whose client already closed the connection is not applied.
