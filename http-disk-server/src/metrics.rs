@@ -145,7 +145,8 @@ impl Failure {
 const FIRST_STATUS: u16 = 100;
 const STATUSES: usize = 500;
 
-/// The counters; one per server, in [`crate::state::State`].
+/// The counters; one per server, in `State` (state.rs, which imports this
+/// module, not the other way round).
 pub struct Metrics {
     started: Instant,
     /// `Op::ALL.len() * STATUSES` counters, by op then status.
