@@ -8,8 +8,6 @@ use std::path::Path;
 
 use ipnet::IpNet;
 
-use crate::cli::parse_cidr;
-
 /// The networks allowed and denied.
 #[derive(Clone, Debug, Default)]
 pub struct AccessList {
@@ -20,10 +18,13 @@ pub struct AccessList {
     deny: Vec<IpNet>,
 }
 
-/// Why a peer is refused, for its 403 reason and the log.
+/// Which access list refuses a peer, for its 403 reason and the log.
+/// (The metrics count both as one reason: `metrics::RefusalReason`.)
 #[derive(Debug, PartialEq, Eq)]
-pub enum Refusal {
+pub enum ListRefusal {
+    /// In a `--deny` network.
     Denied,
+    /// An allow list was given and the peer is in none of its networks.
     NotAllowed,
 }
 
@@ -36,13 +37,15 @@ impl AccessList {
     /// and in an allowed one when an allow list was given. An IPv4 peer reaching an
     /// IPv6 socket shows up as `::ffff:a.b.c.d`: it is matched as the IPv4
     /// address it is, so `--allow 10.0.0.0/8` works whatever `--ip` is.
-    pub fn check(&self, peer: IpAddr) -> Result<(), Refusal> {
+    pub fn check(&self, peer: IpAddr) -> Result<(), ListRefusal> {
         let peer = canonical(peer);
         if self.deny.iter().any(|net| net.contains(&peer)) {
-            return Err(Refusal::Denied);
+            return Err(ListRefusal::Denied);
         }
         match &self.allow {
-            Some(allow) if !allow.iter().any(|net| net.contains(&peer)) => Err(Refusal::NotAllowed),
+            Some(allow) if !allow.iter().any(|net| net.contains(&peer)) => {
+                Err(ListRefusal::NotAllowed)
+            }
             _ => Ok(()),
         }
     }
@@ -64,6 +67,18 @@ pub fn canonical(peer: IpAddr) -> IpAddr {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(peer),
         v4 => v4,
     }
+}
+
+/// Parses `10.0.0.0/8`, `::1/128`, or a bare address (a single host).
+pub fn parse_cidr(text: &str) -> Result<IpNet, String> {
+    let text = text.trim();
+    if let Ok(net) = text.parse::<IpNet>() {
+        // Normalise so 10.1.2.3/8 matches like 10.0.0.0/8.
+        return Ok(net.trunc());
+    }
+    text.parse::<IpAddr>()
+        .map(IpNet::from)
+        .map_err(|_| format!("{text:?} is not an IP network (ADDR/PREFIX) or address"))
 }
 
 /// Reads a list file (`--allow-file`, `--deny-file`): one network or
@@ -110,7 +125,7 @@ mod tests {
         let open = AccessList::default();
         assert!(open.permits(ip("203.0.113.9")));
         assert!(open.permits(ip("::1")));
-        assert_eq!(list(&[]).check(ip("::1")), Err(Refusal::NotAllowed));
+        assert_eq!(list(&[]).check(ip("::1")), Err(ListRefusal::NotAllowed));
     }
 
     #[test]
@@ -149,14 +164,34 @@ mod tests {
             nets(&["10.1.0.0/16", "::1"]),
         );
         assert_eq!(access.check(ip("10.2.0.1")), Ok(()));
-        assert_eq!(access.check(ip("10.1.2.3")), Err(Refusal::Denied));
-        assert_eq!(access.check(ip("::ffff:10.1.2.3")), Err(Refusal::Denied));
-        assert_eq!(access.check(ip("::1")), Err(Refusal::Denied));
-        assert_eq!(access.check(ip("11.0.0.1")), Err(Refusal::NotAllowed));
+        assert_eq!(access.check(ip("10.1.2.3")), Err(ListRefusal::Denied));
+        assert_eq!(
+            access.check(ip("::ffff:10.1.2.3")),
+            Err(ListRefusal::Denied)
+        );
+        assert_eq!(access.check(ip("::1")), Err(ListRefusal::Denied));
+        assert_eq!(access.check(ip("11.0.0.1")), Err(ListRefusal::NotAllowed));
         // Deny alone: everyone else is served.
         let deny_only = AccessList::new(None, nets(&["192.0.2.0/24"]));
         assert!(deny_only.permits(ip("198.51.100.1")));
-        assert_eq!(deny_only.check(ip("192.0.2.9")), Err(Refusal::Denied));
+        assert_eq!(deny_only.check(ip("192.0.2.9")), Err(ListRefusal::Denied));
+    }
+
+    #[test]
+    fn cidrs() {
+        assert_eq!(parse_cidr("10.1.2.3/8").unwrap().to_string(), "10.0.0.0/8");
+        assert_eq!(parse_cidr("::1").unwrap().to_string(), "::1/128");
+        assert_eq!(parse_cidr("127.0.0.1").unwrap().to_string(), "127.0.0.1/32");
+        for bad in [
+            "",
+            "10.0.0.0/33",
+            "host",
+            "10.0.0/8",
+            "::1/129",
+            "1.2.3.4/-1",
+        ] {
+            assert!(parse_cidr(bad).is_err(), "{bad:?} accepted");
+        }
     }
 
     #[test]

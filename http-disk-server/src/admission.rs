@@ -9,25 +9,13 @@
 //! connections are busy with requests, the newcomer gets 503 and the other
 //! peers keep their share.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use crate::access::canonical;
-use crate::metrics::Refusal;
-use crate::server::State;
-
-/// Connections served per peer address.
-#[derive(Debug, Default)]
-pub struct PeerCounts(Mutex<HashMap<IpAddr, usize>>);
-
-impl PeerCounts {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, usize>> {
-        // Every change is one insert, update or remove: still consistent.
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
+use crate::metrics::RefusalReason;
+use crate::state::State;
 
 /// A connection's place, given back (both counts) when its worker ends,
 /// also by panic, or when its worker could not be started.
@@ -58,7 +46,7 @@ impl Drop for Slot {
 /// Admits a connection from `peer`, or says why not (for the metrics, the
 /// 503 and the log). Called by the accept loop only, so nothing else adds to the
 /// counts between the check and the increment.
-pub fn admit(state: &Arc<State>, peer: IpAddr) -> Result<Slot, (Refusal, String)> {
+pub fn admit(state: &Arc<State>, peer: IpAddr) -> Result<Slot, (RefusalReason, String)> {
     let peer = canonical(peer);
     let config = &state.config;
     let mut counts = state.peers.lock();
@@ -69,7 +57,7 @@ pub fn admit(state: &Arc<State>, peer: IpAddr) -> Result<Slot, (Refusal, String)
         // more than --workers. No other client loses a connection.
         if !state.idle.close_longest_idle_of(peer) {
             return Err((
-                Refusal::PeerCap,
+                RefusalReason::PeerCap,
                 format!(
                     "{peer} already holds {held} connections, all busy with requests \
                      (--max-connections-per-peer {})",
@@ -84,7 +72,7 @@ pub fn admit(state: &Arc<State>, peer: IpAddr) -> Result<Slot, (Refusal, String)
         // worker ends within moments, so for that while one thread more
         // than --workers runs); only when all are busy does this one wait.
         return Err((
-            Refusal::Busy,
+            RefusalReason::Busy,
             format!("all {} workers busy with requests", config.workers),
         ));
     }

@@ -89,7 +89,14 @@ pub fn prometheus(report: &Report) -> String {
     let mut out = Exposition {
         text: String::with_capacity(4096),
     };
-    let counts = &report.counts;
+    server_and_disk(&mut out, report);
+    connections(&mut out, report);
+    traffic(&mut out, &report.counts);
+    out.text
+}
+
+/// The families of `/metrics` about the server and its disk.
+fn server_and_disk(out: &mut Exposition, report: &Report) {
     out.single("up", "gauge", "1 while the server runs.", 1);
     out.family(
         "info",
@@ -134,8 +141,12 @@ pub fn prometheus(report: &Report) -> String {
         "uptime_seconds",
         "gauge",
         "Seconds since the server started.",
-        counts.uptime.as_secs(),
+        report.counts.uptime.as_secs(),
     );
+}
+
+/// The families of `/metrics` about connections and workers, now.
+fn connections(out: &mut Exposition, report: &Report) {
     out.single(
         "connections_open",
         "gauge",
@@ -158,8 +169,12 @@ pub fn prometheus(report: &Report) -> String {
         "requests_in_flight",
         "gauge",
         "Requests being handled now.",
-        counts.in_flight,
+        report.counts.in_flight,
     );
+}
+
+/// The counters of `/metrics`: requests, bytes, errors, refusals.
+fn traffic(out: &mut Exposition, counts: &Counts) {
     out.family(
         "requests_total",
         "counter",
@@ -204,7 +219,6 @@ pub fn prometheus(report: &Report) -> String {
     for (refusal, count) in &counts.refusals {
         out.sample("refused_total", &[("reason", refusal.name())], count);
     }
-    out.text
 }
 
 /// The `GET /status` page.
@@ -268,7 +282,7 @@ pub fn status(report: &Report) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::{Failure, Op, Refusal, RequestCount};
+    use crate::metrics::{Failure, Op, RefusalReason, RequestCount};
     use std::time::Duration;
 
     fn report() -> Report {
@@ -310,7 +324,7 @@ mod tests {
                 bytes_read: 40960,
                 bytes_written: 20480,
                 failures: vec![(Failure::Disk, 0), (Failure::ClientGone, 2)],
-                refusals: vec![(Refusal::NotAllowed, 1), (Refusal::Busy, 0)],
+                refusals: vec![(RefusalReason::NotAllowed, 1), (RefusalReason::Busy, 0)],
             },
         }
     }

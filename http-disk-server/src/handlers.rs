@@ -1,83 +1,23 @@
 //! The HTTP methods of the disk protocol, one handler each (HEAD, GET,
 //! PUT, POST), plus the checks every request goes through first: access
-//! list, framing, method, device held. Handlers decide; they do no socket
-//! I/O except reading the request body through [`BodySource`], so every
-//! refusal happens before a body byte is read.
+//! list, framing, method, device held. Handlers decide (a `Reply`, which
+//! `reply.rs` writes); they do no socket I/O except reading the request
+//! body through [`BodySource`], so every refusal happens before a body
+//! byte is read.
 
 use std::io::{BufRead, Write};
 use std::net::IpAddr;
 
 use http_disk_protocol::{
-    headers, ContentRange, ContentTotal, Feature, FeatureSet, RangeError, RangeSpec,
+    headers, ByteRange, ContentRange, ContentTotal, Feature, FeatureSet, RangeError, RangeSpec,
 };
 
-use crate::access::Refusal;
+use crate::access::ListRefusal;
 use crate::disk::Disk;
 use crate::http::{self, BodyError, Framing, HttpError, Request};
 use crate::policy::Policy;
-use crate::server::State;
-
-/// What a reply carries after its head.
-#[derive(Debug)]
-pub enum Body {
-    Empty,
-    Text(String),
-    /// `len` bytes of the disk from `start`, streamed.
-    Disk {
-        start: u64,
-        len: u64,
-    },
-    /// HEAD: announce this Content-Length, send nothing.
-    HeadOnly(u64),
-}
-
-/// A reply decided by a handler.
-#[derive(Debug)]
-pub struct Reply {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: Body,
-    /// Close the connection after this reply.
-    pub close: bool,
-}
-
-impl Reply {
-    fn new(status: u16, body: Body) -> Reply {
-        Reply {
-            status,
-            headers: Vec::new(),
-            body,
-            close: false,
-        }
-    }
-
-    /// An error reply: reason in `X-Disk-Error` and as a text body.
-    pub fn error(status: u16, reason: impl Into<String>) -> Reply {
-        let reason: String = reason.into().replace(['\r', '\n'], " ");
-        Reply::new(status, Body::Text(format!("{reason}\n")))
-            .with(headers::ERROR, &reason)
-            .with("Content-Type", "text/plain; charset=utf-8")
-    }
-
-    pub fn with(mut self, name: &str, value: &str) -> Reply {
-        self.headers.push((name.to_owned(), value.to_owned()));
-        self
-    }
-
-    pub fn closing(mut self) -> Reply {
-        self.close = true;
-        self
-    }
-
-    /// The reason of an error reply, for logs.
-    pub fn reason(&self) -> &str {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == headers::ERROR)
-            .map(|(_, v)| v.as_str())
-            .unwrap_or("")
-    }
-}
+use crate::reply::{Body, Reply};
+use crate::state::State;
 
 /// The request body, read only when a handler asks for it; `100 Continue`
 /// is sent at that moment, never earlier.
@@ -112,8 +52,10 @@ impl BodySource<'_> {
 pub fn check_peer(peer: IpAddr, policy: &Policy) -> Result<(), HttpError> {
     match policy.access.check(peer) {
         Ok(()) => Ok(()),
-        Err(Refusal::Denied) => Err(HttpError::new(403, format!("{peer} is in the --deny list"))),
-        Err(Refusal::NotAllowed) => Err(HttpError::new(
+        Err(ListRefusal::Denied) => {
+            Err(HttpError::new(403, format!("{peer} is in the --deny list")))
+        }
+        Err(ListRefusal::NotAllowed) => Err(HttpError::new(
             403,
             format!("{peer} is not in the --allow list"),
         )),
@@ -244,49 +186,10 @@ fn put(req: &Request, disk: &Disk, state: &State, body: &mut BodySource) -> Repl
         Ok(flag) => flag,
         Err(reply) => return reply,
     };
-    let Some(value) = req.header("Content-Range") else {
-        return Reply::error(400, "PUT needs a Content-Range: bytes B-E/total header");
+    let range = match write_range(req, size, state.config.max_request_size, body.framing) {
+        Ok(range) => range,
+        Err(reply) => return reply,
     };
-    let content_range = match ContentRange::parse(&value) {
-        Ok(cr) => cr,
-        Err(e) => return Reply::error(400, format!("Content-Range {value:?}: {e}")),
-    };
-    let range = content_range.range;
-    if let ContentTotal::Known(total) = content_range.total {
-        if total != size {
-            return Reply::error(
-                400,
-                format!("Content-Range total {total} is not the disk size {size}"),
-            );
-        }
-    }
-    if !range.fits_in(size) {
-        return unsatisfiable(
-            size,
-            format!("range {range} is outside the disk of {size} bytes"),
-        );
-    }
-    if range.len() > state.config.max_request_size {
-        return Reply::error(
-            413,
-            format!(
-                "a write of {} bytes is larger than --max-request-size {}",
-                range.len(),
-                state.config.max_request_size
-            ),
-        );
-    }
-    if let Framing::Length(len) = body.framing {
-        if len != range.len() {
-            return Reply::error(
-                400,
-                format!(
-                    "Content-Length {len} does not match the range {range} ({} bytes)",
-                    range.len()
-                ),
-            );
-        }
-    }
     let Some(_room) = state
         .bodies
         .reserve(range.len() + 1, state.config.idle_timeout)
@@ -319,6 +222,64 @@ fn put(req: &Request, disk: &Disk, state: &State, body: &mut BodySource) -> Repl
         return Reply::error(500, format!("write of {range} failed: {e}"));
     }
     durable(disk, writeback, "write")
+}
+
+/// The range a PUT writes, from its `Content-Range`, checked against the
+/// disk, `--max-request-size` and the body's announced length: the 4xx
+/// reply otherwise, before a body byte is read.
+fn write_range(
+    req: &Request,
+    size: u64,
+    max_request_size: u64,
+    framing: Framing,
+) -> Result<ByteRange, Reply> {
+    let Some(value) = req.header("Content-Range") else {
+        return Err(Reply::error(
+            400,
+            "PUT needs a Content-Range: bytes B-E/total header",
+        ));
+    };
+    let content_range = match ContentRange::parse(&value) {
+        Ok(cr) => cr,
+        Err(e) => return Err(Reply::error(400, format!("Content-Range {value:?}: {e}"))),
+    };
+    let range = content_range.range;
+    if let ContentTotal::Known(total) = content_range.total {
+        if total != size {
+            return Err(Reply::error(
+                400,
+                format!("Content-Range total {total} is not the disk size {size}"),
+            ));
+        }
+    }
+    if !range.fits_in(size) {
+        return Err(unsatisfiable(
+            size,
+            format!("range {range} is outside the disk of {size} bytes"),
+        ));
+    }
+    if range.len() > max_request_size {
+        return Err(Reply::error(
+            413,
+            format!(
+                "a write of {} bytes is larger than --max-request-size {}",
+                range.len(),
+                max_request_size
+            ),
+        ));
+    }
+    if let Framing::Length(len) = framing {
+        if len != range.len() {
+            return Err(Reply::error(
+                400,
+                format!(
+                    "Content-Length {len} does not match the range {range} ({} bytes)",
+                    range.len()
+                ),
+            ));
+        }
+    }
+    Ok(range)
 }
 
 /// A change whose client already closed the connection is not applied.
@@ -409,7 +370,7 @@ fn post(req: &Request, disk: &Disk, body: &mut BodySource) -> Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::server::Config;
+    use crate::state::Config;
     use std::io::Cursor;
     use std::sync::atomic::AtomicUsize;
     use std::sync::OnceLock;

@@ -8,7 +8,7 @@
 
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -17,8 +17,9 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 
-use http_disk_server::reload::Live;
-use http_disk_server::server::{Config, State};
+use http_disk_server::live::Live;
+use http_disk_server::policy::{Policy, PolicySources};
+use http_disk_server::state::{Config, State};
 use http_disk_server::{budget, cli, disk, drbd, metrics_listener, server, signals, tls};
 
 /// Longest wait for in-flight requests after SIGTERM before exiting anyway.
@@ -217,26 +218,7 @@ fn run(args: cli::Args, signal_fd: std::os::unix::io::RawFd) -> Result<(), Strin
         .metrics_listen
         .map(metrics_listener::bind)
         .transpose()?;
-    let workers = usize::try_from(args.workers).unwrap_or(usize::MAX);
-    let state = Arc::new(State {
-        config: Config {
-            readonly: args.readonly,
-            policy_sources,
-            max_request_size: args.max_request_size,
-            idle_timeout: Duration::from_secs(args.idle_timeout),
-            workers,
-            max_connections_per_peer: usize::try_from(args.max_connections_per_peer)
-                .unwrap_or(usize::MAX),
-        },
-        disk: OnceLock::new(),
-        policy: Live::new(policy),
-        active: AtomicUsize::new(0),
-        peers: Default::default(),
-        bodies: budget::Budget::new(body_budget(args.max_request_size)),
-        idle: Default::default(),
-        metrics: Default::default(),
-        tls,
-    });
+    let state = new_state(&args, policy_sources, policy, tls);
     let local = listener
         .local_addr()
         .map_err(|e| format!("listening socket: {e}"))?;
@@ -264,9 +246,55 @@ fn run(args: cli::Args, signal_fd: std::os::unix::io::RawFd) -> Result<(), Strin
             Some(wait)
         }
     };
+    log_listening(&args, local);
+    // Also printed while waiting for the device: SM gives up after 10 s,
+    // and clients fail over on our 503 meanwhile.
+    announce_ready();
+
+    if let Some(wait) = waiting {
+        open_disk_later(Arc::clone(&state), path, args.readonly, wait)?;
+    }
+
+    server::accept_loop(&listener, signal_fd, &state)
+        .map_err(|e| format!("accept loop failed: {e}"))?;
+    drop(listener);
+    finish(&state)
+}
+
+/// What every connection will share, from the command line.
+fn new_state(
+    args: &cli::Args,
+    policy_sources: PolicySources,
+    policy: Policy,
+    tls: Option<tls::ServerTls>,
+) -> Arc<State> {
+    let workers = usize::try_from(args.workers).unwrap_or(usize::MAX);
+    Arc::new(State {
+        config: Config {
+            readonly: args.readonly,
+            policy_sources,
+            max_request_size: args.max_request_size,
+            idle_timeout: Duration::from_secs(args.idle_timeout),
+            workers,
+            max_connections_per_peer: usize::try_from(args.max_connections_per_peer)
+                .unwrap_or(usize::MAX),
+        },
+        disk: OnceLock::new(),
+        policy: Live::new(policy),
+        active: AtomicUsize::new(0),
+        peers: Default::default(),
+        bodies: budget::Budget::new(body_budget(args.max_request_size)),
+        idle: Default::default(),
+        metrics: Default::default(),
+        tls,
+    })
+}
+
+/// The start-up log lines saying what is served where, and how.
+fn log_listening(args: &cli::Args, local: SocketAddr) {
     log::info!(
         "listening on {local} for {} ({}{})",
-        path.display(),
+        args.disk.display(),
         if args.readonly {
             "read-only"
         } else {
@@ -282,32 +310,36 @@ fn run(args: cli::Args, signal_fd: std::os::unix::io::RawFd) -> Result<(), Strin
     if let Some(cert) = &args.tls_cert {
         log::info!("HTTPS only, certificate {}", cert.display());
     }
-    // Also printed while waiting for the device: SM gives up after 10 s,
-    // and clients fail over on our 503 meanwhile.
-    announce_ready();
+}
 
-    if let Some(wait) = waiting {
-        let state = Arc::clone(&state);
-        let readonly = args.readonly;
-        thread::Builder::new()
-            .name("open-disk".into())
-            .spawn(move || {
-                match drbd::open_when_possible(&path, readonly, &signals::STOP, Some(wait)) {
-                    Ok(Some(disk)) => hold(&state, disk),
-                    Ok(None) => {}
-                    Err(e) => {
-                        // Retrying cannot fix it; keep answering 503 so
-                        // clients go elsewhere, and say why loudly.
-                        log::error!("giving up on {}: {e}", path.display())
-                    }
+/// The disk could not be held at start (`wait` says why): a thread keeps
+/// trying, and holds it when it can, while requests get 503.
+fn open_disk_later(
+    state: Arc<State>,
+    path: PathBuf,
+    readonly: bool,
+    wait: drbd::Wait,
+) -> Result<(), String> {
+    thread::Builder::new()
+        .name("open-disk".into())
+        .spawn(move || {
+            match drbd::open_when_possible(&path, readonly, &signals::STOP, Some(wait)) {
+                Ok(Some(disk)) => hold(&state, disk),
+                Ok(None) => {}
+                Err(e) => {
+                    // Retrying cannot fix it; keep answering 503 so
+                    // clients go elsewhere, and say why loudly.
+                    log::error!("giving up on {}: {e}", path.display())
                 }
-            })
-            .map_err(|e| format!("cannot start the open-disk thread: {e}"))?;
-    }
+            }
+        })
+        .map(drop)
+        .map_err(|e| format!("cannot start the open-disk thread: {e}"))
+}
 
-    server::accept_loop(&listener, signal_fd, &state)
-        .map_err(|e| format!("accept loop failed: {e}"))?;
-    drop(listener);
+/// After the accept loop: lets the requests in flight finish (for at most
+/// [`SHUTDOWN_GRACE`]), then makes the disk durable.
+fn finish(state: &State) -> Result<(), String> {
     log::info!("stopping: no new connections; finishing requests in flight");
     let deadline = Instant::now() + SHUTDOWN_GRACE;
     while state.active.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {

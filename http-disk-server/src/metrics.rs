@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use http_disk_protocol::{headers, ContentRange};
 
-use crate::handlers::{Body, Reply};
 use crate::http::Request;
+use crate::reply::{Body, Reply};
 
 /// What a request asked for, from its method and `X-Disk-Op`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,10 +76,13 @@ impl Op {
     }
 }
 
-/// Why a client was turned away before its request was handled.
+/// Why a client was turned away before its request was handled: the
+/// `reason` label of the refusal counter, one per cause the server has
+/// (of which the access lists' own, `access::ListRefusal`, is one).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Refusal {
-    /// 403: the peer is not in `--allow`.
+pub enum RefusalReason {
+    /// 403: the access lists refuse the peer (in `--deny`, or not in
+    /// `--allow`).
     NotAllowed,
     /// 401: missing or wrong `--auth-file` credentials.
     Unauthorized,
@@ -94,24 +97,24 @@ pub enum Refusal {
     Overloaded,
 }
 
-impl Refusal {
-    pub const ALL: [Refusal; 6] = [
-        Refusal::NotAllowed,
-        Refusal::Unauthorized,
-        Refusal::Busy,
-        Refusal::PeerCap,
-        Refusal::NotHeld,
-        Refusal::Overloaded,
+impl RefusalReason {
+    pub const ALL: [RefusalReason; 6] = [
+        RefusalReason::NotAllowed,
+        RefusalReason::Unauthorized,
+        RefusalReason::Busy,
+        RefusalReason::PeerCap,
+        RefusalReason::NotHeld,
+        RefusalReason::Overloaded,
     ];
 
     pub fn name(self) -> &'static str {
         match self {
-            Refusal::NotAllowed => "not_allowed",
-            Refusal::Unauthorized => "unauthorized",
-            Refusal::Busy => "busy",
-            Refusal::PeerCap => "peer_cap",
-            Refusal::NotHeld => "not_held",
-            Refusal::Overloaded => "overloaded",
+            RefusalReason::NotAllowed => "not_allowed",
+            RefusalReason::Unauthorized => "unauthorized",
+            RefusalReason::Busy => "busy",
+            RefusalReason::PeerCap => "peer_cap",
+            RefusalReason::NotHeld => "not_held",
+            RefusalReason::Overloaded => "overloaded",
         }
     }
 }
@@ -142,7 +145,8 @@ impl Failure {
 const FIRST_STATUS: u16 = 100;
 const STATUSES: usize = 500;
 
-/// The counters; one per server, in [`crate::server::State`].
+/// The counters; one per server, in `State` (state.rs, which imports this
+/// module, not the other way round).
 pub struct Metrics {
     started: Instant,
     /// `Op::ALL.len() * STATUSES` counters, by op then status.
@@ -151,7 +155,7 @@ pub struct Metrics {
     bytes_read: AtomicU64,
     bytes_written: AtomicU64,
     failures: [AtomicU64; Failure::ALL.len()],
-    refusals: [AtomicU64; Refusal::ALL.len()],
+    refusals: [AtomicU64; RefusalReason::ALL.len()],
 }
 
 impl Default for Metrics {
@@ -202,7 +206,7 @@ pub struct Counts {
     pub bytes_read: u64,
     pub bytes_written: u64,
     pub failures: Vec<(Failure, u64)>,
-    pub refusals: Vec<(Refusal, u64)>,
+    pub refusals: Vec<(RefusalReason, u64)>,
 }
 
 impl Metrics {
@@ -212,7 +216,7 @@ impl Metrics {
         InFlight(&self.in_flight)
     }
 
-    pub fn refused(&self, why: Refusal) {
+    pub fn refused(&self, why: RefusalReason) {
         bump(&self.refusals[why as usize], 1);
     }
 
@@ -230,10 +234,10 @@ impl Metrics {
         let op = Op::of(request);
         self.count_request(op, reply.status);
         match reply.status {
-            403 => self.refused(Refusal::NotAllowed),
-            401 => self.refused(Refusal::Unauthorized),
-            503 if !held => self.refused(Refusal::NotHeld),
-            503 => self.refused(Refusal::Overloaded),
+            403 => self.refused(RefusalReason::NotAllowed),
+            401 => self.refused(RefusalReason::Unauthorized),
+            503 if !held => self.refused(RefusalReason::NotHeld),
+            503 => self.refused(RefusalReason::Overloaded),
             500 => bump(&self.failures[Failure::Disk as usize], 1),
             _ => {}
         }
@@ -291,7 +295,7 @@ impl Metrics {
                 .iter()
                 .map(|&f| (f, load(&self.failures[f as usize])))
                 .collect(),
-            refusals: Refusal::ALL
+            refusals: RefusalReason::ALL
                 .iter()
                 .map(|&r| (r, load(&self.refusals[r as usize])))
                 .collect(),
@@ -355,7 +359,7 @@ mod tests {
         metrics.count_reply(&get, &Reply::error(401, "no"), &Ok(()), true);
         metrics.count_reply(&get, &Reply::error(503, "no"), &Ok(()), false);
         metrics.count_reply(&put, &Reply::error(503, "no"), &Ok(()), true);
-        metrics.refused(Refusal::Busy);
+        metrics.refused(RefusalReason::Busy);
         metrics.count_request(Op::Other, 400);
         let in_flight = metrics.request_started();
         let counts = metrics.counts();
@@ -394,12 +398,12 @@ mod tests {
         assert_eq!(
             counts.refusals,
             vec![
-                (Refusal::NotAllowed, 1),
-                (Refusal::Unauthorized, 1),
-                (Refusal::Busy, 1),
-                (Refusal::PeerCap, 0),
-                (Refusal::NotHeld, 1),
-                (Refusal::Overloaded, 1),
+                (RefusalReason::NotAllowed, 1),
+                (RefusalReason::Unauthorized, 1),
+                (RefusalReason::Busy, 1),
+                (RefusalReason::PeerCap, 0),
+                (RefusalReason::NotHeld, 1),
+                (RefusalReason::Overloaded, 1),
             ]
         );
         assert_eq!(counts.in_flight, 1);

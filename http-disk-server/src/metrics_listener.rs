@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use crate::drbd;
 use crate::exposition::{self, DrbdFacts, HeldDisk, Report};
 use crate::http::{self, HeadError, Request};
-use crate::server::State;
+use crate::state::State;
 
 /// Connections answered at once; more are closed without a reply.
 pub const MAX_CONNECTIONS: usize = 4;

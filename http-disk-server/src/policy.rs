@@ -90,7 +90,7 @@ impl Policy {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::parse_cidr;
+    use crate::access::parse_cidr;
     use std::net::IpAddr;
 
     fn ip(text: &str) -> IpAddr {

@@ -1,42 +1,9 @@
 //! SIGHUP: re-read, without a restart and without dropping any client,
 //! what may change while the server runs. The signal handler only asks
 //! (`signals.rs`); the accept loop calls [`reload`]: the access policy
-//! and the TLS certificate, each held in `State` as a [`Live`] value.
+//! and the TLS certificate, each held in `State` as a [`Live`](crate::live::Live) value.
 
-use std::sync::{Arc, RwLock};
-
-use crate::server::State;
-
-/// A value that requests read and a reload replaces as a whole. A request
-/// takes the current `Arc` once and uses it to the end, so it never sees
-/// half of an old value and half of a new one; the lock is held only to
-/// clone or swap the `Arc`, never while a file is read.
-#[derive(Debug, Default)]
-pub struct Live<T>(RwLock<Arc<T>>);
-
-impl<T> Live<T> {
-    pub fn new(value: T) -> Live<T> {
-        Live(RwLock::new(Arc::new(value)))
-    }
-
-    pub fn current(&self) -> Arc<T> {
-        // A poisoned lock still holds a whole Arc (replacing it is one
-        // assignment): keep serving with it.
-        Arc::clone(&self.0.read().unwrap_or_else(|e| e.into_inner()))
-    }
-
-    pub fn from_arc(value: Arc<T>) -> Live<T> {
-        Live(RwLock::new(value))
-    }
-
-    pub fn replace(&self, value: T) {
-        self.replace_arc(Arc::new(value));
-    }
-
-    pub fn replace_arc(&self, value: Arc<T>) {
-        *self.0.write().unwrap_or_else(|e| e.into_inner()) = value;
-    }
-}
+use crate::state::State;
 
 /// Re-reads everything reloadable. A part that fails keeps its previous
 /// value and logs why (file and line); the others still take effect.

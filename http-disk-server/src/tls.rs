@@ -3,7 +3,7 @@
 //! TLS connection the request loop reads and writes.
 //!
 //! A connection is served by one worker thread, and its read half
-//! (`server::TimedStream`) and write half ([`Outgoing`]) share one rustls
+//! (`connection::TimedStream`) and write half ([`Outgoing`]) share one rustls
 //! connection: an `Rc<RefCell<..>>`, never borrowed by both at once
 //! (each call borrows it for its own duration only). The TLS I/O loops,
 //! which re-arm the socket timeout before every socket call, are in the
@@ -23,7 +23,7 @@ use std::sync::Arc;
 use tls_io::rustls::{self, ServerConfig, ServerConnection};
 use tls_io::Socket;
 
-use crate::reload::Live;
+use crate::live::Live;
 
 /// Reads `--tls-cert` (PEM chain: the server's certificate first) and
 /// `--tls-key` into a server configuration: TLS 1.2 and 1.3, HTTP/1.1.

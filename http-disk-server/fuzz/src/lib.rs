@@ -27,9 +27,10 @@ use std::time::Duration;
 use http_disk_protocol::{ByteRange, ContentRange, ContentTotal, RangeError, RangeSpec};
 use http_disk_server::budget::Budget;
 use http_disk_server::disk::Disk;
-use http_disk_server::handlers::{self, Body, BodySource, Reply};
+use http_disk_server::handlers::{self, BodySource};
 use http_disk_server::http::{self, Framing, HeadError, Request};
-use http_disk_server::server::{Config, State};
+use http_disk_server::reply::{Body, Reply};
+use http_disk_server::state::{Config, State};
 
 /// Size of the disk [`check_handling`] serves: small, so that the small
 /// numbers a fuzzer tries first land on both sides of its end.
