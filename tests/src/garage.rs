@@ -160,34 +160,11 @@ impl Garage {
     /// The plugin keys for this server with a second key that may only
     /// read the bucket (made on first use through the `garage` CLI).
     pub fn read_only_params(&self, prefix: &str) -> Vec<String> {
-        let config = self.dir.path().join("garage.toml");
         let access_key = format!("GK{}", &self.secret_key[..24]);
         let secret_key: String = self.secret_key.chars().rev().collect();
         let secret_file = self.dir.path().join("read-only-secret");
         if !secret_file.exists() {
-            cli(
-                &config,
-                &[
-                    "key",
-                    "import",
-                    "--yes",
-                    "-n",
-                    "reader",
-                    &access_key,
-                    &secret_key,
-                ],
-            );
-            cli(
-                &config,
-                &[
-                    "bucket",
-                    "allow",
-                    "--read",
-                    &self.bucket,
-                    "--key",
-                    &access_key,
-                ],
-            );
+            self.import_key("reader", &access_key, &secret_key, &["--read"]);
             fs::write(&secret_file, &secret_key).expect("write secret file");
         }
         let mut params = self.params(prefix);
@@ -207,32 +184,22 @@ impl Garage {
                 .fold(0u64, |h, b| h.wrapping_mul(31) ^ u64::from(b));
         let access_key = format!("GK{}", hex(seed, 24));
         let secret_key = hex(seed + 1, 64);
+        self.import_key(name, &access_key, &secret_key, &["--read", "--write"]);
+        (access_key, secret_key)
+    }
+
+    /// Imports the key `access_key`/`secret_key` as `name` and gives it
+    /// `rights` (`--read`, `--write`) on the bucket, through the CLI.
+    fn import_key(&self, name: &str, access_key: &str, secret_key: &str, rights: &[&str]) {
         let config = self.dir.path().join("garage.toml");
         cli(
             &config,
-            &[
-                "key",
-                "import",
-                "--yes",
-                "-n",
-                name,
-                &access_key,
-                &secret_key,
-            ],
+            &["key", "import", "--yes", "-n", name, access_key, secret_key],
         );
-        cli(
-            &config,
-            &[
-                "bucket",
-                "allow",
-                "--read",
-                "--write",
-                &self.bucket,
-                "--key",
-                &access_key,
-            ],
-        );
-        (access_key, secret_key)
+        let mut allow = vec!["bucket", "allow"];
+        allow.extend_from_slice(rights);
+        allow.extend_from_slice(&[&self.bucket, "--key", access_key]);
+        cli(&config, &allow);
     }
 
     /// Deletes the key `access_key`: requests signed with it are refused
