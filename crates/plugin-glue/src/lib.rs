@@ -7,6 +7,9 @@
 //!   the NBD client sees.
 //! - [`config`]: parsing of keys shared across plugins (sizes, booleans,
 //!   durations, passwords) and a registry that refuses unknown keys.
+//! - [`keys`]: each plugin's table of keys, defined once; from it
+//!   [`help`] renders `nbdkit NAME --help` and [`manpage`] the
+//!   `nbdkit-NAME-plugin(1)` page (in [`roff`]).
 //! - [`logging`]: a `log` backend writing through `nbdkit_error` /
 //!   `nbdkit_debug`, so messages honour nbdkit's `--log` and `-v`.
 //! - [`secret`]: passwords and keys kept out of logs and core dumps.
@@ -17,8 +20,12 @@
 
 pub mod config;
 pub mod errno;
+pub mod help;
+pub mod keys;
 pub mod logging;
+pub mod manpage;
 pub mod refreshable;
+pub mod roff;
 pub mod secret;
 pub mod watched_file;
 
