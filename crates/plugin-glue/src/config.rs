@@ -8,6 +8,7 @@ use std::fmt;
 use std::os::raw::{c_char, c_int};
 use std::time::Duration;
 
+use crate::keys::Plugin;
 use crate::secret::{wipe, Secret};
 use crate::ToErrno;
 
@@ -179,7 +180,7 @@ pub fn read_password(key: &str, value: &str) -> Result<Secret, ConfigError> {
 pub trait Builder: Default + Clone + Send {
     fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError>;
 
-    /// Takes one of the keys the [`Collector`] was told are secret, already
+    /// Takes one of the keys its table marks secret (see [`Collector`]), already
     /// read with nbdkit's password syntax: the value is never a `&str` on
     /// the heap, so it cannot be copied there by mistake. Plugins without
     /// secret keys keep this refusal.
@@ -194,20 +195,20 @@ pub trait Builder: Default + Clone + Send {
 }
 
 /// Collects a plugin's parameters from nbdkit's `config` callback (one per
-/// process), reading secret keys with nbdkit's password syntax first, so
-/// every plugin handles `-`, `+FILE` and `-FD` the same way.
+/// process). Its key table decides: a key not in it is refused by name,
+/// listing those that are; a secret key is read with nbdkit's password
+/// syntax first, so every plugin handles `-`, `+FILE` and `-FD` the same
+/// way.
 pub struct Collector<B> {
     builder: std::sync::Mutex<Option<B>>,
-    plugin: &'static str,
-    secret_keys: &'static [&'static str],
+    plugin: &'static Plugin,
 }
 
 impl<B: Builder> Collector<B> {
-    pub const fn new(plugin: &'static str, secret_keys: &'static [&'static str]) -> Collector<B> {
+    pub const fn new(plugin: &'static Plugin) -> Collector<B> {
         Collector {
             builder: std::sync::Mutex::new(None),
             plugin,
-            secret_keys,
         }
     }
 
@@ -215,9 +216,10 @@ impl<B: Builder> Collector<B> {
     /// value (it may be a secret).
     pub fn config(&self, key: &str, value: &str) -> nbdkit::Result<()> {
         crate::guard(
-            || format!("{}: {key}", self.plugin),
+            || format!("{}: {key}", self.plugin.name),
             || -> Result<(), ConfigError> {
-                if self.secret_keys.contains(&key) {
+                self.plugin.check_known(key)?;
+                if self.plugin.is_secret(key) {
                     let secret = read_password(key, value)?;
                     let mut builder = self.lock();
                     let builder = builder.get_or_insert_with(B::default);

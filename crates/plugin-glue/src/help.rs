@@ -27,19 +27,14 @@ pub fn config_help(plugin: &'static Plugin) -> &'static str {
 /// trailing newline (nbdkit adds one).
 pub fn render(plugin: &Plugin) -> String {
     let usages: Vec<String> = plugin.keys.iter().map(|k| k.usage()).collect();
-    let column = usages
-        .iter()
-        .map(String::len)
-        .chain(plugin.environment.iter().map(|v| v.name.len()))
-        .max()
-        .unwrap_or(0)
-        + 2;
     let mut out = String::new();
+    let key_column = column(usages.iter().map(String::len));
     for (key, usage) in plugin.keys.iter().zip(&usages) {
-        entry(&mut out, usage, &key.text(), column);
+        entry(&mut out, usage, &key.text(), key_column);
     }
     if !plugin.environment.is_empty() {
         out.push_str("\nEnvironment:\n");
+        let column = column(plugin.environment.iter().map(|v| v.name.len()));
         for var in plugin.environment {
             entry(&mut out, var.name, var.text, column);
         }
@@ -52,6 +47,11 @@ pub fn render(plugin: &Plugin) -> String {
     }
     out.truncate(out.trim_end().len());
     out
+}
+
+/// Where the texts start: two spaces after the longest label.
+fn column(labels: impl Iterator<Item = usize>) -> usize {
+    labels.max().unwrap_or(0) + 2
 }
 
 /// `label` padded to `column`, then `text` wrapped; continuation lines
@@ -111,7 +111,7 @@ password=+FILE  A password, as in nbdkit: +FILE, -FD or -. A back\\slash stays
                 one.
 
 Environment:
-SAMPLE_DIR      Default of dir=.
+SAMPLE_DIR  Default of dir=.
 Removed from the environment once read.";
         assert_eq!(help, expected);
         for line in help.lines() {

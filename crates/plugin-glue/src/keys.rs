@@ -131,13 +131,26 @@ pub(crate) mod tests {
         name: "sample",
         summary: "a plugin for tests",
         magic_key: Some("dir"),
-        description: &["Serves nothing. A line starting with a dot:", ".not a request"],
+        description: &[
+            "Serves nothing. A line starting with a dot:",
+            ".not a request",
+        ],
         keys: &[
             Key {
                 required: true,
-                ..Key::new("dir", "DIR", "Directory of the disk.", "Created on first use.")
+                ..Key::new(
+                    "dir",
+                    "DIR",
+                    "Directory of the disk.",
+                    "Created on first use.",
+                )
             },
-            Key::new("size", "SIZE", "Disk size (nbdkit size syntax: 1G, 512M).", ""),
+            Key::new(
+                "size",
+                "SIZE",
+                "Disk size (nbdkit size syntax: 1G, 512M).",
+                "",
+            ),
             Key {
                 secret: true,
                 ..Key::new(

@@ -2,7 +2,9 @@
 //! so the sharded and s3 plugins share one set of callbacks and differ
 //! only in their configuration and backend.
 //!
-//! The plugin crate provides two functions and a backend type:
+//! The plugin crate provides its key table (a `static`
+//! `plugin_glue::keys::Plugin`: name, description, `--help`), two
+//! functions and a backend type:
 //! - `fn config(key: &str, value: &str) -> nbdkit::Result<()>`
 //! - `fn open_store() -> Result<chunk_store::ChunkStore<Backend>, chunk_store::StoreError>`
 //!   (called once, from `config_complete`).
@@ -20,9 +22,7 @@
 macro_rules! chunk_store_plugin {
     (
         plugin: $plugin:ident,
-        name: $name:expr,
-        description: $description:expr,
-        help: $help:expr,
+        keys: $keys:path,
         backend: $backend:ty,
         config: $config:path,
         open_store: $open_store:path $(,)?
@@ -42,7 +42,7 @@ macro_rules! chunk_store_plugin {
 
         impl ::nbdkit::Server for $plugin {
             fn name() -> &'static str {
-                $name
+                $keys.name
             }
 
             fn version() -> ::std::option::Option<&'static str> {
@@ -50,11 +50,15 @@ macro_rules! chunk_store_plugin {
             }
 
             fn description() -> ::std::option::Option<&'static str> {
-                Some($description)
+                Some($keys.summary)
             }
 
             fn config_help() -> ::std::option::Option<&'static str> {
-                Some($help)
+                Some(::plugin_glue::help::config_help(&$keys))
+            }
+
+            fn magic_config_key() -> ::std::option::Option<&'static str> {
+                $keys.magic_key
             }
 
             fn load() {
@@ -71,7 +75,7 @@ macro_rules! chunk_store_plugin {
 
             fn config_complete() -> ::nbdkit::Result<()> {
                 ::plugin_glue::guard(
-                    || format!("{}: opening the disk", $name),
+                    || format!("{}: opening the disk", $keys.name),
                     || -> ::std::result::Result<(), $crate::StoreError> {
                         let opened = $open_store()?;
                         let _ = STORE.set(opened);
@@ -82,14 +86,14 @@ macro_rules! chunk_store_plugin {
 
             fn open(_readonly: bool) -> ::nbdkit::Result<Box<dyn ::nbdkit::Server>> {
                 ::plugin_glue::guard(
-                    || format!("{}: open", $name),
+                    || format!("{}: open", $keys.name),
                     || store().map(|_| Box::new($plugin) as Box<dyn ::nbdkit::Server>),
                 )
             }
 
             fn get_size(&self) -> ::nbdkit::Result<i64> {
                 ::plugin_glue::guard(
-                    || format!("{}: get_size", $name),
+                    || format!("{}: get_size", $keys.name),
                     || Ok::<_, $crate::StoreError>(store()?.geometry().size() as i64),
                 )
             }
@@ -125,7 +129,7 @@ macro_rules! chunk_store_plugin {
             fn read_at(&self, buf: &mut [u8], offset: u64) -> ::nbdkit::Result<()> {
                 let len = buf.len();
                 ::plugin_glue::guard(
-                    || format!("{}: read of {len} bytes at {offset}", $name),
+                    || format!("{}: read of {len} bytes at {offset}", $keys.name),
                     || store()?.read(buf, offset),
                 )
             }
@@ -137,13 +141,13 @@ macro_rules! chunk_store_plugin {
                 flags: ::nbdkit::Flags,
             ) -> ::nbdkit::Result<()> {
                 ::plugin_glue::guard(
-                    || format!("{}: write of {} bytes at {offset}", $name, buf.len()),
+                    || format!("{}: write of {} bytes at {offset}", $keys.name, buf.len()),
                     || store()?.write(buf, offset, flags.contains(::nbdkit::Flags::FUA)),
                 )
             }
 
             fn flush(&self) -> ::nbdkit::Result<()> {
-                ::plugin_glue::guard(|| format!("{}: flush", $name), || store()?.flush())
+                ::plugin_glue::guard(|| format!("{}: flush", $keys.name), || store()?.flush())
             }
 
             fn trim(
@@ -153,7 +157,7 @@ macro_rules! chunk_store_plugin {
                 flags: ::nbdkit::Flags,
             ) -> ::nbdkit::Result<()> {
                 ::plugin_glue::guard(
-                    || format!("{}: trim of {count} bytes at {offset}", $name),
+                    || format!("{}: trim of {count} bytes at {offset}", $keys.name),
                     || store()?.zero(offset, count.into(), flags.contains(::nbdkit::Flags::FUA)),
                 )
             }
@@ -165,7 +169,7 @@ macro_rules! chunk_store_plugin {
                 flags: ::nbdkit::Flags,
             ) -> ::nbdkit::Result<()> {
                 ::plugin_glue::guard(
-                    || format!("{}: zero of {count} bytes at {offset}", $name),
+                    || format!("{}: zero of {count} bytes at {offset}", $keys.name),
                     || store()?.zero(offset, count.into(), flags.contains(::nbdkit::Flags::FUA)),
                 )
             }
@@ -178,7 +182,7 @@ macro_rules! chunk_store_plugin {
                 handle: &mut ::nbdkit::ExtentHandle,
             ) -> ::nbdkit::Result<()> {
                 ::plugin_glue::guard(
-                    || format!("{}: extents of {count} bytes at {offset}", $name),
+                    || format!("{}: extents of {count} bytes at {offset}", $keys.name),
                     || -> ::std::result::Result<(), $crate::StoreError> {
                         for extent in store()?.extents(offset, count.into())? {
                             let kind = if extent.hole {

@@ -1,5 +1,5 @@
-//! The plugin's `key=value` parameters: which keys exist, their defaults,
-//! their validation, and the `config_help` text that documents them.
+//! The plugin's `key=value` parameters: their defaults and validation
+//! (which keys exist, and their help text, are in [`crate::keys`]).
 //!
 //! Pure Rust: everything except `password=` (which reads through nbdkit)
 //! is unit-tested with `cargo test`.
@@ -8,29 +8,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::endpoint::Address;
+use crate::keys::PLUGIN;
 use plugin_glue::config::{
     parse_bool, parse_count, parse_duration, parse_size, Builder, ConfigError,
 };
 use plugin_glue::Secret;
-
-/// Every key the plugin accepts, for the "unknown key" error.
-pub const KEYS: &[&str] = &[
-    "urls",
-    "device-size",
-    "user",
-    "password",
-    "connect-timeout",
-    "io-timeout",
-    "stall-timeout",
-    "failover-window",
-    "pool-size",
-    "status-file",
-    "cafile",
-    "tls-verify",
-    "writeback",
-    "journal-size",
-    "supersede",
-];
 
 /// Default of `connect-timeout=`: TCP connect and HEAD probe limit. Probes
 /// run in parallel, so this is what start-up and failover cost at most.
@@ -68,78 +50,6 @@ pub const DEFAULT_POOL_MAX: usize = 64;
 pub const DEFAULT_JOURNAL_SIZE: u64 = 64 << 20;
 /// Pools have up to 64 hosts; leave room, but refuse absurd lists.
 pub const MAX_URLS: usize = 1024;
-
-pub const HELP: &str = "\
-urls=URL,URL,...       (required) http-disk-server URLs of one shared disk,
-                       comma-separated, whitespace ignored; bare URLs work
-                       (magic key) and repeated urls= keys add to the list.
-device-size=SIZE       Expected disk size (nbdkit size syntax: 4194304, 4M).
-                       Servers of another size are never used. When given,
-                       connections open even if no server answers yet.
-                       Default: the size of the first server that answers.
-user=USER              HTTP Basic auth user name.
-password=+FILE         HTTP Basic auth password, as in nbdkit: +FILE (first
-                       line of FILE), -FD (inherited descriptor) or -
-                       (prompt). A literal password=PASSWORD works but shows
-                       in ps and in nbdkit -v: never in production.
-                       +FILE is read again when the file is rewritten or
-                       a server answers 401 (rotation, no restart).
-connect-timeout=TIME   TCP connect and HEAD probe timeout (default 2s).
-                       All URLs are probed in parallel: start-up and each
-                       failover cost at most one connect-timeout.
-io-timeout=TIME        How long a request may take, plus 1 s per MiB it
-                       carries, before its server is considered dead and
-                       the request fails over (default 30s).
-stall-timeout=TIME     A request without reply for this long (plus 1 s
-                       per 64 MiB it carries) makes the other servers be
-                       probed; if one can serve the disk, the request and
-                       every other one waiting moves there (default
-                       500ms). A server that is the only one able to
-                       serve is waited for (io-timeout, failover-window).
-failover-window=TIME   How long a request keeps trying the servers before
-                       it fails with EIO (default 60s).
-pool-size=N            Connections open to one server at most, kept alive
-                       between requests. Default: 16 per NBD client
-                       connection, at most 64.
-writeback=true         Acknowledge writes, trims and zeroes once the
-                       server has them, durable only at the next flush or
-                       FUA write (faster; for clients that flush: file
-                       systems, qemu, nbdcopy). Default false: every write
-                       is durable on the server before it is acknowledged,
-                       as O_DIRECT clients that never flush (XCP-ng's HA
-                       statefile, the redo log) need.
-journal-size=SIZE      With writeback=true: how much of the writes, trims
-                       and zeroes acknowledged since the last flush is
-                       kept, to replay on the next server after a
-                       failover so the flush still succeeds (default 64M;
-                       0: keep none). A failover after more than this
-                       went unflushed makes the next flush fail with EIO.
-supersede=true         One NBD client at a time: the first write, trim,
-                       zero or flush of a newer connection ends the older
-                       connections' requests still waiting for a server
-                       (EIO; those on the wire are abandoned, and a
-                       server drops a write whose connection closed), and
-                       their later requests fail. For the kernel's
-                       reconnect after its timeout (nbd-http-server sets
-                       it): a request it gave up on and resent must not
-                       land after newer writes. Turns multi-conn off.
-                       Default false.
-status-file=PATH       Keep PATH (key=value lines) up to date with the
-                       server in use, the failover count and each URL's
-                       last error and last success; replaced atomically
-                       on every change. Default: none.
-
-cafile=PATH            PEM bundle of the CA certificates trusted for
-                       https:// URLs (default: the system bundle,
-                       /etc/ssl/certs/ca-certificates.crt or
-                       /etc/pki/tls/certs/ca-bundle.crt). The server's
-                       certificate must also name the URL's host (DNS name
-                       or IP address). http:// and https:// URLs may mix.
-                       Read again when the file is rewritten or a
-                       certificate does not verify (CA rotation).
-tls-verify=false       DANGEROUS: check neither certificates nor names of
-                       https:// servers (still encrypted, but anyone on the
-                       path can pose as a server). Logged as a warning.";
 
 /// A validated plugin configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -255,7 +165,7 @@ impl Builder for ConfigBuilder {
             "writeback" => self.writeback = Some(parse_bool(key, value)?),
             "journal-size" => self.journal_size = Some(parse_size(key, value)?),
             "supersede" => self.supersede = Some(parse_bool(key, value)?),
-            _ => return Err(ConfigError::unknown_key(key, KEYS)),
+            _ => return Err(PLUGIN.unknown_key(key)),
         }
         Ok(())
     }
@@ -265,7 +175,7 @@ impl Builder for ConfigBuilder {
     fn set_secret(&mut self, key: &str, value: Secret) -> Result<(), ConfigError> {
         match key {
             "password" => self.password = Some(value),
-            _ => return Err(ConfigError::unknown_key(key, KEYS)),
+            _ => return Err(PLUGIN.unknown_key(key)),
         }
         Ok(())
     }
@@ -500,9 +410,25 @@ mod tests {
     }
 
     #[test]
-    fn help_names_every_key() {
-        for key in KEYS {
-            assert!(HELP.contains(&format!("{key}=")), "{key} missing in help");
+    fn every_key_of_the_table_is_taken_and_help_names_it() {
+        let help = plugin_glue::help::render(&PLUGIN);
+        let mut b = ConfigBuilder::default();
+        for key in PLUGIN.keys {
+            assert!(
+                help.contains(&format!("{}=", key.name)),
+                "{} missing in help",
+                key.name
+            );
+            // A key of the table that `set` does not know would be refused
+            // as unknown although the help lists it.
+            if !key.secret {
+                let e = b.set(key.name, "").err().map(|e| e.to_string());
+                assert!(
+                    !e.as_deref().unwrap_or("").contains("unknown parameter"),
+                    "{}: {e:?}",
+                    key.name
+                );
+            }
         }
     }
 

@@ -5,7 +5,8 @@
 //! This file is only the nbdkit glue: every callback body runs under
 //! [`plugin_glue::guard`] (a panic becomes EIO, never an abort) and calls
 //! into the modules that do the work:
-//! - [`config`]: keys, defaults, validation, help text;
+//! - [`keys`]: the table of keys (help text, man page, unknown-key error);
+//! - [`config`]: keys' defaults and validation;
 //! - [`transport`]: the HTTP requests the plugin sends, over the shared
 //!   `http-client` crate (re-exported here as [`endpoint`]: a URL and its
 //!   idle connections, [`connection`]: one keep-alive connection under a
@@ -28,6 +29,7 @@ pub mod discovery;
 pub mod error;
 pub mod health;
 pub mod journal;
+pub mod keys;
 pub mod ops;
 pub mod reply;
 pub mod stall;

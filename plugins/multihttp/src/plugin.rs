@@ -15,10 +15,11 @@ use crate::clients::Client;
 use crate::cluster::Cluster;
 use crate::config::{self, ConfigBuilder};
 use crate::error::Error;
+use crate::keys::PLUGIN;
 use crate::ops;
 use crate::reply::ServerInfo;
 
-static CONFIG: Collector<ConfigBuilder> = Collector::new("multihttp", &["password"]);
+static CONFIG: Collector<ConfigBuilder> = Collector::new(&PLUGIN);
 static CLUSTER: OnceLock<Arc<Cluster>> = OnceLock::new();
 
 fn cluster() -> Result<&'static Arc<Cluster>, Error> {
@@ -52,7 +53,7 @@ impl MultiHttp {
 
 impl Server for MultiHttp {
     fn name() -> &'static str {
-        "multihttp"
+        PLUGIN.name
     }
 
     fn version() -> Option<&'static str> {
@@ -60,15 +61,15 @@ impl Server for MultiHttp {
     }
 
     fn description() -> Option<&'static str> {
-        Some("one disk behind several http-disk-server URLs, with failover")
+        Some(PLUGIN.summary)
     }
 
     fn magic_config_key() -> Option<&'static str> {
-        Some("urls")
+        PLUGIN.magic_key
     }
 
     fn config_help() -> Option<&'static str> {
-        Some(config::HELP)
+        Some(plugin_glue::help::config_help(&PLUGIN))
     }
 
     fn load() {
@@ -94,7 +95,7 @@ impl Server for MultiHttp {
         let _ = std::panic::catch_unwind(|| {
             let mut out = std::io::stdout().lock();
             let _ = writeln!(out, "multihttp_version={}", env!("CARGO_PKG_VERSION"));
-            let _ = writeln!(out, "multihttp_keys={}", config::KEYS.join(","));
+            let _ = writeln!(out, "multihttp_keys={}", PLUGIN.key_names().join(","));
             let _ = writeln!(
                 out,
                 "multihttp_default_connect_timeout={:?}",

@@ -1,4 +1,5 @@
-//! The plugin's keys, their validation and the `config_help` text.
+//! The plugin's keys' validation (which keys exist, and their help text,
+//! are in [`crate::keys`]).
 //! Credentials never have to be on the command line: they come from the
 //! environment or from a file/stdin, and are never logged.
 
@@ -12,53 +13,7 @@ use plugin_glue::config::{
 use plugin_glue::Secret;
 
 use crate::credentials::{KeyPair, KeySource};
-
-pub const HELP: &str = "\
-endpoint=URL          (required) S3 endpoint, http:// or https://
-cafile=PATH           PEM bundle of the CA certificates trusted for an
-                      https:// endpoint (default: Mozilla's list built into
-                      the plugin, not the system's bundle).
-bucket=NAME           (required) Bucket holding the disk.
-prefix=PREFIX         Key prefix of the disk's objects (default: none;
-                      e.g. disks/vol1/). One disk per prefix.
-region=REGION         Signing region (default us-east-1).
-addressing=STYLE      path (default: endpoint/bucket/key) or virtual
-                      (bucket.endpoint/key).
-size=SIZE             Disk size; needed to create the disk, then the stored
-                      size is the truth (a different size= is refused).
-chunk-size=SIZE       Object size when creating (power of two, 4K to 1G;
-                      default 4M). A different value later is refused.
-grow=BOOL             Allow size= larger than the stored size (default false).
-access-key=ID         Access key id (default: $AWS_ACCESS_KEY_ID).
-secret-key=+FILE      Secret key, as in nbdkit: +FILE, -FD or - (a literal
-                      key shows in ps and in nbdkit -v). A +FILE is read
-                      again when rewritten and when the store refuses a
-                      request (403): rotation without restarting nbdkit.
-                      Default: $AWS_SECRET_ACCESS_KEY.
-session-token=+FILE   Session token of temporary credentials, same forms
-                      and re-reading; also read again on ExpiredToken.
-                      Default: $AWS_SESSION_TOKEN when set.
-credentials-file=PATH AWS shared credentials file: the key id, secret and
-                      token of profile=, read again as a whole when the
-                      file is rewritten or a request is refused, so a key
-                      with a new id can replace the old one. Default:
-                      $AWS_SHARED_CREDENTIALS_FILE when no key is given
-                      otherwise (~/.aws/credentials is not read unless
-                      named).
-profile=NAME          Profile in credentials-file= (default: $AWS_PROFILE,
-                      else default).
-                      The AWS_* variables are removed from the environment
-                      once read (/proc/PID/environ, core dumps, --run).
-pool-size=N           Idle keep-alive connections kept for the next
-                      requests (default 16, one per nbdkit thread of an NBD
-                      connection). It never holds requests back: more run
-                      at once on extra connections, closed after their
-                      reply. 0: a new connection per request.
-connect-timeout=TIME  TCP connect timeout (default 5s).
-io-timeout=TIME       Deadline of one request, plus 1 s per MiB (default 30s).
-retry-window=TIME     How long network errors and 5xx replies are retried,
-                      with backoff, before the request fails with EIO
-                      (default 30s).";
+use crate::keys::PLUGIN;
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -99,11 +54,6 @@ pub struct ConfigBuilder {
     cafile: Option<PathBuf>,
 }
 
-pub const KEYS: &str = "endpoint, bucket, prefix, region, addressing, size, chunk-size, grow, \
-                        access-key, secret-key, session-token, credentials-file, profile, \
-                        pool-size, connect-timeout, io-timeout, retry-window, \
-                        cafile";
-
 impl Builder for ConfigBuilder {
     /// Every key except `secret-key` and `session-token` (see
     /// `set_secret`).
@@ -142,7 +92,7 @@ impl Builder for ConfigBuilder {
             }
             "credentials-file" => self.credentials_file = Some(PathBuf::from(value)),
             "profile" => self.profile = Some(value.to_owned()),
-            // 0: a new connection per request (see HELP).
+            // 0: a new connection per request (see keys.rs).
             "pool-size" if value.trim() == "0" => self.pool_size = Some(0),
             "pool-size" => self.pool_size = Some(parse_count(key, value, 1024)?),
             "connect-timeout" => self.connect_timeout = Some(parse_duration(key, value)?),
@@ -150,7 +100,7 @@ impl Builder for ConfigBuilder {
             "retry-window" => self.retry_window = Some(parse_duration(key, value)?),
             "cafile" if value.is_empty() => return Err(ConfigError::new(key, "empty path")),
             "cafile" => self.cafile = Some(PathBuf::from(value)),
-            _ => return Err(ConfigError::new(key, format!("unknown key (keys: {KEYS})"))),
+            _ => return Err(PLUGIN.unknown_key(key)),
         }
         Ok(())
     }
@@ -164,7 +114,7 @@ impl Builder for ConfigBuilder {
         match key {
             "secret-key" => self.secret_key = Some(value),
             "session-token" => self.session_token = Some(value),
-            _ => return Err(ConfigError::new(key, format!("unknown key (keys: {KEYS})"))),
+            _ => return Err(PLUGIN.unknown_key(key)),
         }
         Ok(())
     }
@@ -309,7 +259,8 @@ mod tests {
         b.set("cafile", "/etc/ca.pem").unwrap();
         let c = b.build(no_env).unwrap();
         assert_eq!(c.cafile, Some(PathBuf::from("/etc/ca.pem")));
-        assert!(HELP.contains("cafile=") && KEYS.contains("cafile"));
+        let help = plugin_glue::help::render(&PLUGIN);
+        assert!(help.contains("cafile=") && PLUGIN.key("cafile").is_some());
     }
 
     #[test]
@@ -322,7 +273,11 @@ mod tests {
         assert!(b.clone().build(no_env).is_err(), "bucket is required");
         b.set("bucket", "disks").unwrap();
         assert!(b.set("addressing", "sideways").is_err());
-        assert!(b.set("colour", "blue").is_err());
+        let e = b.set("colour", "blue").unwrap_err().to_string();
+        assert!(
+            e.contains("unknown parameter") && e.contains("retry-window"),
+            "{e}"
+        );
         let c = b.clone().build(no_env).unwrap();
         assert_eq!(c.region, "us-east-1");
         assert!(!c.virtual_host);

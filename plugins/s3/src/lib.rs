@@ -5,4 +5,5 @@ mod backend;
 mod client;
 mod config;
 mod credentials;
+mod keys;
 mod plugin;

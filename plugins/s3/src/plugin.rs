@@ -8,9 +8,10 @@ use plugin_glue::config::Collector;
 
 use crate::backend::{open_disk, S3Chunks};
 use crate::client::S3Client;
-use crate::config::{ConfigBuilder, HELP};
+use crate::config::ConfigBuilder;
+use crate::keys::PLUGIN;
 
-static CONFIG: Collector<ConfigBuilder> = Collector::new("s3", &["secret-key", "session-token"]);
+static CONFIG: Collector<ConfigBuilder> = Collector::new(&PLUGIN);
 
 fn config(key: &str, value: &str) -> nbdkit::Result<()> {
     CONFIG.config(key, value)
@@ -37,9 +38,7 @@ fn open_store() -> Result<ChunkStore<S3Chunks>, StoreError> {
 
 chunk_store_plugin! {
     plugin: S3,
-    name: "s3",
-    description: "a disk as one object per chunk in an S3-compatible store",
-    help: HELP,
+    keys: PLUGIN,
     backend: S3Chunks,
     config: config,
     open_store: open_store,

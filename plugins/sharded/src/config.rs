@@ -1,21 +1,12 @@
-//! The plugin's keys, their validation and the `config_help` text.
+//! The plugin's keys' validation (which keys exist, and their help text,
+//! are in [`crate::keys`]).
 
 use std::path::PathBuf;
 
 use chunk_store::MetadataRequest;
 use plugin_glue::config::{parse_bool, parse_size, Builder, ConfigError};
 
-pub const HELP: &str = "\
-dir=DIR               (required) Directory holding the disk: metadata file
-                      and chunk files. Created with size= on first use.
-size=SIZE             Disk size (nbdkit size syntax: 1G, 512M...). Needed to
-                      create the disk; afterwards the stored size is the
-                      truth and a different size= is refused.
-chunk-size=SIZE       Chunk size when creating (power of two, 4K to 1G;
-                      default 4M). A different value for an existing disk
-                      is refused.
-grow=BOOL             Allow size= larger than the stored size to grow the
-                      disk (default false).";
+use crate::keys::PLUGIN;
 
 #[derive(Clone, Debug, Default)]
 pub struct ConfigBuilder {
@@ -36,12 +27,7 @@ impl Builder for ConfigBuilder {
             "size" => self.request.size = Some(parse_size(key, value)?),
             "chunk-size" => self.request.chunk_size = Some(parse_size(key, value)?),
             "grow" => self.request.allow_grow = parse_bool(key, value)?,
-            _ => {
-                return Err(ConfigError::new(
-                    key,
-                    "unknown key (keys: dir, size, chunk-size, grow)",
-                ))
-            }
+            _ => return Err(PLUGIN.unknown_key(key)),
         }
         Ok(())
     }
@@ -70,7 +56,8 @@ mod tests {
         b.set("size", "1G").unwrap();
         b.set("chunk-size", "64K").unwrap();
         b.set("grow", "true").unwrap();
-        assert!(b.set("sise", "1").is_err());
+        let e = b.set("sise", "1").unwrap_err().to_string();
+        assert!(e.contains("known: dir, size, chunk-size, grow"), "{e}");
         assert!(b.set("size", "lots").is_err());
         let c = b.build().unwrap();
         assert_eq!(c.request.size, Some(1 << 30));

@@ -4,4 +4,5 @@
 
 mod config;
 mod files;
+mod keys;
 mod plugin;

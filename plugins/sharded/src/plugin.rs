@@ -5,10 +5,11 @@
 use chunk_store::{chunk_store_plugin, ChunkStore, Geometry, StoreError};
 use plugin_glue::config::Collector;
 
-use crate::config::{ConfigBuilder, HELP};
+use crate::config::ConfigBuilder;
 use crate::files::{open_disk, FileChunks};
+use crate::keys::PLUGIN;
 
-static CONFIG: Collector<ConfigBuilder> = Collector::new("sharded", &[]);
+static CONFIG: Collector<ConfigBuilder> = Collector::new(&PLUGIN);
 
 fn config(key: &str, value: &str) -> nbdkit::Result<()> {
     CONFIG.config(key, value)
@@ -33,9 +34,7 @@ fn open_store() -> Result<ChunkStore<FileChunks>, StoreError> {
 
 chunk_store_plugin! {
     plugin: Sharded,
-    name: "sharded",
-    description: "a sparse disk as a directory of fixed-size chunk files",
-    help: HELP,
+    keys: PLUGIN,
     backend: FileChunks,
     config: config,
     open_store: open_store,
