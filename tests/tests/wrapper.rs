@@ -801,6 +801,29 @@ fn install_into_destdir_puts_plugins_in_nbdkit_plugindir() {
     .expect("read unit");
     assert!(unit.contains("ExecStart=/usr/local/bin/nbd-http-server "));
     assert!(!unit.contains("@BINDIR@") && !unit.contains("@SYSCONFDIR@"));
+    assert_man_pages_installed(&inside("/usr/local/share/man"));
+}
+
+/// man(1) finds every page by name in the installed man directory.
+fn assert_man_pages_installed(mandir: &Path) {
+    for page in [
+        "nbdkit-multihttp-plugin",
+        "nbdkit-sharded-plugin",
+        "nbdkit-s3-plugin",
+        "http-disk-server",
+        "nbd-http-server",
+    ] {
+        let mut cmd = Command::new("man");
+        cmd.arg("-M").arg(mandir).args(["-w", page]);
+        let out = run(cmd, EXIT_TIMEOUT);
+        let found = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && found.trim_end().starts_with(&*mandir.to_string_lossy()),
+            "man -M {} -w {page}: {found}{}",
+            mandir.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 /// `systemd-analyze verify` checks that ExecStart binaries exist, so the

@@ -3,7 +3,7 @@
 //! error, `nbdkit NAME --help` ([`crate::help`]) and the man page
 //! ([`crate::manpage`]) cannot drift apart.
 //!
-//! Pure data, no nbdkit symbols: the man page generator (`man-pages/`)
+//! Pure data, no nbdkit symbols: the man page generator (`crates/man-pages`)
 //! includes each plugin's `keys.rs` as a module of its own, because a
 //! cdylib plugin cannot be a Rust dependency.
 

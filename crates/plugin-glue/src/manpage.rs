@@ -5,13 +5,13 @@
 use crate::keys::{Key, Plugin};
 use crate::roff::{bold, italic, Page};
 
-/// The page's file name: `nbdkit-NAME-plugin.1`.
-pub fn file_name(plugin: &Plugin) -> String {
-    format!("nbdkit-{}-plugin.1", plugin.name)
+/// The page's name, as given to man(1): `nbdkit-NAME-plugin` (section 1).
+pub fn page_name(plugin: &Plugin) -> String {
+    format!("nbdkit-{}-plugin", plugin.name)
 }
 
 pub fn render(plugin: &Plugin) -> String {
-    let title = format!("nbdkit-{}-plugin", plugin.name);
+    let title = page_name(plugin);
     let mut page = Page::new(&title, "1", "nbdkit plugins");
     page.section("NAME");
     page.formatted(&format!(
@@ -76,7 +76,7 @@ mod tests {
     #[test]
     fn every_part_of_the_page() {
         let page = render(&SAMPLE);
-        assert_eq!(file_name(&SAMPLE), "nbdkit-sample-plugin.1");
+        assert_eq!(page_name(&SAMPLE), "nbdkit-sample-plugin");
         for part in [
             ".TH NBDKIT\\-SAMPLE\\-PLUGIN 1 ",
             ".SH NAME\nnbdkit\\-sample\\-plugin \\- a plugin for tests\n",

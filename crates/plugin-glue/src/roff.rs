@@ -1,7 +1,7 @@
 //! A small man(7) writer: the macros our pages use (.TH, .SH, .PP, .TP)
 //! and the escaping that keeps arbitrary text from being read as roff
 //! requests. Shared by the plugin pages ([`crate::manpage`]) and the
-//! wrapper's page (`man-pages/`).
+//! wrapper's and the server's pages (`crates/man-pages`).
 
 /// A page being written.
 pub struct Page {
@@ -21,6 +21,14 @@ impl Page {
             env!("CARGO_PKG_VERSION"),
         ));
         page
+    }
+
+    /// More sections for a page whose title another renderer wrote
+    /// (http-disk-server(1): clap_mangen writes the first part).
+    pub fn continuation() -> Page {
+        Page {
+            text: String::new(),
+        }
     }
 
     /// `.SH`

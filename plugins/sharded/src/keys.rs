@@ -3,7 +3,7 @@
 //! rendered from this table.
 //!
 //! Only `plugin_glue::keys` may be used here: the man page generator
-//! (`man-pages/`) includes this file as a module of its own.
+//! (`crates/man-pages`) includes this file as a module of its own.
 
 use plugin_glue::keys::{Key, Plugin};
 
