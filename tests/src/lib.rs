@@ -24,6 +24,7 @@ pub mod garage;
 pub mod hanging_disk;
 pub mod nbd_scripts;
 pub mod netns;
+pub mod packages;
 pub mod scripted_peer;
 pub mod test_ca;
 pub mod tls_proxy;

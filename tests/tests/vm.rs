@@ -48,10 +48,11 @@ fn vm_slot() -> MutexGuard<'static, ()> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-fn run_vm(scenarios: &str) -> (Option<i32>, Vec<String>) {
+fn run_vm(scenarios: &str, envs: &[(&str, &Path)]) -> (Option<i32>, Vec<String>) {
     let _slot = vm_slot();
     let mut cmd = Command::new(workspace_root().join("tests/vm/run"));
     cmd.arg(scenarios).env("HND_VM_TIMEOUT", "260");
+    cmd.envs(envs.iter().copied());
     let mut vm = Proc::spawn("vm", cmd);
     // Proc kills the whole process group (QEMU included) if we give up.
     let status = vm.wait_timeout(VM_TIMEOUT);
@@ -80,14 +81,28 @@ fn run_vm(scenarios: &str) -> (Option<i32>, Vec<String>) {
 /// same /dev/nbdX kept by nbd-netlink across five SIGKILLs of nbdkit and
 /// an upgrade, and across both servers down (killed, then SIGSTOPped)
 /// for longer than the nbd timeout: no error, no stale block.
+///
+/// The project in the VM is our .deb (issue #22), installed by `dpkg
+/// --root` into a tree the initramfs takes it from: the programs and
+/// plugins as the package lays them out, found by name (the deb is
+/// built by packaging/build, usually already by packaging.rs).
 #[test]
 fn kernel_attach_failover_concurrent_wrappers_and_nbdkit_restarts_in_a_vm() {
-    artifact("http-disk-server");
-    artifact("libmultihttp.so");
-    artifact("nbd-netlink");
+    let installed = tempfile::Builder::new()
+        .prefix("vm-installed-root-")
+        .tempdir_in(bin_dir())
+        .expect("temp dir for the installed root");
+    harness::packages::install_deb_into(installed.path());
     let scenarios = ["concurrent", "failover", "restart", "outage"];
-    let (code, lines) = run_vm(&scenarios.join(","));
+    let (code, lines) = run_vm(
+        &scenarios.join(","),
+        &[("HND_VM_INSTALLED_ROOT", installed.path())],
+    );
     let console = lines.join("\n");
+    assert!(
+        console.contains("build-initramfs: the project from the installed root"),
+        "the VM did not take the project from the package:\n{console}"
+    );
     for scenario in scenarios {
         let pass = format!("VM-RESULT: PASS {scenario}");
         assert!(

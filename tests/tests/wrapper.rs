@@ -794,6 +794,12 @@ fn install_into_destdir_puts_plugins_in_nbdkit_plugindir() {
         target,
         Path::new(plugindir).join("nbdkit-multihttp-plugin.so")
     );
+    // The old package's plugin file (issue #22): whatever loads that path
+    // gets multihttp.
+    let old_file = inside(&format!("{plugindir}/nbdkit-multi-http-plugin.so"));
+    let target = fs::read_link(&old_file).expect("the old plugin file is a link");
+    assert_eq!(target, Path::new("nbdkit-multihttp-plugin.so"));
+    assert_loadable_plugin(&old_file, "multihttp");
     // Units point at the installed binaries, no placeholder left.
     let unit = fs::read_to_string(inside(
         "/usr/local/lib/systemd/system/nbd-http-server@.service",
