@@ -418,6 +418,16 @@ impl S3Client {
     /// The whole object `key` (at most `limit` bytes), or `None` if it
     /// does not exist.
     pub fn get_all(&self, key: &str, limit: usize) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.get_tagged(key, limit)?.map(|(body, _)| body))
+    }
+
+    /// Like [`S3Client::get_all`], with the object's ETag (empty when the
+    /// store sends none).
+    pub fn get_tagged(
+        &self,
+        key: &str,
+        limit: usize,
+    ) -> Result<Option<(Vec<u8>, String)>, StoreError> {
         let what = || format!("GET {key}");
         self.with_retries(&what, |keys| {
             let what = what();
@@ -426,24 +436,44 @@ impl S3Client {
             let reply = self.send(&what, "GET", &url, &[], &[], &deadline)?;
             match self.classify(&what, "GET", reply, true, &deadline)? {
                 None => Ok(None),
-                Some(reply) => self
-                    .read_small_body(&what, "GET", reply, limit, &deadline)
-                    .map(Some),
+                Some(reply) => {
+                    let etag = reply.1.header("ETag").unwrap_or_default().to_owned();
+                    self.read_small_body(&what, "GET", reply, limit, &deadline)
+                        .map(|body| Some((body, etag)))
+                }
             }
         })
     }
 
     pub fn put(&self, key: &str, data: &[u8]) -> Result<(), StoreError> {
+        // Without a precondition there is nothing to refuse it for.
+        self.put_if(key, data, None).map(drop)
+    }
+
+    /// PUT with a precondition header (`If-Match: ETAG`, `If-None-Match:
+    /// *`): `false` when the store refused it for that precondition (412,
+    /// or AWS's 409 ConditionalRequestConflict). A store that does not
+    /// know conditional PUTs ignores the header and stores the object.
+    pub fn put_if(
+        &self,
+        key: &str,
+        data: &[u8],
+        precondition: Option<(&str, &str)>,
+    ) -> Result<bool, StoreError> {
         let what = || format!("PUT {key} ({} bytes)", data.len());
+        let headers: Vec<(&str, &str)> = precondition.into_iter().collect();
         self.with_retries(&what, |keys| {
             let what = what();
             let url = signed(keys, |c| self.bucket.put_object(c, key).sign(SIGNED_FOR));
             let deadline = self.deadline(data.len());
-            let reply = self.send(&what, "PUT", &url, &[], data, &deadline)?;
+            let reply = self.send(&what, "PUT", &url, &headers, data, &deadline)?;
+            if precondition.is_some() && matches!(reply.1.status, 409 | 412) {
+                return Ok(false);
+            }
             if let Some(reply) = self.classify(&what, "PUT", reply, false, &deadline)? {
                 self.read_small_body(&what, "PUT", reply, MAX_ERROR_BODY, &deadline)?;
             }
-            Ok(())
+            Ok(true)
         })
     }
 

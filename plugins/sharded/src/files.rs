@@ -80,7 +80,13 @@ impl MetadataStore for DirMetadata<'_> {
     }
 
     fn foreign_data(&self) -> Result<Option<String>, StoreError> {
-        let not_empty = fs::read_dir(self.dir).is_ok_and(|mut entries| entries.next().is_some());
+        // The lease's own files (a writer may have taken the lease of a
+        // disk it then failed to create) are no foreign data.
+        let not_empty = fs::read_dir(self.dir).is_ok_and(|mut entries| {
+            entries.any(|entry| {
+                entry.is_ok_and(|e| !e.file_name().to_string_lossy().starts_with("chunk-store."))
+            })
+        });
         Ok(not_empty.then(|| {
             format!(
                 "{} is not empty and has no {METADATA_FILE}: not a sharded disk",
@@ -99,12 +105,14 @@ impl MetadataStore for DirMetadata<'_> {
 }
 
 /// Opens (or creates, with `size=`) the disk in `dir`: returns its
-/// metadata and the chunk backend.
+/// metadata and the chunk backend. `before_write` runs before the
+/// metadata is written (creating or growing the disk): it takes the lease.
 pub fn open_disk(
     dir: &Path,
     request: &MetadataRequest,
+    before_write: &dyn Fn() -> Result<(), StoreError>,
 ) -> Result<(Metadata, FileChunks), StoreError> {
-    let metadata = open_metadata(&DirMetadata { dir }, request)?;
+    let metadata = open_metadata(&DirMetadata { dir }, request, before_write)?;
     let root = dir.join(CHUNKS_DIR);
     if !root.is_dir() {
         return Err(einval(format!(
