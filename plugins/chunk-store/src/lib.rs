@@ -21,8 +21,8 @@ mod store;
 
 pub use backend::{ChunkBackend, ChunkExtent};
 pub use error::StoreError;
-pub use lease::{Fenced, LeaseKeeper, LeaseSettings, LeaseStore};
 pub use geometry::{ChunkSpan, Geometry, DEFAULT_CHUNK_SIZE, MIN_CHUNK_SIZE};
+pub use lease::{Fenced, LeaseKeeper, LeaseSettings, LeaseStore};
 pub use metadata::{reconcile, Metadata, Request as MetadataRequest, FORMAT_VERSION};
 pub use open::{open_metadata, MetadataStore};
 pub use store::{ChunkStore, Extent};

@@ -120,7 +120,10 @@ mod tests {
         );
         assert!(open_metadata(&store, &asking(Some(2 << 20), false), &hook).is_err());
         let grown = open_metadata(&store, &asking(Some(2 << 20), true), &hook).unwrap();
-        assert_eq!(open_metadata(&store, &asking(None, false), &hook).unwrap(), grown);
+        assert_eq!(
+            open_metadata(&store, &asking(None, false), &hook).unwrap(),
+            grown
+        );
         assert_eq!(lease_takes.get(), 2, "growing takes it; reopening does not");
         let foreign = InMemory {
             other_data: true,

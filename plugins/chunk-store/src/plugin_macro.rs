@@ -35,8 +35,10 @@ macro_rules! chunk_store_plugin {
         static STORE: ::std::sync::OnceLock<$crate::ChunkStore<$crate::Fenced<$backend>>> =
             ::std::sync::OnceLock::new();
 
-        fn store(
-        ) -> ::std::result::Result<&'static $crate::ChunkStore<$crate::Fenced<$backend>>, $crate::StoreError> {
+        fn store() -> ::std::result::Result<
+            &'static $crate::ChunkStore<$crate::Fenced<$backend>>,
+            $crate::StoreError,
+        > {
             STORE
                 .get()
                 .ok_or_else(|| $crate::StoreError::new(::libc::EIO, "plugin not configured"))

@@ -63,7 +63,10 @@ mod tests {
         b.set("chunk-size", "64K").unwrap();
         b.set("grow", "true").unwrap();
         let e = b.set("sise", "1").unwrap_err().to_string();
-        assert!(e.contains("known: dir, size, chunk-size, grow, lease-time, force"), "{e}");
+        assert!(
+            e.contains("known: dir, size, chunk-size, grow, lease-time, force"),
+            "{e}"
+        );
         b.set("force", "yes").unwrap();
         assert!(b.set("size", "lots").is_err());
         let c = b.build().unwrap();

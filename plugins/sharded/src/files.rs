@@ -486,22 +486,25 @@ mod tests {
     fn creates_then_reopens_and_refuses_conflicts() {
         let dir = tempfile::tempdir().unwrap();
         let disk = dir.path().join("disk");
-        assert!(open_disk(&disk, &request(None, None)).is_err());
-        let (m, _) = open_disk(&disk, &request(Some(1 << 20), Some(4096))).unwrap();
+        assert!(open_disk(&disk, &request(None, None), &|| Ok(())).is_err());
+        let (m, _) = open_disk(&disk, &request(Some(1 << 20), Some(4096)), &|| Ok(())).unwrap();
         assert_eq!((m.size, m.chunk_size), (1 << 20, 4096));
-        let (again, _) = open_disk(&disk, &request(None, None)).unwrap();
+        let (again, _) = open_disk(&disk, &request(None, None), &|| Ok(())).unwrap();
         assert_eq!(again, m);
-        assert!(open_disk(&disk, &request(Some(2 << 20), None)).is_err());
-        assert!(open_disk(&disk, &request(None, Some(8192))).is_err());
+        assert!(open_disk(&disk, &request(Some(2 << 20), None), &|| Ok(())).is_err());
+        assert!(open_disk(&disk, &request(None, Some(8192)), &|| Ok(())).is_err());
         // A foreign non-empty directory is never turned into a disk.
         fs::write(dir.path().join("other"), b"x").unwrap();
-        assert!(open_disk(dir.path(), &request(Some(1 << 20), None)).is_err());
+        assert!(open_disk(dir.path(), &request(Some(1 << 20), None), &|| Ok(())).is_err());
     }
 
     #[test]
     fn chunk_files_are_sparse_fanned_out_and_deleted_when_zeroed() {
         let dir = tempfile::tempdir().unwrap();
-        let (m, files) = open_disk(dir.path(), &request(Some(4096 * 600), Some(4096))).unwrap();
+        let (m, files) = open_disk(dir.path(), &request(Some(4096 * 600), Some(4096)), &|| {
+            Ok(())
+        })
+        .unwrap();
         let store = ChunkStore::new(Geometry::new(m.size, m.chunk_size).unwrap(), files);
         store.write(&[7u8; 100], 4096 * 300 + 5, false).unwrap();
         let path = dir.path().join("chunks/000001/000000000000012c");

@@ -78,7 +78,10 @@ impl FileLease {
                     std::thread::sleep(Duration::from_millis(10));
                 }
                 Err(e) => {
-                    return Err(eio(format!("locking {}: {e}", self.dir.join(LOCK_FILE).display())))
+                    return Err(eio(format!(
+                        "locking {}: {e}",
+                        self.dir.join(LOCK_FILE).display()
+                    )))
                 }
             }
         }
@@ -142,7 +145,10 @@ impl LeaseStore for FileLease {
 
     fn remove(&self, version: &Version) -> Result<(), StoreError> {
         self.updating(|| {
-            if self.read_unlocked()?.is_some_and(|now| version_of(&now) == *version) {
+            if self
+                .read_unlocked()?
+                .is_some_and(|now| version_of(&now) == *version)
+            {
                 fs::remove_file(self.lease_path())
                     .and_then(|()| File::open(&self.dir)?.sync_all())
                     .map_err(|e| eio(format!("removing {}: {e}", self.lease_path().display())))?;

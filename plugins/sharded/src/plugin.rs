@@ -9,8 +9,8 @@ use plugin_glue::config::Collector;
 
 use crate::config::ConfigBuilder;
 use crate::files::{open_disk, FileChunks};
-use crate::lease_file::FileLease;
 use crate::keys::PLUGIN;
+use crate::lease_file::FileLease;
 
 static CONFIG: Collector<ConfigBuilder> = Collector::new(&PLUGIN);
 

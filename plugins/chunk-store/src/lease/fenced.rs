@@ -63,7 +63,10 @@ impl LeaseKeeper {
             Ok(_) => Ok(()),
             Err(e) if matches!(e.errno, libc::EBUSY | libc::EROFS) => Err(e),
             Err(e) => {
-                log::warn!("{}: no lease yet, writes will fail until one is taken: {e}", self.store.location());
+                log::warn!(
+                    "{}: no lease yet, writes will fail until one is taken: {e}",
+                    self.store.location()
+                );
                 Ok(())
             }
         }

@@ -92,7 +92,11 @@ mod tests {
             process_start: me.process_start + 1,
             ..me.clone()
         };
-        assert_eq!(is_alive(&reused), Some(false), "a reused pid is not the owner");
+        assert_eq!(
+            is_alive(&reused),
+            Some(false),
+            "a reused pid is not the owner"
+        );
         let rebooted = Owner {
             boot_id: "another-boot".into(),
             ..me.clone()

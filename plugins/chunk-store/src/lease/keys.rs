@@ -37,7 +37,11 @@ pub const FORCE: Key = Key::new(
 );
 
 /// Sets `key` if it is a lease key: `None` when it is not one.
-pub fn set(settings: &mut LeaseSettings, key: &str, value: &str) -> Option<Result<(), ConfigError>> {
+pub fn set(
+    settings: &mut LeaseSettings,
+    key: &str,
+    value: &str,
+) -> Option<Result<(), ConfigError>> {
     let result = match key {
         "lease-time" => parse_duration(key, value).and_then(|duration| {
             if !(MIN_DURATION..=MAX_DURATION).contains(&duration) {
@@ -69,8 +73,17 @@ mod tests {
         assert!(set(&mut s, "size", "1").is_none());
         set(&mut s, "lease-time", "5s").unwrap().unwrap();
         set(&mut s, "force", "true").unwrap().unwrap();
-        assert_eq!(s, LeaseSettings { duration: Duration::from_secs(5), force: true });
-        let e = set(&mut s, "lease-time", "1s").unwrap().unwrap_err().to_string();
+        assert_eq!(
+            s,
+            LeaseSettings {
+                duration: Duration::from_secs(5),
+                force: true
+            }
+        );
+        let e = set(&mut s, "lease-time", "1s")
+            .unwrap()
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("at least 2s"), "{e}");
     }
 }

@@ -29,8 +29,8 @@
 //! lease itself (`If-Match`); chunk writes have no such condition.
 
 mod fenced;
-pub mod keys;
 pub(crate) mod identity;
+pub mod keys;
 mod record;
 
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -255,7 +255,8 @@ impl Lease {
         // Only a lease still ours is removed: read it back first.
         match self.store.read() {
             Ok(Some((bytes, version)))
-                if LeaseRecord::parse(&bytes).is_ok_and(|r| same_holding(&r, &state.held.record)) =>
+                if LeaseRecord::parse(&bytes)
+                    .is_ok_and(|r| same_holding(&r, &state.held.record)) =>
             {
                 match self.store.remove(&version) {
                     Ok(()) => log::info!("{}: lease released", self.store.location()),
@@ -299,8 +300,16 @@ impl Lease {
             let (record, version) = match current {
                 Some((bytes, version)) => match LeaseRecord::parse(&bytes) {
                     Ok(record) if same_holding(&record, &ours) => (record, version),
-                    Ok(other) => return Err(self.mark_lost(format!("taken over by {}", other.describe_owner()))),
-                    Err(why) => return Err(self.mark_lost(format!("replaced by something unreadable ({why})"))),
+                    Ok(other) => {
+                        return Err(
+                            self.mark_lost(format!("taken over by {}", other.describe_owner()))
+                        )
+                    }
+                    Err(why) => {
+                        return Err(
+                            self.mark_lost(format!("replaced by something unreadable ({why})"))
+                        )
+                    }
                 },
                 None => return Err(self.mark_lost("removed".into())),
             };
@@ -309,7 +318,10 @@ impl Lease {
                 expires_unix_ms: identity::unix_ms() + self.settings.duration.as_millis() as u64,
                 ..record
             };
-            match self.store.write(&renewed.to_bytes(), Condition::Unchanged(&version))? {
+            match self
+                .store
+                .write(&renewed.to_bytes(), Condition::Unchanged(&version))?
+            {
                 Written::Done(_) => {
                     let mut state = lock(&self.state);
                     state.held = Held {
@@ -323,7 +335,10 @@ impl Lease {
         }
         Err(StoreError::new(
             libc::EIO,
-            format!("{}: the lease kept changing while renewing it", self.store.location()),
+            format!(
+                "{}: the lease kept changing while renewing it",
+                self.store.location()
+            ),
         ))
     }
 
@@ -379,8 +394,13 @@ fn renew_until_stopped(lease: std::sync::Weak<Lease>) {
 }
 
 /// Decides whether `owner` may take the lease now, and takes it.
-fn take(store: &dyn LeaseStore, settings: &LeaseSettings, owner: Owner) -> Result<Held, StoreError> {
+fn take(
+    store: &dyn LeaseStore,
+    settings: &LeaseSettings,
+    owner: Owner,
+) -> Result<Held, StoreError> {
     let holder_free = store.try_hold()?;
+    let mut settle = None;
     for _ in 0..MAX_CONFLICTS {
         let started = boot_clock();
         let current = store.read()?;
@@ -409,18 +429,44 @@ fn take(store: &dyn LeaseStore, settings: &LeaseSettings, owner: Owner) -> Resul
                         ))
                     }
                 };
-                may_take(store, settings, &previous, holder_free)?;
+                if may_take(store, settings, &previous, holder_free)? == Taking::FromALiveOwner {
+                    settle = Some(Duration::from_millis(previous.duration_ms / 4) + SETTLE_MARGIN);
+                }
                 (previous.generation + 1, Some(version.clone()))
             }
         };
-        match write_new(store, settings, owner.clone(), generation, condition_version.as_ref(), started) {
+        match write_new(
+            store,
+            settings,
+            owner.clone(),
+            generation,
+            condition_version.as_ref(),
+            started,
+        ) {
             Err(e) if e.errno == libc::EAGAIN => continue,
-            other => return other,
+            Ok(held) => {
+                if let Some(settle) = settle {
+                    // A live owner writes on a confirmation at most a
+                    // quarter of its lease-time old: after that long, its
+                    // next write reads the lease and finds ours. Until
+                    // then, ours would be overwritten: wait it out.
+                    log::warn!(
+                        "{}: waiting {settle:?} before writing, until the previous writer must have noticed",
+                        store.location()
+                    );
+                    std::thread::sleep(settle);
+                }
+                return Ok(held);
+            }
+            Err(e) => return Err(e),
         }
     }
     Err(StoreError::new(
         libc::EIO,
-        format!("{}: the lease kept changing while taking it", store.location()),
+        format!(
+            "{}: the lease kept changing while taking it",
+            store.location()
+        ),
     ))
 }
 
@@ -453,23 +499,37 @@ fn write_new(
     }
 }
 
-/// `Ok` when `previous`'s owner no longer holds it (or `force=true`);
-/// otherwise the refusal, naming the owner.
+/// How a lease is taken from its previous owner.
+#[derive(Debug, PartialEq, Eq)]
+enum Taking {
+    /// Gone, or expired and not renewed: it writes no more.
+    FromAGoneOwner,
+    /// `force=true` while it may be alive: it may write on its last
+    /// confirmation for a quarter of its lease-time.
+    FromALiveOwner,
+}
+
+/// Added to a live owner's quarter lease-time: the store round trip of
+/// the read its next write makes.
+const SETTLE_MARGIN: Duration = Duration::from_millis(250);
+
+/// How `previous`'s lease may be taken (its owner is gone, or
+/// `force=true`); otherwise the refusal, naming the owner.
 fn may_take(
     store: &dyn LeaseStore,
     settings: &LeaseSettings,
     previous: &LeaseRecord,
     holder_free: Option<bool>,
-) -> Result<(), StoreError> {
+) -> Result<Taking, StoreError> {
     let location = store.location();
     let owner = previous.describe_owner();
     if holder_free == Some(true) {
         log::info!("{location}: taking the lease of {owner}: its lock was free (it is gone)");
-        return Ok(());
+        return Ok(Taking::FromAGoneOwner);
     }
     if identity::is_alive(&previous.owner) == Some(false) {
         log::info!("{location}: taking the lease of {owner}: that process is gone");
-        return Ok(());
+        return Ok(Taking::FromAGoneOwner);
     }
     let now = identity::unix_ms();
     if now > previous.expires_unix_ms {
@@ -483,11 +543,11 @@ fn may_take(
             ));
         }
         log::info!("{location}: taking the expired lease of {owner}");
-        return Ok(());
+        return Ok(Taking::FromAGoneOwner);
     }
     if settings.force {
         log::warn!("{location}: breaking the lease of {owner}: force=true");
-        return Ok(());
+        return Ok(Taking::FromALiveOwner);
     }
     Err(StoreError::new(
         libc::EBUSY,
@@ -509,7 +569,9 @@ fn still_renewed(store: &dyn LeaseStore, previous: &LeaseRecord) -> Result<bool,
         std::thread::sleep(Duration::from_millis(200));
         match store.read()? {
             Some((bytes, _)) => match LeaseRecord::parse(&bytes) {
-                Ok(now) if now.owner.token == previous.owner.token && now.renewal == previous.renewal => {}
+                Ok(now)
+                    if now.owner.token == previous.owner.token
+                        && now.renewal == previous.renewal => {}
                 _ => return Ok(true),
             },
             None => return Ok(false),
@@ -575,7 +637,10 @@ mod tests {
         }
         fn remove(&self, version: &Version) -> Result<(), StoreError> {
             let mut stored = lock(&self.stored);
-            if stored.as_ref().is_some_and(|(_, v)| v.to_string() == version.0) {
+            if stored
+                .as_ref()
+                .is_some_and(|(_, v)| v.to_string() == version.0)
+            {
                 *stored = None;
             }
             Ok(())
@@ -610,7 +675,10 @@ mod tests {
         let refused = Lease::acquire(store.clone(), settings(false), other_owner()).unwrap_err();
         assert_eq!(refused.errno, libc::EBUSY);
         let text = refused.to_string();
-        assert!(text.contains("in use by host ") && text.contains("(generation 1)"), "{text}");
+        assert!(
+            text.contains("in use by host ") && text.contains("(generation 1)"),
+            "{text}"
+        );
         assert!(text.contains("force=true"), "{text}");
 
         let b = Lease::acquire(store.clone(), settings(true), other_owner()).unwrap();
@@ -620,7 +688,10 @@ mod tests {
         std::thread::sleep(MIN_DURATION / 4 + Duration::from_millis(50));
         let e = a.check().unwrap_err();
         assert_eq!(e.errno, libc::EROFS);
-        assert!(e.to_string().contains("taken over by host another-host"), "{e}");
+        assert!(
+            e.to_string().contains("taken over by host another-host"),
+            "{e}"
+        );
         assert!(a.lost().is_some());
         b.check().unwrap();
         // A's release leaves B's lease alone; B's removes it.
@@ -672,13 +743,15 @@ mod tests {
         };
         store.put(&dead);
         *lock(&store.conflicts) = 2;
-        let lease = Lease::acquire(store.clone(), settings(false), identity::this_process()).unwrap();
+        let lease =
+            Lease::acquire(store.clone(), settings(false), identity::this_process()).unwrap();
         assert_eq!(lease.generation(), 5, "taken at once, after two conflicts");
 
         // An unreadable lease is refused, and replaced only with force.
         let store = Arc::new(MemoryLease::default());
         *lock(&store.stored) = Some((b"garbage".to_vec(), 0));
-        let e = Lease::acquire(store.clone(), settings(false), identity::this_process()).unwrap_err();
+        let e =
+            Lease::acquire(store.clone(), settings(false), identity::this_process()).unwrap_err();
         assert!(e.to_string().contains("unreadable"), "{e}");
         Lease::acquire(store.clone(), settings(true), identity::this_process()).unwrap();
     }

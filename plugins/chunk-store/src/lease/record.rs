@@ -148,11 +148,22 @@ mod tests {
         let bytes = record.to_bytes();
         assert!(String::from_utf8_lossy(&bytes).contains("token=0000000000000abc\n"));
         assert_eq!(LeaseRecord::parse(&bytes).unwrap(), record);
-        assert!(LeaseRecord::parse(b"x").unwrap_err().contains("does not start"));
-        let no_pid = String::from_utf8(bytes.clone()).unwrap().replace("pid=42\n", "");
-        assert_eq!(LeaseRecord::parse(no_pid.as_bytes()).unwrap_err(), "no pid=");
-        let bad = String::from_utf8(bytes).unwrap().replace("generation=3", "generation=x");
-        assert!(LeaseRecord::parse(bad.as_bytes()).unwrap_err().contains("generation="));
+        assert!(LeaseRecord::parse(b"x")
+            .unwrap_err()
+            .contains("does not start"));
+        let no_pid = String::from_utf8(bytes.clone())
+            .unwrap()
+            .replace("pid=42\n", "");
+        assert_eq!(
+            LeaseRecord::parse(no_pid.as_bytes()).unwrap_err(),
+            "no pid="
+        );
+        let bad = String::from_utf8(bytes)
+            .unwrap()
+            .replace("generation=3", "generation=x");
+        assert!(LeaseRecord::parse(bad.as_bytes())
+            .unwrap_err()
+            .contains("generation="));
         assert_eq!(record.describe_owner(), "host h1 pid 42 (generation 3)");
     }
 }
