@@ -35,7 +35,7 @@ use tls_io::Trust;
 use url::{Position, Url};
 
 use crate::config::Config;
-use crate::credentials::{KeyPair, KeySource};
+use crate::credentials::KeyPair;
 
 /// Validity of each presigned URL: long enough for any retry of it.
 const SIGNED_FOR: Duration = Duration::from_secs(3600);
@@ -79,7 +79,9 @@ fn signed<T>(keys: Option<&KeyPair>, sign: impl FnOnce(Option<&Credentials>) -> 
 pub struct S3Client {
     bucket: Bucket,
     /// `None`: anonymous requests.
-    keys: Option<Refreshable<KeyPair>>,
+    /// Shared by [`S3Client::sibling`]s: one re-read of a rotated key
+    /// serves them all.
+    keys: Option<Arc<Refreshable<KeyPair>>>,
     /// The store (the bucket's host with virtual-host addressing) and its
     /// keep-alive connections.
     endpoint: Endpoint,
@@ -136,7 +138,10 @@ impl S3Client {
             config.region.clone(),
         )
         .map_err(|e| format!("bucket {:?} at {}: {e}", config.bucket, config.endpoint))?;
-        let keys = config.keys.clone().map(KeySource::into_refreshable);
+        let keys = config
+            .keys
+            .clone()
+            .map(|source| Arc::new(source.into_refreshable()));
         let base = bucket.base_url();
         let address = Address::parse(base.as_str())
             .map_err(|e| format!("endpoint {:?}: {e}", config.endpoint))?;
@@ -164,6 +169,18 @@ impl S3Client {
         })
     }
 
+    /// Another client of the same store, signing with this one's keys,
+    /// with the connection and timing settings of `config` (the lease's:
+    /// its own connections, a shorter retry window).
+    pub fn sibling(&self, config: &Config) -> Result<S3Client, String> {
+        let mut sibling = S3Client::new(&Config {
+            keys: None,
+            ..config.clone()
+        })?;
+        sibling.keys = self.keys.clone();
+        Ok(sibling)
+    }
+
     pub fn bucket_name(&self) -> &str {
         self.bucket.name()
     }
@@ -188,7 +205,7 @@ impl S3Client {
         let mut backoff = FIRST_BACKOFF;
         let mut resends = 0;
         loop {
-            let keys = self.keys.as_ref().map(Refreshable::current);
+            let keys = self.keys.as_deref().map(Refreshable::current);
             match attempt(keys.as_deref()) {
                 Ok(value) => return Ok(value),
                 Err(Failure::Final(error)) => return Err(error),

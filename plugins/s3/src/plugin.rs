@@ -26,7 +26,7 @@ fn open_store() -> Result<ChunkStore<Fenced<S3Chunks>>, StoreError> {
         .build(plugin_glue::secret::take_env)
         .map_err(|e| StoreError::new(libc::EINVAL, e.to_string()))?;
     let client = S3Client::new(&config).map_err(|e| StoreError::new(libc::EINVAL, e))?;
-    let lease = LeaseKeeper::new(Arc::new(lease_object(&config)?), config.lease);
+    let lease = LeaseKeeper::new(Arc::new(lease_object(&client, &config)?), config.lease);
     let (metadata, chunks) = open_disk(client, &config.prefix, &config.request, &|| {
         lease.for_writing().map(drop)
     })?;
@@ -42,17 +42,19 @@ fn open_store() -> Result<ChunkStore<Fenced<S3Chunks>>, StoreError> {
     Ok(ChunkStore::new(geometry, Fenced::new(chunks, lease)))
 }
 
-/// The lease object, with a client of its own: renewals never queue
-/// behind chunk traffic, and give up within a quarter of lease-time
+/// The lease object, with a client of its own (same keys): renewals never
+/// queue behind chunk traffic, and give up within a quarter of lease-time
 /// (whatever retry-window says), so a writer that cannot reach the store
 /// finds out before its lease could expire.
-fn lease_object(config: &Config) -> Result<ObjectLease, StoreError> {
+fn lease_object(client: &S3Client, config: &Config) -> Result<ObjectLease, StoreError> {
     let lease_config = Config {
         retry_window: config.retry_window.min(config.lease.duration / 4),
         pool_size: 1,
         ..config.clone()
     };
-    let client = S3Client::new(&lease_config).map_err(|e| StoreError::new(libc::EINVAL, e))?;
+    let client = client
+        .sibling(&lease_config)
+        .map_err(|e| StoreError::new(libc::EINVAL, e))?;
     Ok(ObjectLease::new(client, &config.prefix))
 }
 
