@@ -131,6 +131,19 @@ impl Lines {
     }
 }
 
+/// Waits until process `pid` is stopped (state `T` in /proc/PID/stat):
+/// SIGSTOP takes effect asynchronously, and a test that goes on before
+/// it did races the process it meant to freeze.
+pub fn wait_stopped(pid: i32, timeout: Duration) -> bool {
+    wait_until(timeout, || {
+        fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                == Some("T")
+        })
+    })
+}
+
 /// A child process killed, with its whole process group, when dropped.
 pub struct Proc {
     child: Child,

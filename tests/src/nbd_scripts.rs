@@ -54,3 +54,17 @@ pub fn printed_counts(output: &str) -> Vec<usize> {
         .map(|n| n.trim().parse().expect("a count"))
         .collect()
 }
+
+/// Python: `stop_for_sure(pid)` sends SIGSTOP and returns once the process
+/// is stopped (state `T`), at most 5 s later: a loaded machine may deliver
+/// the signal late, and a request sent meanwhile would still be served.
+/// Needs `import os, signal, time` before it.
+pub const STOP_FOR_SURE: &str = "\
+def stop_for_sure(pid):
+    os.kill(pid, signal.SIGSTOP)
+    for _ in range(5000):
+        if open('/proc/%d/stat' % pid).read().rsplit(')', 1)[1].split()[0] == 'T':
+            return
+        time.sleep(0.001)
+    raise AssertionError('process %d did not stop' % pid)
+";

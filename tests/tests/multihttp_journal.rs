@@ -15,6 +15,7 @@
 use std::fs;
 use std::path::PathBuf;
 
+use harness::nbd_scripts::STOP_FOR_SURE;
 use harness::{nbdsh, pattern, pattern_file, DiskServer, Nbdkit, TempDir};
 
 const MIB: usize = 1 << 20;
@@ -119,15 +120,10 @@ fn a_stopped_server_is_left_with_its_unflushed_changes_replayed_elsewhere() {
         &pair.nbdkit.uri(),
         &format!(
             "import os, signal, time\n\
+             {STOP_FOR_SURE}\
              pid = {victim}\n\
              h.pwrite(b'\\x0a' * 4096, 4096)\n\
-             os.kill(pid, signal.SIGSTOP)\n\
-             # Stopped for sure before the next write (a loaded machine\n\
-             # may deliver the signal late, and the write would be served).\n\
-             for _ in range(5000):\n\
-             \x20   if open('/proc/%d/stat' % pid).read().rsplit(')', 1)[1].split()[0] == 'T':\n\
-             \x20       break\n\
-             \x20   time.sleep(0.001)\n\
+             stop_for_sure(pid)\n\
              t = time.monotonic()\n\
              h.pwrite(b'\\x0b' * 4096, 12288)\n\
              print('write took', time.monotonic() - t)\n\

@@ -10,6 +10,7 @@
 use std::fs;
 
 use harness::hanging_disk::{HangingDisk, ResumeOnDrop};
+use harness::nbd_scripts::STOP_FOR_SURE;
 use harness::netns::Netns;
 use harness::{artifact, nbdsh, pattern_file, DiskServer, Nbdkit, TempDir};
 
@@ -24,6 +25,7 @@ const WRITE_BUDGET_S: f64 = 2.0;
 fn hang_during_writes(hang: &str, unhang: &str, writes: usize, hang_at: usize) -> String {
     format!(
         "import os, signal, subprocess, time\n\
+         {STOP_FOR_SURE}\
          worst = 0.0\n\
          try:\n\
          \x20   for i in range({writes}):\n\
@@ -44,7 +46,7 @@ fn hang_during_writes(hang: &str, unhang: &str, writes: usize, hang_at: usize) -
 /// [`hang_during_writes`] with a SIGSTOP of `victim`, SIGCONT at the end.
 fn stop_during_writes(victim: i32, writes: usize, stop_at: usize) -> String {
     hang_during_writes(
-        &format!("os.kill({victim}, signal.SIGSTOP)"),
+        &format!("stop_for_sure({victim})"),
         &format!("os.kill({victim}, signal.SIGCONT)"),
         writes,
         stop_at,
@@ -201,8 +203,9 @@ fn a_stopped_server_that_is_the_only_one_is_waited_for_without_error() {
         &nbdkit.uri(),
         &format!(
             "import os, signal, threading, time\n\
+             {STOP_FOR_SURE}\
              pid = {pid}\n\
-             os.kill(pid, signal.SIGSTOP)\n\
+             stop_for_sure(pid)\n\
              threading.Timer(3.0, lambda: os.kill(pid, signal.SIGCONT)).start()\n\
              t = time.monotonic()\n\
              h.pwrite(b'\\x5c' * 4096, 8192)\n\

@@ -448,7 +448,9 @@ fn bad_keys_and_a_file_instead_of_a_directory_are_refused_clearly() {
     let unknown = refusal(&dir.path().join("disk"), &["size=1M", "colour=blue"]);
     assert!(
         unknown.contains("colour")
-            && unknown.contains("unknown parameter (known: dir, size, chunk-size, grow)"),
+            && unknown.contains(
+                "unknown parameter (known: dir, size, chunk-size, grow, lease-time, force)"
+            ),
         "{unknown}"
     );
     let bad_size = refusal(&dir.path().join("disk"), &["size=lots"]);

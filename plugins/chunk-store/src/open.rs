@@ -7,7 +7,9 @@
 //! 3. Decide the metadata from what is stored and what was asked
 //!    ([`reconcile`]: create with `size=`, grow with `grow=true`, refuse
 //!    any other change).
-//! 4. Store it when it is new or grew, before any chunk is written.
+//! 4. Store it when it is new or grew, before any chunk is written, after
+//!    `before_write` (which takes the writer's lease: creating or growing
+//!    a disk is a write).
 
 use crate::error::StoreError;
 use crate::metadata::{reconcile, Metadata, Request};
@@ -35,7 +37,11 @@ fn einval(why: String) -> StoreError {
 /// Opens (or creates, or grows, as `request` asks) the disk's metadata
 /// in `store`. Errors are EINVAL with what is wrong and where, except
 /// the store's own (EIO, EPERM...).
-pub fn open_metadata(store: &dyn MetadataStore, request: &Request) -> Result<Metadata, StoreError> {
+pub fn open_metadata(
+    store: &dyn MetadataStore,
+    request: &Request,
+    before_write: &dyn Fn() -> Result<(), StoreError>,
+) -> Result<Metadata, StoreError> {
     let stored = match store.read_metadata()? {
         Some(bytes) => Some(
             Metadata::parse(&bytes)
@@ -51,6 +57,7 @@ pub fn open_metadata(store: &dyn MetadataStore, request: &Request) -> Result<Met
     let (metadata, write) =
         reconcile(stored, request).map_err(|e| einval(format!("{}: {e}", store.location())))?;
     if write {
+        before_write()?;
         store.write_metadata(&metadata)?;
     }
     Ok(metadata)
@@ -97,22 +104,32 @@ mod tests {
     #[test]
     fn creates_reopens_grows_and_refuses_what_is_not_ours() {
         let store = InMemory::default();
-        let e = open_metadata(&store, &asking(None, false)).unwrap_err();
+        let lease_takes = std::cell::Cell::new(0);
+        let hook = || {
+            lease_takes.set(lease_takes.get() + 1);
+            Ok(())
+        };
+        let e = open_metadata(&store, &asking(None, false), &hook).unwrap_err();
         assert!(e.to_string().contains("give size="), "{e}");
-        let created = open_metadata(&store, &asking(Some(1 << 20), false)).unwrap();
+        let created = open_metadata(&store, &asking(Some(1 << 20), false), &hook).unwrap();
         assert_eq!(created.size, 1 << 20);
+        assert_eq!(lease_takes.get(), 1, "creating takes the lease first");
         assert_eq!(
-            open_metadata(&store, &asking(None, false)).unwrap(),
+            open_metadata(&store, &asking(None, false), &hook).unwrap(),
             created
         );
-        assert!(open_metadata(&store, &asking(Some(2 << 20), false)).is_err());
-        let grown = open_metadata(&store, &asking(Some(2 << 20), true)).unwrap();
-        assert_eq!(open_metadata(&store, &asking(None, false)).unwrap(), grown);
+        assert!(open_metadata(&store, &asking(Some(2 << 20), false), &hook).is_err());
+        let grown = open_metadata(&store, &asking(Some(2 << 20), true), &hook).unwrap();
+        assert_eq!(
+            open_metadata(&store, &asking(None, false), &hook).unwrap(),
+            grown
+        );
+        assert_eq!(lease_takes.get(), 2, "growing takes it; reopening does not");
         let foreign = InMemory {
             other_data: true,
             ..InMemory::default()
         };
-        let e = open_metadata(&foreign, &asking(Some(1 << 20), false)).unwrap_err();
+        let e = open_metadata(&foreign, &asking(Some(1 << 20), false), &hook).unwrap_err();
         assert_eq!(e.errno, libc::EINVAL);
         assert!(e.to_string().contains("not a disk"), "{e}");
         assert!(foreign.metadata.borrow().is_none(), "nothing written");

@@ -6,8 +6,13 @@
 //! `plugin_glue::keys::Plugin`: name, description, `--help`), two
 //! functions and a backend type:
 //! - `fn config(key: &str, value: &str) -> nbdkit::Result<()>`
-//! - `fn open_store() -> Result<chunk_store::ChunkStore<Backend>, chunk_store::StoreError>`
-//!   (called once, from `config_complete`).
+//! - `fn open_store() -> Result<chunk_store::ChunkStore<Fenced<Backend>>, chunk_store::StoreError>`
+//!   (called once, from `config_complete`): the backend wrapped in its
+//!   lease ([`crate::Fenced`]).
+//!
+//! The lease: a writable open takes it (a refusal, naming the owner,
+//! fails that open; read-only opens need none), every write checks it,
+//! and `unload` releases it.
 //!
 //! What the generated plugin advertises, and why it is true for every
 //! chunk store: thread model Parallel (per-chunk locks); multi-conn (one
@@ -27,11 +32,13 @@ macro_rules! chunk_store_plugin {
         config: $config:path,
         open_store: $open_store:path $(,)?
     ) => {
-        static STORE: ::std::sync::OnceLock<$crate::ChunkStore<$backend>> =
+        static STORE: ::std::sync::OnceLock<$crate::ChunkStore<$crate::Fenced<$backend>>> =
             ::std::sync::OnceLock::new();
 
-        fn store(
-        ) -> ::std::result::Result<&'static $crate::ChunkStore<$backend>, $crate::StoreError> {
+        fn store() -> ::std::result::Result<
+            &'static $crate::ChunkStore<$crate::Fenced<$backend>>,
+            $crate::StoreError,
+        > {
             STORE
                 .get()
                 .ok_or_else(|| $crate::StoreError::new(::libc::EIO, "plugin not configured"))
@@ -84,10 +91,22 @@ macro_rules! chunk_store_plugin {
                 )
             }
 
-            fn open(_readonly: bool) -> ::nbdkit::Result<Box<dyn ::nbdkit::Server>> {
+            fn unload() {
+                if let Some(store) = STORE.get() {
+                    store.backend().lease().release();
+                }
+            }
+
+            fn open(readonly: bool) -> ::nbdkit::Result<Box<dyn ::nbdkit::Server>> {
                 ::plugin_glue::guard(
                     || format!("{}: open", $keys.name),
-                    || store().map(|_| Box::new($plugin) as Box<dyn ::nbdkit::Server>),
+                    || -> ::std::result::Result<Box<dyn ::nbdkit::Server>, $crate::StoreError> {
+                        let store = store()?;
+                        if !readonly {
+                            store.backend().lease().open_for_writing()?;
+                        }
+                        Ok(Box::new($plugin))
+                    },
                 )
             }
 
@@ -206,6 +225,7 @@ macro_rules! chunk_store_plugin {
         ::nbdkit::plugin!($plugin {
             thread_model,
             load,
+            unload,
             config,
             config_complete,
             write_at,

@@ -9,9 +9,8 @@
 //!
 //! Which chunks exist is listed once at open and then kept in memory,
 //! updated by this process's own PUTs and DELETEs: reads of missing chunks
-//! cost no request and `extents` is free. This assumes one writer per
-//! prefix, as for any disk (two nbdkit processes writing one disk would
-//! corrupt it anyway).
+//! cost no request and `extents` is free. This relies on one writer per
+//! prefix, which the lease (`lease_object`) enforces.
 
 use std::collections::BTreeSet;
 use std::sync::RwLock;
@@ -75,10 +74,13 @@ impl MetadataStore for PrefixMetadata<'_> {
 }
 
 /// Opens (or creates, with `size=`) the disk under `prefix`.
+/// `before_write` runs before the metadata is written (creating or growing
+/// the disk): it takes the lease.
 pub fn open_disk(
     client: S3Client,
     prefix: &str,
     request: &MetadataRequest,
+    before_write: &dyn Fn() -> Result<(), StoreError>,
 ) -> Result<(Metadata, S3Chunks), StoreError> {
     client.check_bucket()?;
     let chunk_keys = client.list(&format!("{prefix}{CHUNKS}"))?;
@@ -89,6 +91,7 @@ pub fn open_disk(
             chunk_keys: &chunk_keys,
         },
         request,
+        before_write,
     )?;
     let existing = chunk_keys
         .iter()

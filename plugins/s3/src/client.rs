@@ -35,7 +35,7 @@ use tls_io::Trust;
 use url::{Position, Url};
 
 use crate::config::Config;
-use crate::credentials::{KeyPair, KeySource};
+use crate::credentials::KeyPair;
 
 /// Validity of each presigned URL: long enough for any retry of it.
 const SIGNED_FOR: Duration = Duration::from_secs(3600);
@@ -79,7 +79,9 @@ fn signed<T>(keys: Option<&KeyPair>, sign: impl FnOnce(Option<&Credentials>) -> 
 pub struct S3Client {
     bucket: Bucket,
     /// `None`: anonymous requests.
-    keys: Option<Refreshable<KeyPair>>,
+    /// Shared by [`S3Client::sibling`]s: one re-read of a rotated key
+    /// serves them all.
+    keys: Option<Arc<Refreshable<KeyPair>>>,
     /// The store (the bucket's host with virtual-host addressing) and its
     /// keep-alive connections.
     endpoint: Endpoint,
@@ -136,7 +138,10 @@ impl S3Client {
             config.region.clone(),
         )
         .map_err(|e| format!("bucket {:?} at {}: {e}", config.bucket, config.endpoint))?;
-        let keys = config.keys.clone().map(KeySource::into_refreshable);
+        let keys = config
+            .keys
+            .clone()
+            .map(|source| Arc::new(source.into_refreshable()));
         let base = bucket.base_url();
         let address = Address::parse(base.as_str())
             .map_err(|e| format!("endpoint {:?}: {e}", config.endpoint))?;
@@ -164,6 +169,18 @@ impl S3Client {
         })
     }
 
+    /// Another client of the same store, signing with this one's keys,
+    /// with the connection and timing settings of `config` (the lease's:
+    /// its own connections, a shorter retry window).
+    pub fn sibling(&self, config: &Config) -> Result<S3Client, String> {
+        let mut sibling = S3Client::new(&Config {
+            keys: None,
+            ..config.clone()
+        })?;
+        sibling.keys = self.keys.clone();
+        Ok(sibling)
+    }
+
     pub fn bucket_name(&self) -> &str {
         self.bucket.name()
     }
@@ -188,7 +205,7 @@ impl S3Client {
         let mut backoff = FIRST_BACKOFF;
         let mut resends = 0;
         loop {
-            let keys = self.keys.as_ref().map(Refreshable::current);
+            let keys = self.keys.as_deref().map(Refreshable::current);
             match attempt(keys.as_deref()) {
                 Ok(value) => return Ok(value),
                 Err(Failure::Final(error)) => return Err(error),
@@ -418,6 +435,16 @@ impl S3Client {
     /// The whole object `key` (at most `limit` bytes), or `None` if it
     /// does not exist.
     pub fn get_all(&self, key: &str, limit: usize) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.get_tagged(key, limit)?.map(|(body, _)| body))
+    }
+
+    /// Like [`S3Client::get_all`], with the object's ETag (empty when the
+    /// store sends none).
+    pub fn get_tagged(
+        &self,
+        key: &str,
+        limit: usize,
+    ) -> Result<Option<(Vec<u8>, String)>, StoreError> {
         let what = || format!("GET {key}");
         self.with_retries(&what, |keys| {
             let what = what();
@@ -426,24 +453,44 @@ impl S3Client {
             let reply = self.send(&what, "GET", &url, &[], &[], &deadline)?;
             match self.classify(&what, "GET", reply, true, &deadline)? {
                 None => Ok(None),
-                Some(reply) => self
-                    .read_small_body(&what, "GET", reply, limit, &deadline)
-                    .map(Some),
+                Some(reply) => {
+                    let etag = reply.1.header("ETag").unwrap_or_default().to_owned();
+                    self.read_small_body(&what, "GET", reply, limit, &deadline)
+                        .map(|body| Some((body, etag)))
+                }
             }
         })
     }
 
     pub fn put(&self, key: &str, data: &[u8]) -> Result<(), StoreError> {
+        // Without a precondition there is nothing to refuse it for.
+        self.put_if(key, data, None).map(drop)
+    }
+
+    /// PUT with a precondition header (`If-Match: ETAG`, `If-None-Match:
+    /// *`): `false` when the store refused it for that precondition (412,
+    /// or AWS's 409 ConditionalRequestConflict). A store that does not
+    /// know conditional PUTs ignores the header and stores the object.
+    pub fn put_if(
+        &self,
+        key: &str,
+        data: &[u8],
+        precondition: Option<(&str, &str)>,
+    ) -> Result<bool, StoreError> {
         let what = || format!("PUT {key} ({} bytes)", data.len());
+        let headers: Vec<(&str, &str)> = precondition.into_iter().collect();
         self.with_retries(&what, |keys| {
             let what = what();
             let url = signed(keys, |c| self.bucket.put_object(c, key).sign(SIGNED_FOR));
             let deadline = self.deadline(data.len());
-            let reply = self.send(&what, "PUT", &url, &[], data, &deadline)?;
+            let reply = self.send(&what, "PUT", &url, &headers, data, &deadline)?;
+            if precondition.is_some() && matches!(reply.1.status, 409 | 412) {
+                return Ok(false);
+            }
             if let Some(reply) = self.classify(&what, "PUT", reply, false, &deadline)? {
                 self.read_small_body(&what, "PUT", reply, MAX_ERROR_BODY, &deadline)?;
             }
-            Ok(())
+            Ok(true)
         })
     }
 

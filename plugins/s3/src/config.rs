@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use chunk_store::MetadataRequest;
+use chunk_store::{LeaseSettings, MetadataRequest};
 use plugin_glue::config::{
     parse_bool, parse_count, parse_duration, parse_size, Builder, ConfigError,
 };
@@ -30,6 +30,7 @@ pub struct Config {
     pub io_timeout: Duration,
     pub retry_window: Duration,
     pub cafile: Option<PathBuf>,
+    pub lease: LeaseSettings,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -52,12 +53,16 @@ pub struct ConfigBuilder {
     io_timeout: Option<Duration>,
     retry_window: Option<Duration>,
     cafile: Option<PathBuf>,
+    lease: LeaseSettings,
 }
 
 impl Builder for ConfigBuilder {
     /// Every key except `secret-key` and `session-token` (see
     /// `set_secret`).
     fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
+        if let Some(result) = chunk_store::lease::keys::set(&mut self.lease, key, value) {
+            return result;
+        }
         match key {
             "endpoint" => {
                 if !(value.starts_with("http://") || value.starts_with("https://")) {
@@ -167,6 +172,7 @@ impl ConfigBuilder {
             )?,
             retry_window: self.retry_window.unwrap_or(Duration::from_secs(30)),
             cafile: self.cafile,
+            lease: self.lease,
         })
     }
 }

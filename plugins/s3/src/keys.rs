@@ -2,9 +2,10 @@
 //! error, which keys are secrets, and the man page `nbdkit-s3-plugin(1)`
 //! are all rendered from this table.
 //!
-//! Only `plugin_glue::keys` may be used here: the man page generator
+//! Only `plugin_glue::keys` and chunk-store's lease keys may be used here: the man page generator
 //! (`crates/man-pages`) includes this file as a module of its own.
 
+use chunk_store::lease::keys::{FORCE, LEASE_TIME};
 use plugin_glue::keys::{EnvVar, Key, Plugin};
 
 pub static PLUGIN: Plugin = Plugin {
@@ -151,6 +152,8 @@ pub static PLUGIN: Plugin = Plugin {
              backoff, before the request fails with EIO (default 30s).",
             "",
         ),
+        LEASE_TIME,
+        FORCE,
     ],
     environment: &[
         EnvVar {

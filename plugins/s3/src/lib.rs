@@ -6,4 +6,5 @@ mod client;
 mod config;
 mod credentials;
 mod keys;
+mod lease_object;
 mod plugin;

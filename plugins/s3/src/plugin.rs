@@ -3,13 +3,16 @@
 //! from `chunk_store::chunk_store_plugin!`, shared with the sharded plugin.
 //! Exercised under a real nbdkit against a real Garage by `tests/tests/s3.rs`.
 
-use chunk_store::{chunk_store_plugin, ChunkStore, Geometry, StoreError};
+use std::sync::Arc;
+
+use chunk_store::{chunk_store_plugin, ChunkStore, Fenced, Geometry, LeaseKeeper, StoreError};
 use plugin_glue::config::Collector;
 
 use crate::backend::{open_disk, S3Chunks};
 use crate::client::S3Client;
-use crate::config::ConfigBuilder;
+use crate::config::{Config, ConfigBuilder};
 use crate::keys::PLUGIN;
+use crate::lease_object::ObjectLease;
 
 static CONFIG: Collector<ConfigBuilder> = Collector::new(&PLUGIN);
 
@@ -17,13 +20,16 @@ fn config(key: &str, value: &str) -> nbdkit::Result<()> {
     CONFIG.config(key, value)
 }
 
-fn open_store() -> Result<ChunkStore<S3Chunks>, StoreError> {
+fn open_store() -> Result<ChunkStore<Fenced<S3Chunks>>, StoreError> {
     let config = CONFIG
         .collected()
         .build(plugin_glue::secret::take_env)
         .map_err(|e| StoreError::new(libc::EINVAL, e.to_string()))?;
     let client = S3Client::new(&config).map_err(|e| StoreError::new(libc::EINVAL, e))?;
-    let (metadata, chunks) = open_disk(client, &config.prefix, &config.request)?;
+    let lease = LeaseKeeper::new(Arc::new(lease_object(&client, &config)?), config.lease);
+    let (metadata, chunks) = open_disk(client, &config.prefix, &config.request, &|| {
+        lease.for_writing().map(drop)
+    })?;
     let geometry = Geometry::new(metadata.size, metadata.chunk_size)
         .map_err(|e| StoreError::new(libc::EINVAL, e))?;
     log::debug!(
@@ -33,7 +39,23 @@ fn open_store() -> Result<ChunkStore<S3Chunks>, StoreError> {
         metadata.size,
         metadata.chunk_size
     );
-    Ok(ChunkStore::new(geometry, chunks))
+    Ok(ChunkStore::new(geometry, Fenced::new(chunks, lease)))
+}
+
+/// The lease object, with a client of its own (same keys): renewals never
+/// queue behind chunk traffic, and give up within a quarter of lease-time
+/// (whatever retry-window says), so a writer that cannot reach the store
+/// finds out before its lease could expire.
+fn lease_object(client: &S3Client, config: &Config) -> Result<ObjectLease, StoreError> {
+    let lease_config = Config {
+        retry_window: config.retry_window.min(config.lease.duration / 4),
+        pool_size: 1,
+        ..config.clone()
+    };
+    let client = client
+        .sibling(&lease_config)
+        .map_err(|e| StoreError::new(libc::EINVAL, e))?;
+    Ok(ObjectLease::new(client, &config.prefix))
 }
 
 chunk_store_plugin! {

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use chunk_store::MetadataRequest;
+use chunk_store::{LeaseSettings, MetadataRequest};
 use plugin_glue::config::{parse_bool, parse_size, Builder, ConfigError};
 
 use crate::keys::PLUGIN;
@@ -12,16 +12,21 @@ use crate::keys::PLUGIN;
 pub struct ConfigBuilder {
     dir: Option<PathBuf>,
     request: MetadataRequest,
+    lease: LeaseSettings,
 }
 
 #[derive(Clone, Debug)]
 pub struct Config {
     pub dir: PathBuf,
     pub request: MetadataRequest,
+    pub lease: LeaseSettings,
 }
 
 impl Builder for ConfigBuilder {
     fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
+        if let Some(result) = chunk_store::lease::keys::set(&mut self.lease, key, value) {
+            return result;
+        }
         match key {
             "dir" => self.dir = Some(PathBuf::from(value)),
             "size" => self.request.size = Some(parse_size(key, value)?),
@@ -41,6 +46,7 @@ impl ConfigBuilder {
         Ok(Config {
             dir,
             request: self.request,
+            lease: self.lease,
         })
     }
 }
@@ -57,12 +63,17 @@ mod tests {
         b.set("chunk-size", "64K").unwrap();
         b.set("grow", "true").unwrap();
         let e = b.set("sise", "1").unwrap_err().to_string();
-        assert!(e.contains("known: dir, size, chunk-size, grow"), "{e}");
+        assert!(
+            e.contains("known: dir, size, chunk-size, grow, lease-time, force"),
+            "{e}"
+        );
+        b.set("force", "yes").unwrap();
         assert!(b.set("size", "lots").is_err());
         let c = b.build().unwrap();
         assert_eq!(c.request.size, Some(1 << 30));
         assert_eq!(c.request.chunk_size, Some(64 << 10));
         assert!(c.request.allow_grow);
+        assert!(c.lease.force);
         assert!(ConfigBuilder::default().build().is_err());
     }
 }

@@ -80,7 +80,13 @@ impl MetadataStore for DirMetadata<'_> {
     }
 
     fn foreign_data(&self) -> Result<Option<String>, StoreError> {
-        let not_empty = fs::read_dir(self.dir).is_ok_and(|mut entries| entries.next().is_some());
+        // The lease's own files (a writer may have taken the lease of a
+        // disk it then failed to create) are no foreign data.
+        let not_empty = fs::read_dir(self.dir).is_ok_and(|mut entries| {
+            entries.any(|entry| {
+                entry.is_ok_and(|e| !e.file_name().to_string_lossy().starts_with("chunk-store."))
+            })
+        });
         Ok(not_empty.then(|| {
             format!(
                 "{} is not empty and has no {METADATA_FILE}: not a sharded disk",
@@ -99,12 +105,14 @@ impl MetadataStore for DirMetadata<'_> {
 }
 
 /// Opens (or creates, with `size=`) the disk in `dir`: returns its
-/// metadata and the chunk backend.
+/// metadata and the chunk backend. `before_write` runs before the
+/// metadata is written (creating or growing the disk): it takes the lease.
 pub fn open_disk(
     dir: &Path,
     request: &MetadataRequest,
+    before_write: &dyn Fn() -> Result<(), StoreError>,
 ) -> Result<(Metadata, FileChunks), StoreError> {
-    let metadata = open_metadata(&DirMetadata { dir }, request)?;
+    let metadata = open_metadata(&DirMetadata { dir }, request, before_write)?;
     let root = dir.join(CHUNKS_DIR);
     if !root.is_dir() {
         return Err(einval(format!(
@@ -478,22 +486,25 @@ mod tests {
     fn creates_then_reopens_and_refuses_conflicts() {
         let dir = tempfile::tempdir().unwrap();
         let disk = dir.path().join("disk");
-        assert!(open_disk(&disk, &request(None, None)).is_err());
-        let (m, _) = open_disk(&disk, &request(Some(1 << 20), Some(4096))).unwrap();
+        assert!(open_disk(&disk, &request(None, None), &|| Ok(())).is_err());
+        let (m, _) = open_disk(&disk, &request(Some(1 << 20), Some(4096)), &|| Ok(())).unwrap();
         assert_eq!((m.size, m.chunk_size), (1 << 20, 4096));
-        let (again, _) = open_disk(&disk, &request(None, None)).unwrap();
+        let (again, _) = open_disk(&disk, &request(None, None), &|| Ok(())).unwrap();
         assert_eq!(again, m);
-        assert!(open_disk(&disk, &request(Some(2 << 20), None)).is_err());
-        assert!(open_disk(&disk, &request(None, Some(8192))).is_err());
+        assert!(open_disk(&disk, &request(Some(2 << 20), None), &|| Ok(())).is_err());
+        assert!(open_disk(&disk, &request(None, Some(8192)), &|| Ok(())).is_err());
         // A foreign non-empty directory is never turned into a disk.
         fs::write(dir.path().join("other"), b"x").unwrap();
-        assert!(open_disk(dir.path(), &request(Some(1 << 20), None)).is_err());
+        assert!(open_disk(dir.path(), &request(Some(1 << 20), None), &|| Ok(())).is_err());
     }
 
     #[test]
     fn chunk_files_are_sparse_fanned_out_and_deleted_when_zeroed() {
         let dir = tempfile::tempdir().unwrap();
-        let (m, files) = open_disk(dir.path(), &request(Some(4096 * 600), Some(4096))).unwrap();
+        let (m, files) = open_disk(dir.path(), &request(Some(4096 * 600), Some(4096)), &|| {
+            Ok(())
+        })
+        .unwrap();
         let store = ChunkStore::new(Geometry::new(m.size, m.chunk_size).unwrap(), files);
         store.write(&[7u8; 100], 4096 * 300 + 5, false).unwrap();
         let path = dir.path().join("chunks/000001/000000000000012c");

@@ -2,9 +2,10 @@
 //! unknown-key error and the man page `nbdkit-sharded-plugin(1)` are all
 //! rendered from this table.
 //!
-//! Only `plugin_glue::keys` may be used here: the man page generator
+//! Only `plugin_glue::keys` and chunk-store's lease keys may be used here: the man page generator
 //! (`crates/man-pages`) includes this file as a module of its own.
 
+use chunk_store::lease::keys::{FORCE, LEASE_TIME};
 use plugin_glue::keys::{Key, Plugin};
 
 pub static PLUGIN: Plugin = Plugin {
@@ -19,7 +20,9 @@ pub static PLUGIN: Plugin = Plugin {
          text, written atomically) and DIR/chunks/XXXXXX/YYYYYYYYYYYYYYYY, \
          chunk number Y (hexadecimal) in fan-out directory X = Y / 256. A \
          missing chunk reads as zeros; all-zero writes and whole-chunk \
-         zero/trim delete chunks, partial ones punch holes. Flush fdatasyncs \
+         zero/trim delete chunks, partial ones punch holes. One writer at a \
+         time: DIR/chunk-store.lease names it, and it holds a flock on \
+         DIR/chunk-store.lock (see lease-time=). Flush fdatasyncs \
          every chunk written since the last flush and fsyncs every directory \
          whose entries changed; FUA is native. Multi-conn is advertised.",
         "Example: nbdkit sharded dir=/srv/disks/vol1 size=1T creates the \
@@ -55,6 +58,8 @@ pub static PLUGIN: Plugin = Plugin {
              (default false).",
             "",
         ),
+        LEASE_TIME,
+        FORCE,
     ],
     environment: &[],
     environment_note: "",

@@ -2,12 +2,15 @@
 //! comes from `chunk_store::chunk_store_plugin!`, shared with the s3
 //! plugin. Exercised under a real nbdkit by `tests/tests/sharded.rs`.
 
-use chunk_store::{chunk_store_plugin, ChunkStore, Geometry, StoreError};
+use std::sync::Arc;
+
+use chunk_store::{chunk_store_plugin, ChunkStore, Fenced, Geometry, LeaseKeeper, StoreError};
 use plugin_glue::config::Collector;
 
 use crate::config::ConfigBuilder;
 use crate::files::{open_disk, FileChunks};
 use crate::keys::PLUGIN;
+use crate::lease_file::FileLease;
 
 static CONFIG: Collector<ConfigBuilder> = Collector::new(&PLUGIN);
 
@@ -15,12 +18,15 @@ fn config(key: &str, value: &str) -> nbdkit::Result<()> {
     CONFIG.config(key, value)
 }
 
-fn open_store() -> Result<ChunkStore<FileChunks>, StoreError> {
+fn open_store() -> Result<ChunkStore<Fenced<FileChunks>>, StoreError> {
     let config = CONFIG
         .collected()
         .build()
         .map_err(|e| StoreError::new(libc::EINVAL, e.to_string()))?;
-    let (metadata, files) = open_disk(&config.dir, &config.request)?;
+    let lease = LeaseKeeper::new(Arc::new(FileLease::new(&config.dir)), config.lease);
+    let (metadata, files) = open_disk(&config.dir, &config.request, &|| {
+        lease.for_writing().map(drop)
+    })?;
     let geometry = Geometry::new(metadata.size, metadata.chunk_size)
         .map_err(|e| StoreError::new(libc::EINVAL, e))?;
     log::debug!(
@@ -29,7 +35,7 @@ fn open_store() -> Result<ChunkStore<FileChunks>, StoreError> {
         metadata.size,
         metadata.chunk_size
     );
-    Ok(ChunkStore::new(geometry, files))
+    Ok(ChunkStore::new(geometry, Fenced::new(files, lease)))
 }
 
 chunk_store_plugin! {
