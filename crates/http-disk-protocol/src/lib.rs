@@ -1,8 +1,11 @@
 //! The HTTP disk protocol shared by `http-disk-server` and the `multihttp`
-//! nbdkit plugin: header names, feature names, and byte-range types with
-//! their parsing and formatting.
+//! nbdkit plugin: header names, feature names, byte-range types with
+//! their parsing and formatting, and the decoder of chunked bodies
+//! ([`chunked`]).
 //!
-//! This crate is pure data and parsing: no I/O, no HTTP library. Both sides
+//! This crate is pure data and parsing: no I/O of its own (the chunked
+//! decoder reads from whatever `BufRead` or bytes it is handed), no HTTP
+//! library. Both sides
 //! depend on it so that the server and the plugin cannot drift apart on what
 //! a header means. The protocol itself is documented in README.md
 //! ("HTTP protocol"); the summary:
@@ -21,6 +24,7 @@
 
 use std::fmt;
 
+pub mod chunked;
 pub mod features;
 pub mod headers;
 
