@@ -1,6 +1,7 @@
 //! A small, strict HTTP/1.1 wire layer: request head parsing with hard
-//! limits, request bodies (Content-Length or chunked) read with a bound,
-//! and responses.
+//! limits, request bodies (Content-Length, or chunked through the decoder
+//! shared with the plugins' client, `http_disk_protocol::chunked`) read
+//! with a bound, and responses.
 //!
 //! Why not tiny_http (the workspace's chosen HTTP server): it never sets a
 //! socket timeout and does not expose the accepted socket, so a silent
@@ -14,6 +15,7 @@
 
 use std::io::{self, BufRead, Write};
 
+use http_disk_protocol::chunked::{self, ChunkedError};
 use zeroize::Zeroize;
 
 /// Longest request line or header line.
@@ -344,6 +346,18 @@ impl std::fmt::Display for BodyError {
     }
 }
 
+/// The shared decoder's refusals, as the handlers tell them apart:
+/// too long (400 or 413), malformed (400), or the client gone.
+impl From<ChunkedError> for BodyError {
+    fn from(e: ChunkedError) -> BodyError {
+        match e {
+            ChunkedError::TooLarge { .. } => BodyError::TooLong,
+            ChunkedError::Malformed { what } => BodyError::Malformed(what),
+            ChunkedError::Io(e) => BodyError::Io(e),
+        }
+    }
+}
+
 /// Reads a whole body of at most `max` bytes. A Content-Length larger than
 /// `max` is refused before reading anything.
 pub fn read_body(
@@ -361,69 +375,7 @@ pub fn read_body(
             reader.read_exact(&mut body).map_err(BodyError::Io)?;
             Ok(body)
         }
-        Framing::Chunked => read_chunked(reader, max),
-    }
-}
-
-fn read_chunked(reader: &mut impl BufRead, max: u64) -> Result<Vec<u8>, BodyError> {
-    let mut body = Vec::new();
-    let line_error = |e: LineError| match e {
-        LineError::TooLong => BodyError::Malformed("chunk line too long".into()),
-        LineError::Io(e) => BodyError::Io(e),
-    };
-    loop {
-        let line = read_line(reader, MAX_LINE)
-            .map_err(line_error)?
-            .ok_or_else(|| BodyError::Io(io::ErrorKind::UnexpectedEof.into()))?;
-        let text = String::from_utf8_lossy(&line);
-        // Chunk extensions (";name=value") are allowed and ignored.
-        let size_text = text
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim_matches([' ', '\t']);
-        if size_text.is_empty()
-            || size_text.len() > 16
-            || !size_text.bytes().all(|b| b.is_ascii_hexdigit())
-        {
-            return Err(BodyError::Malformed(format!(
-                "bad chunk size {size_text:?}"
-            )));
-        }
-        let size = u64::from_str_radix(size_text, 16)
-            .map_err(|_| BodyError::Malformed(format!("bad chunk size {size_text:?}")))?;
-        if size == 0 {
-            break;
-        }
-        if (body.len() as u64).saturating_add(size) > max {
-            return Err(BodyError::TooLong);
-        }
-        let start = body.len();
-        body.resize(start + size as usize, 0);
-        reader
-            .read_exact(&mut body[start..])
-            .map_err(BodyError::Io)?;
-        let end = read_line(reader, 0).map_err(|e| match e {
-            LineError::TooLong => BodyError::Malformed("chunk longer than its size".into()),
-            LineError::Io(e) => BodyError::Io(e),
-        })?;
-        if end.is_none() {
-            return Err(BodyError::Io(io::ErrorKind::UnexpectedEof.into()));
-        }
-    }
-    // Trailer fields: read and ignore, bounded like headers.
-    let mut trailer_bytes = 0;
-    loop {
-        let line = read_line(reader, MAX_LINE)
-            .map_err(line_error)?
-            .ok_or_else(|| BodyError::Io(io::ErrorKind::UnexpectedEof.into()))?;
-        if line.is_empty() {
-            return Ok(body);
-        }
-        trailer_bytes += line.len();
-        if trailer_bytes > MAX_HEAD {
-            return Err(BodyError::Malformed("trailer too long".into()));
-        }
+        Framing::Chunked => Ok(chunked::read_chunked(reader, max)?),
     }
 }
 
@@ -616,6 +568,19 @@ mod tests {
         ));
         assert!(matches!(
             chunked("fffffffffffffffff\r\n", 10),
+            Err(BodyError::Malformed(_))
+        ));
+        // Strict framing (the shared decoder): no bare LF, no overflow.
+        assert!(matches!(
+            chunked("3\nabc\r\n0\r\n\r\n", 10),
+            Err(BodyError::Malformed(_))
+        ));
+        assert!(matches!(
+            chunked("3\r\nabc\r\n0\r\n\n", 10),
+            Err(BodyError::Malformed(_))
+        ));
+        assert!(matches!(
+            chunked("10000000000000003\r\nabc\r\n0\r\n\r\n", 10),
             Err(BodyError::Malformed(_))
         ));
         assert!(matches!(chunked("3\r\nab", 10), Err(BodyError::Io(_))));

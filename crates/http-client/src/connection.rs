@@ -39,10 +39,10 @@ use std::time::{Duration, Instant};
 use tls_io::rustls::pki_types::ServerName;
 use tls_io::rustls::{ClientConfig, ClientConnection};
 
+use http_disk_protocol::chunked::ChunkedDecoder;
 use socket2::{Domain, Protocol, Socket as Socket2, Type};
 
 use crate::abort::{Abort, Aborted};
-use crate::chunked::ChunkedDecoder;
 use crate::response::{self, Body, ResponseHead};
 
 /// Largest reply head accepted (status line and headers). Our server's
@@ -488,7 +488,7 @@ impl Connection {
     }
 
     fn read_chunked(&mut self, limit: usize, deadline: &Deadline) -> Result<Vec<u8>, String> {
-        let mut decoder = ChunkedDecoder::new(limit);
+        let mut decoder = ChunkedDecoder::new(limit as u64);
         let mut out = Vec::new();
         loop {
             let used = decoder

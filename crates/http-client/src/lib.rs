@@ -13,11 +13,9 @@
 //!   [`connection::Deadline`], plain or TLS (`tls-io`);
 //! - [`request`]: request heads;
 //! - [`response`]: reply heads (httparse) and how their body is delimited;
-//! - [`chunked`]: `Transfer-Encoding: chunked` bodies, decoded under a limit;
 //! - [`abort`]: ending a request blocked on its socket from another thread.
 
 pub mod abort;
-pub mod chunked;
 pub mod connection;
 pub mod endpoint;
 pub mod request;

@@ -25,7 +25,7 @@ pub enum Body {
     None,
     Length(u64),
     /// `Transfer-Encoding: chunked` (and nothing else): decoded by
-    /// [`crate::chunked`] for small bodies (s3: listings and error
+    /// [`http_disk_protocol::chunked`] for small bodies (s3: listings and error
     /// documents of stores other than Garage). multihttp's servers never
     /// send it: there it is refused like `Encoded`.
     Chunked,
