@@ -8,7 +8,9 @@
 //!   formed requests of the disk protocol whose numbers, units, framings
 //!   and bodies are drawn around every edge the server has (disk end,
 //!   `--max-request-size`, u64 overflow, conflicting lengths, chunk
-//!   extensions, 100-continue...), then a few random byte mutations.
+//!   extensions, 100-continue...), then a few random byte mutations;
+//! - a fixed number of chunked bodies, made and mutated the same way, for
+//!   the chunked decoder's own check.
 //!
 //! libFuzzer finds new paths by coverage; this run cannot, but it is
 //! repeatable, needs no nightly features, and takes seconds. The long
@@ -32,6 +34,7 @@ const SEED: u64 = 0x5eed_0fd1_5c00;
 /// (a debug build on a loaded machine stops early and says so).
 const HEAD_RUNS: usize = 1_000_000;
 const HANDLING_RUNS: usize = 500_000;
+const CHUNKED_RUNS: usize = 200_000;
 const TIME_CAP: Duration = Duration::from_secs(40);
 
 fn fuzz_dir() -> PathBuf {
@@ -97,6 +100,29 @@ fn generated_requests_pass_the_handling_checks() {
         2,
     );
     assert!(ran >= 1000, "only {ran} inputs in {TIME_CAP:?}");
+}
+
+#[test]
+fn generated_chunked_bodies_pass_the_chunked_checks() {
+    let mut rng = Rng::new(SEED ^ 3);
+    let started = Instant::now();
+    let mut run = 0;
+    while run < CHUNKED_RUNS && started.elapsed() < TIME_CAP {
+        // The two control bytes of `check_chunked`: limit, piece size.
+        let mut input = vec![rng.below(256) as u8, rng.below(256) as u8];
+        let longest = if rng.one_in(4) { 5000 } else { 40 };
+        let len = rng.below(longest);
+        let body: Vec<u8> = (0..len).map(|_| *rng.pick(b"\r\n0aZ;\x00")).collect();
+        input.extend(chunked_body(&mut rng, &body));
+        run_check(
+            "check_chunked",
+            invariants::check_chunked,
+            &mutate(&mut rng, input),
+        );
+        run += 1;
+    }
+    eprintln!("check_chunked: {run} inputs in {:?}", started.elapsed());
+    assert!(run >= 1000, "only {run} inputs in {TIME_CAP:?}");
 }
 
 /// Runs `check` on `runs` generated inputs (fewer if [`TIME_CAP`] passes

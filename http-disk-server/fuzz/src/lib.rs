@@ -4,7 +4,10 @@
 //! replay in `cargo test` (`http-disk-server/tests/request_fuzz.rs`, which
 //! includes this file as a module so both check exactly the same things).
 //!
-//! Two entry points:
+//! Three entry points:
+//! - [`check_chunked`]: bytes -> the chunked body decoder shared by the
+//!   server and the plugins' client (`http_disk_protocol::chunked`), read
+//!   whole and fed in pieces, against an independent walk of the framing.
 //! - [`check_head`]: bytes -> request head parser -> every validation the
 //!   server applies to a head (framing, `Expect`, `Range`, `Content-Range`,
 //!   `X-Disk-Range`) -> body reading. Pure, no disk: millions of runs per
@@ -24,6 +27,7 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use http_disk_protocol::chunked::{self, ChunkedError};
 use http_disk_protocol::{ByteRange, ContentRange, ContentTotal, RangeError, RangeSpec};
 use http_disk_server::budget::Budget;
 use http_disk_server::disk::Disk;
@@ -228,6 +232,119 @@ fn check_body(input: &mut Cursor<&[u8]>, framing: Framing) {
         }
         Err(_) => {}
     }
+}
+
+// ----------------------------------------------------------- chunked bodies
+
+/// Body limits [`check_chunked`] decodes under, picked by the input's
+/// first byte: none, tiny, and the sizes the server uses.
+const CHUNKED_LIMITS: [u64; 5] = [0, 1, 16, MAX_REQUEST, MAX_BODY];
+
+/// `data` is a limit selector byte, a piece size byte, then a chunked
+/// body. Read whole from a `BufRead` and fed in pieces, the decoder gives
+/// the same answer; what it accepts is exactly what an independent walk
+/// of the RFC 9112 framing finds, never more than the limit; what it
+/// decodes, chunked again, decodes back to itself.
+pub fn check_chunked(data: &[u8]) {
+    let [limit, step, wire @ ..] = data else {
+        return;
+    };
+    let limit = CHUNKED_LIMITS[usize::from(*limit) % CHUNKED_LIMITS.len()];
+    let step = usize::from(*step).max(1);
+    let mut reader = Cursor::new(wire);
+    let read = chunked::read_chunked(&mut reader, limit);
+    let fed = feed_chunked(wire, step, limit);
+    let story = format!("limit {limit}, pieces of {step}");
+    match (&read, &fed) {
+        (Ok(body), Ok(Some((fed_body, used)))) => {
+            assert_eq!(body, fed_body, "{story}: pieces decode otherwise");
+            assert_eq!(reader.position() as usize, *used, "{story}: ends differ");
+            assert!(body.len() as u64 <= limit, "{story}: over the limit");
+            let walked = walk_chunked(&wire[..*used]);
+            assert_eq!(walked.as_ref(), Some(body), "{story}: framing walk differs");
+            let again = chunked::read_chunked(&mut Cursor::new(rechunk(body, step)), limit);
+            assert_eq!(again.as_ref().ok(), Some(body), "{story}: re-chunked");
+        }
+        // Cut short: whole or in pieces, no error before the input ran out.
+        (Err(ChunkedError::Io(_)), Ok(None)) => {}
+        (Err(e), Err(fed_e)) => {
+            assert!(!matches!(e, ChunkedError::Io(_)), "{story}: {e:?}");
+            assert_eq!(e.to_string(), fed_e.to_string(), "{story}: errors differ");
+            if let ChunkedError::TooLarge { limit: said } = e {
+                assert_eq!(*said, limit, "{story}");
+            }
+        }
+        _ => panic!("{story}: read whole {read:?}, in pieces {fed:?}"),
+    }
+}
+
+/// The decoder fed `wire` in pieces of `step` bytes: body and bytes used,
+/// or `None` if the body did not end within `wire`.
+fn feed_chunked(
+    wire: &[u8],
+    step: usize,
+    limit: u64,
+) -> Result<Option<(Vec<u8>, usize)>, ChunkedError> {
+    let mut decoder = chunked::ChunkedDecoder::new(limit);
+    let mut body = Vec::new();
+    let mut used = 0;
+    for piece in wire.chunks(step) {
+        used += decoder.feed(piece, &mut body)?;
+        if decoder.is_done() {
+            return Ok(Some((body, used)));
+        }
+    }
+    Ok(None)
+}
+
+/// The body of `wire`, a whole chunked body, found by walking its framing
+/// the plain way (every line up to its first CRLF, no LF inside, a hex
+/// size, data then CRLF, trailer lines up to an empty one): `None` if the
+/// walk does not end exactly at the end of `wire`.
+fn walk_chunked(wire: &[u8]) -> Option<Vec<u8>> {
+    let mut at = 0;
+    let mut body = Vec::new();
+    loop {
+        let text = next_line(wire, &mut at)?;
+        let digits = text.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+        if digits == 0 {
+            return None;
+        }
+        let hex = std::str::from_utf8(&text[..digits]).ok()?;
+        let size = usize::from_str_radix(hex, 16).ok()?;
+        if size == 0 {
+            break;
+        }
+        body.extend_from_slice(wire.get(at..at.checked_add(size)?)?);
+        at += size;
+        if wire.get(at..at + 2)? != b"\r\n" {
+            return None;
+        }
+        at += 2;
+    }
+    while !next_line(wire, &mut at)?.is_empty() {}
+    (at == wire.len()).then_some(body)
+}
+
+/// The line at `at` up to its first CRLF, which must hold no other CR or
+/// LF; `at` moves past the CRLF.
+fn next_line<'a>(wire: &'a [u8], at: &mut usize) -> Option<&'a [u8]> {
+    let end = *at + wire[*at..].windows(2).position(|w| w == b"\r\n")?;
+    let text = &wire[*at..end];
+    *at = end + 2;
+    (!text.contains(&b'\n') && !text.contains(&b'\r')).then_some(text)
+}
+
+/// `body` as chunked coding in pieces of `step` bytes.
+fn rechunk(body: &[u8], step: usize) -> Vec<u8> {
+    let mut wire = Vec::new();
+    for piece in body.chunks(step) {
+        wire.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+        wire.extend_from_slice(piece);
+        wire.extend_from_slice(b"\r\n");
+    }
+    wire.extend_from_slice(b"0\r\n\r\n");
+    wire
 }
 
 // ------------------------------------------------------------------ ranges
