@@ -7,6 +7,8 @@
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use lock_ext::{LockIgnoringPoison, WaitIgnoringPoison};
+
 /// Bytes of request bodies that may be held at once.
 pub struct Budget {
     limit: u64,
@@ -34,17 +36,13 @@ impl Budget {
     /// than the whole budget never fits: callers bound requests first.
     pub fn reserve(&self, bytes: u64, timeout: Duration) -> Option<Reservation<'_>> {
         let deadline = Instant::now() + timeout;
-        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        let mut used = self.used.lock_ignoring_poison();
         while used.saturating_add(bytes) > self.limit {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return None;
             }
-            used = self
-                .freed
-                .wait_timeout(used, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
+            used = self.freed.wait_timeout_ignoring_poison(used, left).0;
         }
         *used += bytes;
         Some(Reservation {
@@ -56,7 +54,7 @@ impl Budget {
 
 impl Drop for Reservation<'_> {
     fn drop(&mut self) {
-        let mut used = self.budget.used.lock().unwrap_or_else(|p| p.into_inner());
+        let mut used = self.budget.used.lock_ignoring_poison();
         *used = used.saturating_sub(self.bytes);
         self.budget.freed.notify_all();
     }

@@ -20,11 +20,16 @@ use std::os::unix::io::RawFd;
 use std::sync::Mutex;
 use std::time::Instant;
 
+use lock_ext::LockIgnoringPoison;
+
 use crate::access::canonical;
 
 /// The idle connections, oldest first.
 #[derive(Default)]
 pub struct IdleConnections {
+    /// A worker that panicked while holding its lock left it consistent
+    /// (every change is one insert or remove), so the lock ignores
+    /// poisoning.
     waiting: Mutex<Waiting>,
 }
 
@@ -54,7 +59,7 @@ impl IdleConnections {
     ///
     /// [`end_wait`]: IdleConnections::end_wait
     pub fn begin_wait(&self, fd: RawFd, peer: SocketAddr) -> IdleTicket {
-        let mut waiting = self.lock();
+        let mut waiting = self.waiting.lock_ignoring_poison();
         let id = waiting.next;
         waiting.next += 1;
         waiting.by_age.insert(
@@ -72,7 +77,11 @@ impl IdleConnections {
     /// False when the connection was closed to make room meanwhile: the
     /// worker must then end it without reading a request from it.
     pub fn end_wait(&self, ticket: IdleTicket) -> bool {
-        self.lock().by_age.remove(&ticket.0).is_some()
+        self.waiting
+            .lock_ignoring_poison()
+            .by_age
+            .remove(&ticket.0)
+            .is_some()
     }
 
     /// Shuts down the connection idle the longest, which wakes its worker
@@ -95,7 +104,7 @@ impl IdleConnections {
 
     /// Closes the oldest idle connection that `chosen` accepts.
     fn close_first(&self, chosen: impl Fn(&IdleConnection) -> bool, why: &str) -> bool {
-        let mut waiting = self.lock();
+        let mut waiting = self.waiting.lock_ignoring_poison();
         // Found and removed under one lock: the first match is there.
         let first = waiting
             .by_age
@@ -120,13 +129,7 @@ impl IdleConnections {
     /// How many connections are idle now (for tests and the metrics
     /// listener; takes the lock, so never on the request path).
     pub fn count(&self) -> usize {
-        self.lock().by_age.len()
-    }
-
-    /// A worker that panicked while holding the lock left the map
-    /// consistent (every change is one insert or remove), so go on.
-    fn lock(&self) -> std::sync::MutexGuard<'_, Waiting> {
-        self.waiting.lock().unwrap_or_else(|e| e.into_inner())
+        self.waiting.lock_ignoring_poison().by_age.len()
     }
 }
 

@@ -4,6 +4,8 @@
 
 use std::sync::{Arc, RwLock};
 
+use lock_ext::RwLockIgnoringPoison;
+
 /// A value that requests read and a reload replaces as a whole. A request
 /// takes the current `Arc` once and uses it to the end, so it never sees
 /// half of an old value and half of a new one; the lock is held only to
@@ -19,7 +21,7 @@ impl<T> Live<T> {
     pub fn current(&self) -> Arc<T> {
         // A poisoned lock still holds a whole Arc (replacing it is one
         // assignment): keep serving with it.
-        Arc::clone(&self.0.read().unwrap_or_else(|e| e.into_inner()))
+        Arc::clone(&self.0.read_ignoring_poison())
     }
 
     pub fn from_arc(value: Arc<T>) -> Live<T> {
@@ -31,6 +33,6 @@ impl<T> Live<T> {
     }
 
     pub fn replace_arc(&self, value: Arc<T>) {
-        *self.0.write().unwrap_or_else(|e| e.into_inner()) = value;
+        *self.0.write_ignoring_poison() = value;
     }
 }

@@ -9,6 +9,8 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
+use lock_ext::LockIgnoringPoison;
+
 use crate::budget::Budget;
 use crate::disk::Disk;
 use crate::idle::IdleConnections;
@@ -57,6 +59,6 @@ pub struct PeerCounts(Mutex<HashMap<IpAddr, usize>>);
 impl PeerCounts {
     pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, usize>> {
         // Every change is one insert, update or remove: still consistent.
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+        self.0.lock_ignoring_poison()
     }
 }

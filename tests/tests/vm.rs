@@ -32,6 +32,7 @@ use harness::{
     artifact, bin_dir, debian_tool, pattern, run, run_ok, wait_until, workspace_root, Nbdkit, Proc,
     TempDir,
 };
+use lock_ext::LockIgnoringPoison;
 
 /// Boot + the four scenarios take ~85 s here; TCG on a loaded CI host is
 /// slower. QEMU itself is also bounded inside tests/vm/run.
@@ -43,9 +44,7 @@ static ONE_VM_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 fn vm_slot() -> MutexGuard<'static, ()> {
     // A test that panicked while holding it leaves nothing to protect.
-    ONE_VM_AT_A_TIME
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+    ONE_VM_AT_A_TIME.lock_ignoring_poison()
 }
 
 fn run_vm(scenarios: &str, envs: &[(&str, &Path)]) -> (Option<i32>, Vec<String>) {

@@ -15,11 +15,15 @@
 //! ended and the thread started the next one, touches nothing.
 
 use std::os::fd::RawFd;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
+
+use lock_ext::LockIgnoringPoison;
 
 /// One thread's current request, as far as aborting it goes.
 #[derive(Debug, Default)]
 pub struct Abort {
+    /// Every update is a single assignment: valid after a panic (so its
+    /// lock ignores poisoning).
     state: Mutex<State>,
 }
 
@@ -37,14 +41,9 @@ impl Abort {
         Abort::default()
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // Every update is a single assignment: valid after a panic.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// A new request starts; returns its number for [`Abort::abort`].
     pub fn begin(&self) -> u64 {
-        let mut state = self.lock();
+        let mut state = self.state.lock_ignoring_poison();
         state.request += 1;
         state.socket = None;
         state.aborted = false;
@@ -53,14 +52,14 @@ impl Abort {
 
     /// Whether the request in progress was aborted.
     pub fn is_aborted(&self) -> bool {
-        self.lock().aborted
+        self.state.lock_ignoring_poison().aborted
     }
 
     /// Ends request `request` if it is still the one in progress: its
     /// socket, if it has one, is shut down both ways. Returns whether it
     /// was still in progress.
     pub fn abort(&self, request: u64) -> bool {
-        let mut state = self.lock();
+        let mut state = self.state.lock_ignoring_poison();
         if state.request != request || state.aborted {
             return false;
         }
@@ -75,7 +74,7 @@ impl Abort {
 
     /// The request is about to use `socket`. Fails if it was aborted.
     pub(crate) fn arm(&self, socket: RawFd) -> Result<(), Aborted> {
-        let mut state = self.lock();
+        let mut state = self.state.lock_ignoring_poison();
         if state.aborted {
             return Err(Aborted);
         }
@@ -86,7 +85,7 @@ impl Abort {
     /// The request no longer uses its socket (before it is pooled or
     /// closed).
     pub(crate) fn disarm(&self) {
-        self.lock().socket = None;
+        self.state.lock_ignoring_poison().socket = None;
     }
 }
 

@@ -15,9 +15,10 @@
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::ops::{Deref, DerefMut};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use lock_ext::{LockIgnoringPoison, WaitIgnoringPoison};
 use tls_io::rustls::pki_types::ServerName;
 use tls_io::rustls::ClientConfig;
 
@@ -164,6 +165,8 @@ pub struct Endpoint {
     pub address: Address,
     /// `https://`: the client configuration and the name to verify.
     tls: Option<(Arc<ClientConfig>, ServerName<'static>)>,
+    /// Every update of it is a single step: still valid after a panic
+    /// (so its lock ignores poisoning).
     connections: Mutex<Connections>,
     /// Signalled when a connection goes idle or is closed, or the bounds
     /// grow.
@@ -237,7 +240,7 @@ impl Endpoint {
     /// once; with a smaller one, connections beyond it are closed as they
     /// are released, never taken from a request.
     pub fn set_bounds(&self, max_open: usize, max_idle: usize) {
-        let mut pool = self.lock_pool();
+        let mut pool = self.connections.lock_ignoring_poison();
         pool.max_open = max_open.max(1);
         pool.max_idle = max_idle;
         let excess = pool.idle.len().saturating_sub(max_idle);
@@ -251,7 +254,7 @@ impl Endpoint {
 
     /// The bound on open connections in force.
     pub fn max_open(&self) -> usize {
-        self.lock_pool().max_open
+        self.connections.lock_ignoring_poison().max_open
     }
 
     /// Sends one request (`request`, then `tail`: see
@@ -341,7 +344,7 @@ impl Endpoint {
     fn acquire_with(&self, until: Instant, abort: Option<&Abort>) -> Result<Slot<'_>, String> {
         loop {
             let connection = {
-                let mut pool = self.lock_pool();
+                let mut pool = self.connections.lock_ignoring_poison();
                 loop {
                     if let Some(connection) = pool.idle.pop() {
                         break connection;
@@ -365,11 +368,7 @@ impl Endpoint {
                         None => left,
                     };
                     pool.waiting += 1;
-                    pool = self
-                        .freed
-                        .wait_timeout(pool, wait)
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0;
+                    pool = self.freed.wait_timeout_ignoring_poison(pool, wait).0;
                     pool.waiting -= 1;
                 }
             };
@@ -391,7 +390,7 @@ impl Endpoint {
     /// Closes every idle connection (after one turned out stale: the
     /// server probably restarted, and the others are stale too).
     pub fn drop_idle(&self) {
-        let mut pool = self.lock_pool();
+        let mut pool = self.connections.lock_ignoring_poison();
         pool.open -= pool.idle.len();
         pool.idle.clear();
         self.freed.notify_all();
@@ -399,7 +398,7 @@ impl Endpoint {
 
     fn release(&self, connection: Option<Connection>) {
         let closed = {
-            let mut pool = self.lock_pool();
+            let mut pool = self.connections.lock_ignoring_poison();
             let closed = match connection {
                 Some(connection)
                     if pool.idle.len() < pool.max_idle && pool.open <= pool.max_open =>
@@ -419,12 +418,6 @@ impl Endpoint {
         };
         // Closed outside the lock.
         drop(closed);
-    }
-
-    fn lock_pool(&self) -> MutexGuard<'_, Connections> {
-        // Every update of Connections is a single step: still valid after
-        // a panic.
-        self.connections.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -819,7 +812,9 @@ mod tests {
             });
             // Released only once the waiter is counted as waiting.
             let deadline = Instant::now() + Duration::from_secs(10);
-            while endpoint.lock_pool().waiting == 0 && Instant::now() < deadline {
+            while endpoint.connections.lock_ignoring_poison().waiting == 0
+                && Instant::now() < deadline
+            {
                 std::thread::sleep(Duration::from_millis(5));
             }
             drop(held);
@@ -828,7 +823,7 @@ mod tests {
             // Woken by the release, not by its 30 s deadline.
             assert!(waited < Duration::from_secs(10), "{waited:?}");
         });
-        assert_eq!(endpoint.lock_pool().waiting, 0);
+        assert_eq!(endpoint.connections.lock_ignoring_poison().waiting, 0);
     }
 
     #[test]
@@ -837,7 +832,7 @@ mod tests {
         let endpoint = pooled(&url, 2);
         get(&endpoint, 100).unwrap();
         let counts = || {
-            let pool = endpoint.lock_pool();
+            let pool = endpoint.connections.lock_ignoring_poison();
             (pool.idle.len(), pool.open)
         };
         assert_eq!(counts(), (1, 1), "kept alive after its reply");

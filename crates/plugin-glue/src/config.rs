@@ -8,6 +8,8 @@ use std::fmt;
 use std::os::raw::{c_char, c_int};
 use std::time::Duration;
 
+use lock_ext::LockIgnoringPoison;
+
 use crate::keys::Plugin;
 use crate::secret::{wipe, Secret};
 use crate::ToErrno;
@@ -221,13 +223,16 @@ impl<B: Builder> Collector<B> {
                 self.plugin.check_known(key)?;
                 if self.plugin.is_secret(key) {
                     let secret = read_password(key, value)?;
-                    let mut builder = self.lock();
+                    let mut builder = self.builder.lock_ignoring_poison();
                     let builder = builder.get_or_insert_with(B::default);
                     let file = value.strip_prefix('+').map(std::path::Path::new);
                     builder.secret_file(key, file);
                     builder.set_secret(key, secret)
                 } else {
-                    self.lock().get_or_insert_with(B::default).set(key, value)
+                    self.builder
+                        .lock_ignoring_poison()
+                        .get_or_insert_with(B::default)
+                        .set(key, value)
                 }
             },
         )
@@ -235,11 +240,10 @@ impl<B: Builder> Collector<B> {
 
     /// Everything collected so far (for `config_complete`).
     pub fn collected(&self) -> B {
-        self.lock().clone().unwrap_or_default()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<B>> {
-        self.builder.lock().unwrap_or_else(|p| p.into_inner())
+        self.builder
+            .lock_ignoring_poison()
+            .clone()
+            .unwrap_or_default()
     }
 }
 

@@ -5,6 +5,8 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 
+use lock_ext::LockIgnoringPoison;
+
 use crate::keys::Plugin;
 
 /// Lines are wrapped to this width (a terminal's 80, with a margin).
@@ -16,8 +18,7 @@ pub fn config_help(plugin: &'static Plugin) -> &'static str {
     static RENDERED: OnceLock<Mutex<HashMap<&'static str, &'static str>>> = OnceLock::new();
     let mut rendered = RENDERED
         .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|p| p.into_inner());
+        .lock_ignoring_poison();
     rendered
         .entry(plugin.name)
         .or_insert_with(|| Box::leak(render(plugin).into_boxed_str()))

@@ -13,6 +13,8 @@
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
+use lock_ext::RwLockIgnoringPoison;
+
 use crate::watched_file::WatchedFile;
 
 type Reader<T> = Box<dyn Fn() -> Result<T, String> + Send + Sync>;
@@ -66,7 +68,7 @@ impl<T: PartialEq> Refreshable<T> {
         if changed {
             self.reload();
         }
-        Arc::clone(&self.current.read().unwrap_or_else(|e| e.into_inner()))
+        Arc::clone(&self.current.read_ignoring_poison())
     }
 
     /// After the server refused a request that carried `used`: reads the
@@ -81,7 +83,7 @@ impl<T: PartialEq> Refreshable<T> {
             file.changed_now();
         }
         self.reload();
-        let current = self.current.read().unwrap_or_else(|e| e.into_inner());
+        let current = self.current.read_ignoring_poison();
         !Arc::ptr_eq(&current, used)
     }
 
@@ -102,7 +104,7 @@ impl<T: PartialEq> Refreshable<T> {
                 return;
             }
         };
-        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+        let mut current = self.current.write_ignoring_poison();
         if **current != value {
             *current = Arc::new(value);
             log::info!("{}: read a new value", self.what);

@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use lock_ext::LockIgnoringPoison;
+
 /// How often, at most, [`WatchedFile::changed`] looks at the file.
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -80,7 +82,7 @@ impl WatchedFile {
     }
 
     fn look(&self, now: bool) -> bool {
-        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let mut seen = self.seen.lock_ignoring_poison();
         if !now && seen.checked.is_some_and(|at| at.elapsed() < CHECK_INTERVAL) {
             return false;
         }

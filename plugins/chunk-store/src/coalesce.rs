@@ -18,7 +18,9 @@
 //! arrival order.
 
 use std::collections::HashMap;
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Condvar, Mutex};
+
+use lock_ext::{LockIgnoringPoison, WaitIgnoringPoison};
 
 use crate::error::StoreError;
 
@@ -54,17 +56,14 @@ struct State {
 
 #[derive(Default)]
 pub struct Coalescer {
+    /// Nothing below leaves it half-changed across a panic (so its lock
+    /// ignores poisoning).
     state: Mutex<State>,
     /// Signalled when a storer finishes (outcomes posted, chunk free).
     stored: Condvar,
 }
 
 impl Coalescer {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // Nothing below leaves the state half-changed across a panic.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Writes `data` at `offset` inside chunk `index`: queued with the
     /// other writes into that chunk, stored by `store` (called with every
     /// part of one batch, in arrival order) in this thread or another.
@@ -76,7 +75,7 @@ impl Coalescer {
         fua: bool,
         store: impl FnOnce(&[Part]) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
-        let mut state = self.lock();
+        let mut state = self.state.lock_ignoring_poison();
         let ticket = state.next_ticket;
         state.next_ticket += 1;
         let pending = state.chunks.entry(index).or_default();
@@ -99,7 +98,7 @@ impl Coalescer {
             if !pending.storing {
                 break;
             }
-            state = self.stored.wait(state).unwrap_or_else(|p| p.into_inner());
+            state = self.stored.wait_ignoring_poison(state);
         }
         let pending = state.chunks.get_mut(&index).expect("own entry");
         pending.storing = true;
@@ -133,7 +132,7 @@ struct Finish<'a> {
 
 impl Drop for Finish<'_> {
     fn drop(&mut self) {
-        let mut state = self.coalescer.lock();
+        let mut state = self.coalescer.state.lock_ignoring_poison();
         let pending = state.chunks.get_mut(&self.index).expect("storer's entry");
         pending.storing = false;
         for part in self.batch.iter().filter(|p| p.ticket != self.own) {
@@ -230,7 +229,8 @@ mod tests {
         // Bounded wait until all five are queued behind the first.
         for _ in 0..500 {
             let queued = coalescer
-                .lock()
+                .state
+                .lock_ignoring_poison()
                 .chunks
                 .get(&7)
                 .map_or(0, |p| p.queued.len());
@@ -251,7 +251,10 @@ mod tests {
         let mut second = batches[1].clone();
         second.sort_unstable();
         assert_eq!(second, vec![1, 2, 3, 4, 5]);
-        assert!(coalescer.lock().chunks.is_empty(), "state left behind");
+        assert!(
+            coalescer.state.lock_ignoring_poison().chunks.is_empty(),
+            "state left behind"
+        );
     }
 
     /// A store that panics still releases the chunk and answers the
@@ -271,6 +274,6 @@ mod tests {
             })
             .unwrap();
         assert_eq!(stores.load(Ordering::Relaxed), 1);
-        assert!(coalescer.lock().chunks.is_empty());
+        assert!(coalescer.state.lock_ignoring_poison().chunks.is_empty());
     }
 }

@@ -6,6 +6,8 @@
 use std::collections::HashSet;
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use lock_ext::RwLockIgnoringPoison;
+
 use crate::backend::ChunkBackend;
 use crate::coalesce::{self, Coalescer, Part};
 use crate::error::StoreError;
@@ -65,15 +67,11 @@ impl<B: ChunkBackend> ChunkStore<B> {
     fn shared(&self, index: u64) -> RwLockReadGuard<'_, ()> {
         // A panic under a lock (turned into EIO by the plugin glue) leaves
         // no half-updated state in the lock itself: ignore the poison.
-        self.locks[(index % LOCK_STRIPES) as usize]
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
+        self.locks[(index % LOCK_STRIPES) as usize].read_ignoring_poison()
     }
 
     fn exclusive(&self, index: u64) -> RwLockWriteGuard<'_, ()> {
-        self.locks[(index % LOCK_STRIPES) as usize]
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
+        self.locks[(index % LOCK_STRIPES) as usize].write_ignoring_poison()
     }
 
     pub fn read(&self, buf: &mut [u8], offset: u64) -> Result<(), StoreError> {

@@ -13,12 +13,13 @@
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use http_client::abort::Abort;
 
+use lock_ext::{LockIgnoringPoison, WaitIgnoringPoison};
 use tls_io::rustls::ClientConfig;
 
 use crate::clients::{Client, Clients};
@@ -44,6 +45,9 @@ pub struct Active {
     epoch: u64,
 }
 
+/// Its locks ignore poisoning: a panic in another request (turned into
+/// EIO by the guard) must not wedge every later request, and the data
+/// under them stays valid (each is changed in one step).
 pub struct Cluster {
     pub config: Config,
     urls: Arc<Vec<String>>,
@@ -82,14 +86,6 @@ pub struct Cluster {
     /// The stall watch thread, once started, and how to stop it.
     watcher: Mutex<Option<JoinHandle<()>>>,
     stop_watch: (Mutex<bool>, Condvar),
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic in another request (turned into EIO by the guard) must not
-    // wedge every later request: the data under these locks stays valid.
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Cluster {
@@ -188,13 +184,13 @@ impl Cluster {
     }
 
     pub fn current(&self) -> Option<Active> {
-        *lock(&self.active)
+        *self.active.lock_ignoring_poison()
     }
 
     /// Returns the current server, probing all servers (at most `limit`)
     /// when there is none.
     pub fn ensure(&self, avoid: &HashSet<usize>, limit: Duration) -> Result<Active, NotFound> {
-        let _round = lock(&self.discovery);
+        let _round = self.discovery.lock_ignoring_poison();
         // Another request may have found a server while we waited.
         if let Some(active) = self.current() {
             return Ok(active);
@@ -262,7 +258,7 @@ impl Cluster {
             Ok(_) => self.health.success(index),
             Err(why) => {
                 if matches!(why, ProbeError::WrongSize { .. })
-                    && lock(&self.wrong_size_logged).insert(index)
+                    && self.wrong_size_logged.lock_ignoring_poison().insert(index)
                 {
                     log::error!("multihttp: {}: {why}", self.urls[index]);
                 }
@@ -282,7 +278,11 @@ impl Cluster {
                 self.replay(&active, &changes)?;
             }
         }
-        Self::set_active(&mut lock(&self.active), Some(active), &self.in_use_epoch);
+        Self::set_active(
+            &mut self.active.lock_ignoring_poison(),
+            Some(active),
+            &self.in_use_epoch,
+        );
         self.announce(found);
         Ok(active)
     }
@@ -345,7 +345,7 @@ impl Cluster {
     fn announce(&self, found: &Found) {
         self.outage_logged.store(false, Ordering::SeqCst);
         self.health.server_chosen(found.index);
-        let mut last = lock(&self.last_index);
+        let mut last = self.last_index.lock_ignoring_poison();
         let url = &self.urls[found.index];
         let failovers = self.health.failovers();
         log::debug!("multihttp: current server is now {url} (failovers so far: {failovers})");
@@ -367,7 +367,7 @@ impl Cluster {
     /// Drops `failed` as the current server, unless another request did
     /// already (then a newer server may be in use: keep it).
     fn drop_server(&self, failed: &Active, why: &str) {
-        let mut active = lock(&self.active);
+        let mut active = self.active.lock_ignoring_poison();
         if active.is_some_and(|a| a.epoch == failed.epoch) {
             Self::set_active(&mut active, None, &self.in_use_epoch);
             self.left(failed, why);
@@ -411,9 +411,9 @@ impl Cluster {
     fn switch(&self, stalled: &Active, found: &Found, why: &str) -> bool {
         // Held until `found` is in use: the abandoned requests wait for it
         // in `ensure` instead of probing on their own.
-        let _round = lock(&self.discovery);
+        let _round = self.discovery.lock_ignoring_poison();
         {
-            let mut active = lock(&self.active);
+            let mut active = self.active.lock_ignoring_poison();
             if !active.is_some_and(|a| a.epoch == stalled.epoch) {
                 return false;
             }
@@ -431,7 +431,7 @@ impl Cluster {
 
     /// Starts the stall watch thread (once; call after nbdkit forked).
     pub fn start_watch(self: &Arc<Self>) {
-        let mut watcher = lock(&self.watcher);
+        let mut watcher = self.watcher.lock_ignoring_poison();
         if watcher.is_some() {
             return;
         }
@@ -450,9 +450,9 @@ impl Cluster {
     /// no thread may run the plugin's code once it is unloaded).
     pub fn stop_watch(&self) {
         let (stop, wake) = &self.stop_watch;
-        *lock(stop) = true;
+        *stop.lock_ignoring_poison() = true;
         wake.notify_all();
-        if let Some(handle) = lock(&self.watcher).take() {
+        if let Some(handle) = self.watcher.lock_ignoring_poison().take() {
             let _ = handle.join();
         }
     }
@@ -467,10 +467,11 @@ impl Cluster {
         let mut next_probe = Instant::now();
         loop {
             {
-                let stopped = lock(stop);
-                let (stopped, _) = wake
-                    .wait_timeout_while(stopped, stall::TICK, |stopped| !*stopped)
-                    .unwrap_or_else(|e| e.into_inner());
+                let stopped = stop.lock_ignoring_poison();
+                let (stopped, _) =
+                    wake.wait_timeout_while_ignoring_poison(stopped, stall::TICK, |stopped| {
+                        !*stopped
+                    });
                 if *stopped {
                     return;
                 }

@@ -14,8 +14,10 @@ use std::fmt::Write as _;
 use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use lock_ext::LockIgnoringPoison;
 
 /// Longest a status file goes without a rewrite while requests succeed.
 pub const REFRESH: Duration = Duration::from_secs(10);
@@ -61,6 +63,8 @@ pub struct Health {
     states: Box<[AtomicU8]>,
     /// Per URL: seconds since the epoch of the last success, 0 = never.
     last_success: Box<[AtomicU64]>,
+    /// A panic elsewhere must not stop the reporting: the board stays
+    /// valid (so its lock ignores poisoning).
     board: Mutex<Board>,
     /// When the file was last written (seconds since the epoch).
     written_at: AtomicU64,
@@ -86,20 +90,13 @@ impl Health {
         }
     }
 
-    fn board(&self) -> MutexGuard<'_, Board> {
-        // A panic elsewhere must not stop the reporting: the data stays valid.
-        self.board
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
     pub fn failovers(&self) -> u64 {
         self.failovers.load(Ordering::Relaxed)
     }
 
     /// Server `index` is now the one in use.
     pub fn server_chosen(&self, index: usize) {
-        let mut board = self.board();
+        let mut board = self.board.lock_ignoring_poison();
         board.current = Some(index);
         self.mark_ok(index);
         self.write(&board);
@@ -109,7 +106,7 @@ impl Health {
     /// number of failovers so far, this one included.
     pub fn server_left(&self, index: usize, why: &str) -> u64 {
         let failovers = self.failovers.fetch_add(1, Ordering::Relaxed) + 1;
-        let mut board = self.board();
+        let mut board = self.board.lock_ignoring_poison();
         board.current = None;
         self.note_error(&mut board, index, why);
         self.write(&board);
@@ -130,14 +127,14 @@ impl Health {
         let turned_ok = self.states[index].load(Ordering::Relaxed) != OK
             && self.states[index].swap(OK, Ordering::Relaxed) != OK;
         if turned_ok || self.refresh_due(now) {
-            self.write(&self.board());
+            self.write(&self.board.lock_ignoring_poison());
         }
     }
 
     /// A request or probe failed on `index` (the server may still be in
     /// use: only [`Health::server_left`] changes that).
     pub fn failure(&self, index: usize, why: &str) {
-        let mut board = self.board();
+        let mut board = self.board.lock_ignoring_poison();
         let changed = self.note_error(&mut board, index, why);
         if changed || self.refresh_due(now()) {
             self.write(&board);
@@ -203,7 +200,7 @@ impl Health {
     /// Writes the file now (at start-up, to check `status-file=` early).
     pub fn write_now(&self) -> io::Result<()> {
         match &self.file {
-            Some(path) => write_atomically(path, &self.render(&self.board())),
+            Some(path) => write_atomically(path, &self.render(&self.board.lock_ignoring_poison())),
             None => Ok(()),
         }
     }

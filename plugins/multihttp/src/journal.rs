@@ -24,9 +24,10 @@
 //! (see `ops::flush`): nothing can vouch for the dropped changes.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use http_disk_protocol::ByteRange;
+use lock_ext::LockIgnoringPoison;
 
 /// What an entry costs beyond its data, so that a flood of small trims
 /// and zeroes is bounded too.
@@ -116,6 +117,8 @@ pub struct Mark(u64);
 
 pub struct Journal {
     limit: u64,
+    /// Consistent under a panic elsewhere: every method changes it in one
+    /// step (so its lock ignores poisoning).
     state: Mutex<State>,
 }
 
@@ -148,12 +151,6 @@ impl Journal {
         self.limit
     }
 
-    fn state(&self) -> MutexGuard<'_, State> {
-        // The state stays consistent under a panic elsewhere: every
-        // method changes it in one step.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Records an acknowledged change. `still_current` is asked under the
     /// journal's lock: a replay takes its backlog under the same lock
     /// after the server was left, so a change either is in that backlog or
@@ -163,7 +160,7 @@ impl Journal {
         change: ChangeRef<'_>,
         still_current: impl FnOnce() -> bool,
     ) -> Result<Recorded, Stale> {
-        let mut state = self.state();
+        let mut state = self.state.lock_ignoring_poison();
         if !still_current() {
             return Err(Stale);
         }
@@ -189,7 +186,7 @@ impl Journal {
     /// Where a flush starting now stands: it covers what was recorded
     /// before (those changes were acknowledged, so the server has them).
     pub fn mark(&self) -> Mark {
-        let mut state = self.state();
+        let mut state = self.state.lock_ignoring_poison();
         let next = state.next_seq;
         if state.dropped_last.is_some() && state.keep_from.is_none() {
             state.keep_from = Some(next);
@@ -199,7 +196,7 @@ impl Journal {
 
     /// A flush that started at `mark` succeeded: what it covers is durable.
     pub fn flushed(&self, mark: Mark) {
-        let mut state = self.state();
+        let mut state = self.state.lock_ignoring_poison();
         while let Some((seq, change)) = state.entries.front() {
             if *seq >= mark.0 {
                 break;
@@ -216,12 +213,12 @@ impl Journal {
 
     /// Whether changes were dropped that no flush has covered yet.
     pub fn is_overflowed(&self) -> bool {
-        self.state().dropped_last.is_some()
+        self.state.lock_ignoring_poison().dropped_last.is_some()
     }
 
     /// What a new server must be given before it serves anything.
     pub fn backlog(&self) -> Backlog {
-        let state = self.state();
+        let state = self.state.lock_ignoring_poison();
         if state.dropped_last.is_some() {
             return Backlog::Overflowed;
         }
@@ -230,7 +227,7 @@ impl Journal {
 
     /// (entries, bytes) kept, for logs.
     pub fn size(&self) -> (usize, u64) {
-        let state = self.state();
+        let state = self.state.lock_ignoring_poison();
         (state.entries.len(), state.bytes)
     }
 }

@@ -18,10 +18,11 @@
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use http_client::abort::Abort;
+use lock_ext::LockIgnoringPoison;
 
 /// How often the watch thread looks at the running requests.
 pub const TICK: Duration = Duration::from_millis(50);
@@ -37,6 +38,8 @@ pub const STALL_RATE: u64 = 64 << 20;
 #[derive(Default)]
 pub struct Watch {
     pub abort: Abort,
+    /// A single assignment each time: valid after a panic (so its lock
+    /// ignores poisoning).
     running: Mutex<Option<Running>>,
 }
 
@@ -55,17 +58,12 @@ pub struct Running {
 }
 
 impl Watch {
-    fn lock(&self) -> MutexGuard<'_, Option<Running>> {
-        // A single assignment each time: valid after a panic.
-        self.running.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// An attempt of NBD connection `client` on server choice `epoch`
     /// starts; it stalls after `patience`.
     pub fn begin(&self, epoch: u64, client: u64, patience: Duration) {
         let request = self.abort.begin();
         let started = Instant::now();
-        *self.lock() = Some(Running {
+        *self.running.lock_ignoring_poison() = Some(Running {
             request,
             epoch,
             client,
@@ -76,11 +74,11 @@ impl Watch {
 
     /// The attempt is over (whatever its outcome).
     pub fn end(&self) {
-        *self.lock() = None;
+        *self.running.lock_ignoring_poison() = None;
     }
 
     pub fn running(&self) -> Option<Running> {
-        *self.lock()
+        *self.running.lock_ignoring_poison()
     }
 }
 
@@ -113,10 +111,6 @@ impl Default for Watches {
 }
 
 impl Watches {
-    fn lock(&self) -> MutexGuard<'_, Vec<Weak<Watch>>> {
-        self.all.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// The calling thread's watch, registered on first use. It goes when
     /// the thread ends (nbdkit ends a connection's threads with it).
     pub fn mine(&self) -> Arc<Watch> {
@@ -126,7 +120,7 @@ impl Watches {
                 Some((id, watch)) if *id == self.id => Arc::clone(watch),
                 _ => {
                     let watch = Arc::new(Watch::default());
-                    self.lock().push(Arc::downgrade(&watch));
+                    self.all.lock_ignoring_poison().push(Arc::downgrade(&watch));
                     *mine = Some((self.id, Arc::clone(&watch)));
                     watch
                 }
@@ -137,7 +131,7 @@ impl Watches {
     /// The requests running now, each with its watch; forgets the watches
     /// of threads that ended.
     pub fn running(&self) -> Vec<(Arc<Watch>, Running)> {
-        let mut all = self.lock();
+        let mut all = self.all.lock_ignoring_poison();
         all.retain(|weak| weak.strong_count() > 0);
         all.iter()
             .filter_map(Weak::upgrade)
@@ -197,7 +191,7 @@ mod tests {
         mine.end();
         assert!(watches.running().is_empty());
         assert_eq!(
-            watches.lock().len(),
+            watches.all.lock_ignoring_poison().len(),
             1,
             "the ended thread's watch is forgotten"
         );

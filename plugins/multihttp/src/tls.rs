@@ -15,6 +15,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
+use lock_ext::RwLockIgnoringPoison;
 use plugin_glue::config::ConfigError;
 use tls_io::rustls::client::danger::{
     HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier,
@@ -105,7 +106,7 @@ impl RotatingCa {
     }
 
     fn current(&self) -> Arc<WebPkiServerVerifier> {
-        Arc::clone(&self.verifier.read().unwrap_or_else(|e| e.into_inner()))
+        Arc::clone(&self.verifier.read_ignoring_poison())
     }
 
     /// Reads the file again; `false` (and the CAs in use kept) when it
@@ -113,7 +114,7 @@ impl RotatingCa {
     fn reload(&self) -> bool {
         match verifier_for(self.file.path(), &self.provider) {
             Ok(verifier) => {
-                *self.verifier.write().unwrap_or_else(|e| e.into_inner()) = verifier;
+                *self.verifier.write_ignoring_poison() = verifier;
                 log::info!("cafile {}: read the CAs again", self.file.path().display());
                 true
             }

@@ -24,6 +24,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use lock_ext::LockIgnoringPoison;
 use tls_io::rustls::ClientConfig;
 
 use base64::Engine;
@@ -117,10 +118,7 @@ impl Transport {
     /// bound follows (see [`PoolSize`]). Under one lock, so concurrent
     /// opens and closes apply their bounds in order.
     pub fn client_connection(&self, opened: bool) {
-        let mut count = self
-            .client_connections
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut count = self.client_connections.lock_ignoring_poison();
         *count = if opened {
             *count + 1
         } else {

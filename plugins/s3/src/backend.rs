@@ -18,6 +18,7 @@ use std::sync::RwLock;
 use chunk_store::{
     open_metadata, ChunkBackend, Metadata, MetadataRequest, MetadataStore, StoreError,
 };
+use lock_ext::RwLockIgnoringPoison;
 
 use crate::client::S3Client;
 
@@ -113,25 +114,17 @@ impl S3Chunks {
     fn key(&self, index: u64) -> String {
         format!("{}{CHUNKS}{index:016x}", self.prefix)
     }
-
-    fn known(&self) -> std::sync::RwLockReadGuard<'_, BTreeSet<u64>> {
-        self.existing.read().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn known_mut(&self) -> std::sync::RwLockWriteGuard<'_, BTreeSet<u64>> {
-        self.existing.write().unwrap_or_else(|p| p.into_inner())
-    }
 }
 
 impl ChunkBackend for S3Chunks {
     fn read(&self, index: u64, offset: u64, buf: &mut [u8]) -> Result<bool, StoreError> {
-        if !self.known().contains(&index) {
+        if !self.existing.read_ignoring_poison().contains(&index) {
             return Ok(false);
         }
         // Only the bytes asked for: a ranged GET, never the whole object.
         let found = self.client.get_range(&self.key(index), offset, buf)?;
         if !found {
-            self.known_mut().remove(&index);
+            self.existing.write_ignoring_poison().remove(&index);
         }
         Ok(found)
     }
@@ -140,22 +133,22 @@ impl ChunkBackend for S3Chunks {
         // Whole chunks only (partial_writes is false). A PUT is durable
         // when it returns, so FUA needs nothing more.
         self.client.put(&self.key(index), data)?;
-        self.known_mut().insert(index);
+        self.existing.write_ignoring_poison().insert(index);
         Ok(())
     }
 
     fn delete(&self, index: u64, _fua: bool) -> Result<(), StoreError> {
-        if !self.known().contains(&index) {
+        if !self.existing.read_ignoring_poison().contains(&index) {
             return Ok(());
         }
         self.client.delete(&self.key(index))?;
-        self.known_mut().remove(&index);
+        self.existing.write_ignoring_poison().remove(&index);
         Ok(())
     }
 
     fn delete_many(&self, indices: &[u64], _fua: bool) -> Result<(), StoreError> {
         let present: Vec<u64> = {
-            let known = self.known();
+            let known = self.existing.read_ignoring_poison();
             indices
                 .iter()
                 .copied()
@@ -168,7 +161,7 @@ impl ChunkBackend for S3Chunks {
             _ => {
                 let keys: Vec<String> = present.iter().map(|&i| self.key(i)).collect();
                 self.client.delete_many(&keys)?;
-                let mut known = self.known_mut();
+                let mut known = self.existing.write_ignoring_poison();
                 for index in present {
                     known.remove(&index);
                 }
@@ -178,7 +171,12 @@ impl ChunkBackend for S3Chunks {
     }
 
     fn existing(&self, first: u64, last: u64) -> Result<Vec<u64>, StoreError> {
-        Ok(self.known().range(first..=last).copied().collect())
+        Ok(self
+            .existing
+            .read_ignoring_poison()
+            .range(first..=last)
+            .copied()
+            .collect())
     }
 
     fn flush(&self) -> Result<(), StoreError> {

@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex};
 use chunk_store::{
     open_metadata, ChunkBackend, ChunkExtent, Metadata, MetadataRequest, MetadataStore, StoreError,
 };
+use lock_ext::LockIgnoringPoison;
 
 const METADATA_FILE: &str = "chunk-store.meta";
 const CHUNKS_DIR: &str = "chunks";
@@ -34,6 +35,8 @@ const FANOUT_BITS: u32 = 8;
 /// working set), entries dropped when their chunk is deleted.
 const OPEN_FILES: usize = 512;
 
+/// Its locks ignore poisoning: each critical section is one insert,
+/// remove, lookup or drain of a set or map, valid after a panic anywhere.
 pub struct FileChunks {
     root: PathBuf,
     chunk_size: u64,
@@ -43,10 +46,6 @@ pub struct FileChunks {
     dirty_dirs: Mutex<HashSet<PathBuf>>,
     /// Chunk files open for reading and writing (see OPEN_FILES).
     open_files: Mutex<HashMap<u64, Arc<File>>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn sync_dir(path: &Path) -> io::Result<()> {
@@ -165,7 +164,7 @@ impl FileChunks {
 
     fn remember(&self, index: u64, file: File) -> Arc<File> {
         let file = Arc::new(file);
-        let mut open = lock(&self.open_files);
+        let mut open = self.open_files.lock_ignoring_poison();
         if open.len() >= OPEN_FILES {
             open.clear();
         }
@@ -176,7 +175,7 @@ impl FileChunks {
     /// The open file of an existing chunk, `None` if the chunk is missing.
     /// The caller holds the chunk's lock, so no delete races with this.
     fn open_existing(&self, index: u64) -> io::Result<Option<Arc<File>>> {
-        if let Some(file) = lock(&self.open_files).get(&index) {
+        if let Some(file) = self.open_files.lock_ignoring_poison().get(&index) {
             return Ok(Some(Arc::clone(file)));
         }
         match OpenOptions::new()
@@ -209,7 +208,9 @@ impl FileChunks {
         if !dir.is_dir() {
             match fs::create_dir(&dir) {
                 Ok(()) => {
-                    lock(&self.dirty_dirs).insert(self.root.clone());
+                    self.dirty_dirs
+                        .lock_ignoring_poison()
+                        .insert(self.root.clone());
                 }
                 Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
                 Err(e) => return Err(e),
@@ -222,7 +223,7 @@ impl FileChunks {
             .truncate(false)
             .open(&path)?;
         file.set_len(self.chunk_size)?;
-        lock(&self.dirty_dirs).insert(dir);
+        self.dirty_dirs.lock_ignoring_poison().insert(dir);
         Ok((self.remember(index, file), true))
     }
 
@@ -273,24 +274,24 @@ impl ChunkBackend for FileChunks {
             self.sync_now(index, &file, new)
                 .map_err(|e| self.error("syncing", index, &e))?;
         } else {
-            lock(&self.dirty_files).insert(index);
+            self.dirty_files.lock_ignoring_poison().insert(index);
         }
         Ok(())
     }
 
     fn delete(&self, index: u64, fua: bool) -> Result<(), StoreError> {
-        lock(&self.open_files).remove(&index);
+        self.open_files.lock_ignoring_poison().remove(&index);
         match fs::remove_file(self.path(index)) {
             Ok(()) => {}
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(self.error("deleting", index, &e)),
         }
-        lock(&self.dirty_files).remove(&index);
+        self.dirty_files.lock_ignoring_poison().remove(&index);
         let dir = self.fanout_dir(index);
         if fua {
             sync_dir(&dir).map_err(|e| self.error("syncing the directory of", index, &e))?;
         } else {
-            lock(&self.dirty_dirs).insert(dir);
+            self.dirty_dirs.lock_ignoring_poison().insert(dir);
         }
         Ok(())
     }
@@ -325,14 +326,14 @@ impl ChunkBackend for FileChunks {
     }
 
     fn flush(&self) -> Result<(), StoreError> {
-        let files: Vec<u64> = lock(&self.dirty_files).drain().collect();
-        let dirs: Vec<PathBuf> = lock(&self.dirty_dirs).drain().collect();
+        let files: Vec<u64> = self.dirty_files.lock_ignoring_poison().drain().collect();
+        let dirs: Vec<PathBuf> = self.dirty_dirs.lock_ignoring_poison().drain().collect();
         let result = (|| {
             for &index in &files {
                 // Flush holds no chunk lock: it must not put a file into
                 // the cache (a concurrent delete could leave a stale entry
                 // for an unlinked file there), only use what is cached.
-                let cached = lock(&self.open_files).get(&index).cloned();
+                let cached = self.open_files.lock_ignoring_poison().get(&index).cloned();
                 let file = match cached {
                     Some(file) => file,
                     None => match File::open(self.path(index)) {
@@ -357,8 +358,8 @@ impl ChunkBackend for FileChunks {
         })();
         if result.is_err() {
             // Whatever was not made durable must be retried by the next flush.
-            lock(&self.dirty_files).extend(files);
-            lock(&self.dirty_dirs).extend(dirs);
+            self.dirty_files.lock_ignoring_poison().extend(files);
+            self.dirty_dirs.lock_ignoring_poison().extend(dirs);
         }
         result
     }
@@ -398,7 +399,7 @@ impl ChunkBackend for FileChunks {
             file.sync_data()
                 .map_err(|e| self.error("syncing", index, &e))?;
         } else {
-            lock(&self.dirty_files).insert(index);
+            self.dirty_files.lock_ignoring_poison().insert(index);
         }
         Ok(())
     }

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use chunk_store::lease::{Condition, LeaseStore, Version, Written};
 use chunk_store::StoreError;
+use lock_ext::LockIgnoringPoison;
 
 const LEASE_FILE: &str = "chunk-store.lease";
 const LOCK_FILE: &str = "chunk-store.lock";
@@ -156,12 +157,12 @@ impl LeaseStore for FileLease {
             Ok(())
         })?;
         // The holder lock goes with the lease.
-        *self.holder.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        *self.holder.lock_ignoring_poison() = None;
         Ok(())
     }
 
     fn try_hold(&self) -> Result<Option<bool>, StoreError> {
-        let mut holder = self.holder.lock().unwrap_or_else(|p| p.into_inner());
+        let mut holder = self.holder.lock_ignoring_poison();
         if holder.is_some() {
             return Ok(Some(true));
         }

@@ -5,7 +5,9 @@
 
 use std::sync::{Arc, Mutex};
 
-use super::{identity, lock, Lease, LeaseSettings, LeaseStore};
+use lock_ext::LockIgnoringPoison;
+
+use super::{identity, Lease, LeaseSettings, LeaseStore};
 use crate::backend::{ChunkBackend, ChunkExtent};
 use crate::error::StoreError;
 
@@ -30,7 +32,7 @@ impl LeaseKeeper {
     /// lost it is never taken again by this process: a writer that lost
     /// its disk stays read-only until restarted.
     pub fn for_writing(&self) -> Result<Arc<Lease>, StoreError> {
-        let mut held = lock(&self.held);
+        let mut held = self.held.lock_ignoring_poison();
         if let Some(lease) = &*held {
             if let Some(why) = lease.lost() {
                 return Err(StoreError::new(libc::EROFS, why));
@@ -74,7 +76,7 @@ impl LeaseKeeper {
 
     /// At unload: stop renewing and remove the lease if still ours.
     pub fn release(&self) {
-        if let Some(lease) = lock(&self.held).take() {
+        if let Some(lease) = self.held.lock_ignoring_poison().take() {
             lease.release();
         }
     }

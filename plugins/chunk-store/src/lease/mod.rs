@@ -33,9 +33,11 @@ pub(crate) mod identity;
 pub mod keys;
 mod record;
 
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
+
+use lock_ext::{LockIgnoringPoison, WaitIgnoringPoison};
 
 pub use fenced::{Fenced, LeaseKeeper};
 pub use record::{LeaseRecord, Owner};
@@ -142,7 +144,8 @@ struct State {
     stopping: bool,
 }
 
-/// A held lease and its renewal thread.
+/// A held lease and its renewal thread. Its locks ignore poisoning: each
+/// critical section reads, or assigns whole fields of, its state.
 pub struct Lease {
     store: Arc<dyn LeaseStore>,
     settings: LeaseSettings,
@@ -157,7 +160,7 @@ impl std::fmt::Debug for Lease {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Lease")
             .field("location", &self.store.location())
-            .field("state", &*lock(&self.state))
+            .field("state", &*self.state.lock_ignoring_poison())
             .finish()
     }
 }
@@ -193,7 +196,7 @@ impl Lease {
             .name("lease-renewal".into())
             .spawn(move || renew_until_stopped(weak))
             .map_err(|e| StoreError::new(libc::EIO, format!("starting the lease renewal: {e}")))?;
-        *lock(&lease.renewer) = Some(handle);
+        *lease.renewer.lock_ignoring_poison() = Some(handle);
         Ok(lease)
     }
 
@@ -201,7 +204,7 @@ impl Lease {
     /// confirmed for `duration / 4` is read back first.
     pub fn check(&self) -> Result<(), StoreError> {
         let age = {
-            let state = lock(&self.state);
+            let state = self.state.lock_ignoring_poison();
             if let Some(why) = &state.lost {
                 return Err(erofs(why.clone()));
             }
@@ -231,24 +234,24 @@ impl Lease {
 
     /// Why writes fail, once the lease was taken over.
     pub fn lost(&self) -> Option<String> {
-        lock(&self.state).lost.clone()
+        self.state.lock_ignoring_poison().lost.clone()
     }
 
     pub fn generation(&self) -> u64 {
-        lock(&self.state).held.record.generation
+        self.state.lock_ignoring_poison().held.record.generation
     }
 
     /// Stops renewing and removes the lease if it is still ours.
     pub fn release(&self) {
         {
-            let mut state = lock(&self.state);
+            let mut state = self.state.lock_ignoring_poison();
             state.stopping = true;
             self.wake.notify_all();
         }
-        if let Some(handle) = lock(&self.renewer).take() {
+        if let Some(handle) = self.renewer.lock_ignoring_poison().take() {
             let _ = handle.join();
         }
-        let state = lock(&self.state);
+        let state = self.state.lock_ignoring_poison();
         if state.lost.is_some() {
             return;
         }
@@ -278,9 +281,9 @@ impl Lease {
 
     /// Renews unless another thread did within `max_age`.
     fn renew_if_older_than(&self, max_age: Duration) -> Result<(), StoreError> {
-        let _one_at_a_time = lock(&self.renewing);
+        let _one_at_a_time = self.renewing.lock_ignoring_poison();
         {
-            let state = lock(&self.state);
+            let state = self.state.lock_ignoring_poison();
             if let Some(why) = &state.lost {
                 return Err(erofs(why.clone()));
             }
@@ -295,7 +298,7 @@ impl Lease {
     fn renew(&self) -> Result<(), StoreError> {
         for _ in 0..MAX_CONFLICTS {
             let started = boot_clock();
-            let ours = lock(&self.state).held.record.clone();
+            let ours = self.state.lock_ignoring_poison().held.record.clone();
             let current = self.store.read()?;
             let (record, version) = match current {
                 Some((bytes, version)) => match LeaseRecord::parse(&bytes) {
@@ -323,7 +326,7 @@ impl Lease {
                 .write(&renewed.to_bytes(), Condition::Unchanged(&version))?
             {
                 Written::Done(_) => {
-                    let mut state = lock(&self.state);
+                    let mut state = self.state.lock_ignoring_poison();
                     state.held = Held {
                         record: renewed,
                         confirmed_at: started,
@@ -347,7 +350,7 @@ impl Lease {
             "{}: this writer's lease was {how}: writes refused (read-only from now on)",
             self.store.location()
         );
-        let mut state = lock(&self.state);
+        let mut state = self.state.lock_ignoring_poison();
         if state.lost.is_none() {
             log::error!("{why}");
             state.lost = Some(why.clone());
@@ -361,21 +364,19 @@ fn same_holding(stored: &LeaseRecord, ours: &LeaseRecord) -> bool {
     stored.owner.token == ours.owner.token && stored.generation == ours.generation
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 /// The renewal thread: every `duration / 6` until released or lost. It
 /// holds only a weak reference, so a dropped lease ends it.
 fn renew_until_stopped(lease: std::sync::Weak<Lease>) {
     loop {
         let Some(lease) = lease.upgrade() else { return };
         {
-            let state = lock(&lease.state);
-            let (state, _) = lease
-                .wake
-                .wait_timeout_while(state, lease.renew_every(), |s| !s.stopping)
-                .unwrap_or_else(|p| p.into_inner());
+            let state = lease.state.lock_ignoring_poison();
+            let (state, _) =
+                lease
+                    .wake
+                    .wait_timeout_while_ignoring_poison(state, lease.renew_every(), |s| {
+                        !s.stopping
+                    });
             if state.stopping || state.lost.is_some() {
                 return;
             }
@@ -594,12 +595,13 @@ mod tests {
 
     impl MemoryLease {
         pub fn record(&self) -> Option<LeaseRecord> {
-            lock(&self.stored)
+            self.stored
+                .lock_ignoring_poison()
                 .as_ref()
                 .map(|(bytes, _)| LeaseRecord::parse(bytes).unwrap())
         }
         pub fn put(&self, record: &LeaseRecord) {
-            let mut stored = lock(&self.stored);
+            let mut stored = self.stored.lock_ignoring_poison();
             let version = stored.as_ref().map_or(0, |(_, v)| v + 1);
             *stored = Some((record.to_bytes(), version));
         }
@@ -610,19 +612,21 @@ mod tests {
             "mem".into()
         }
         fn read(&self) -> Result<Option<(Vec<u8>, Version)>, StoreError> {
-            Ok(lock(&self.stored)
+            Ok(self
+                .stored
+                .lock_ignoring_poison()
                 .as_ref()
                 .map(|(b, v)| (b.clone(), Version(v.to_string()))))
         }
         fn write(&self, bytes: &[u8], condition: Condition<'_>) -> Result<Written, StoreError> {
             {
-                let mut conflicts = lock(&self.conflicts);
+                let mut conflicts = self.conflicts.lock_ignoring_poison();
                 if *conflicts > 0 {
                     *conflicts -= 1;
                     return Ok(Written::Conflict);
                 }
             }
-            let mut stored = lock(&self.stored);
+            let mut stored = self.stored.lock_ignoring_poison();
             let holds = match (condition, &*stored) {
                 (Condition::Absent, None) => true,
                 (Condition::Unchanged(want), Some((_, v))) => want.0 == v.to_string(),
@@ -636,7 +640,7 @@ mod tests {
             Ok(Written::Done(Version(version.to_string())))
         }
         fn remove(&self, version: &Version) -> Result<(), StoreError> {
-            let mut stored = lock(&self.stored);
+            let mut stored = self.stored.lock_ignoring_poison();
             if stored
                 .as_ref()
                 .is_some_and(|(_, v)| v.to_string() == version.0)
@@ -742,14 +746,14 @@ mod tests {
             duration_ms: 60_000,
         };
         store.put(&dead);
-        *lock(&store.conflicts) = 2;
+        *store.conflicts.lock_ignoring_poison() = 2;
         let lease =
             Lease::acquire(store.clone(), settings(false), identity::this_process()).unwrap();
         assert_eq!(lease.generation(), 5, "taken at once, after two conflicts");
 
         // An unreadable lease is refused, and replaced only with force.
         let store = Arc::new(MemoryLease::default());
-        *lock(&store.stored) = Some((b"garbage".to_vec(), 0));
+        *store.stored.lock_ignoring_poison() = Some((b"garbage".to_vec(), 0));
         let e =
             Lease::acquire(store.clone(), settings(false), identity::this_process()).unwrap_err();
         assert!(e.to_string().contains("unreadable"), "{e}");
