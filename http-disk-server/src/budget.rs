@@ -7,7 +7,7 @@
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use lock_ext::{LockIgnoringPoison, WaitIgnoringPoison};
+use lock_ext::{ignore_poison, LockIgnoringPoison};
 
 /// Bytes of request bodies that may be held at once.
 pub struct Budget {
@@ -42,7 +42,7 @@ impl Budget {
             if left.is_zero() {
                 return None;
             }
-            used = self.freed.wait_timeout_ignoring_poison(used, left).0;
+            used = ignore_poison(self.freed.wait_timeout(used, left)).0;
         }
         *used += bytes;
         Some(Reservation {

@@ -18,7 +18,7 @@ use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use lock_ext::{LockIgnoringPoison, WaitIgnoringPoison};
+use lock_ext::{ignore_poison, LockIgnoringPoison};
 use tls_io::rustls::pki_types::ServerName;
 use tls_io::rustls::ClientConfig;
 
@@ -368,7 +368,7 @@ impl Endpoint {
                         None => left,
                     };
                     pool.waiting += 1;
-                    pool = self.freed.wait_timeout_ignoring_poison(pool, wait).0;
+                    pool = ignore_poison(self.freed.wait_timeout(pool, wait)).0;
                     pool.waiting -= 1;
                 }
             };

@@ -20,7 +20,7 @@
 use std::collections::HashMap;
 use std::sync::{Condvar, Mutex};
 
-use lock_ext::{LockIgnoringPoison, WaitIgnoringPoison};
+use lock_ext::{ignore_poison, LockIgnoringPoison};
 
 use crate::error::StoreError;
 
@@ -98,7 +98,7 @@ impl Coalescer {
             if !pending.storing {
                 break;
             }
-            state = self.stored.wait_ignoring_poison(state);
+            state = ignore_poison(self.stored.wait(state));
         }
         let pending = state.chunks.get_mut(&index).expect("own entry");
         pending.storing = true;

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use http_client::abort::Abort;
 
-use lock_ext::{LockIgnoringPoison, WaitIgnoringPoison};
+use lock_ext::{ignore_poison, LockIgnoringPoison};
 use tls_io::rustls::ClientConfig;
 
 use crate::clients::{Client, Clients};
@@ -469,9 +469,9 @@ impl Cluster {
             {
                 let stopped = stop.lock_ignoring_poison();
                 let (stopped, _) =
-                    wake.wait_timeout_while_ignoring_poison(stopped, stall::TICK, |stopped| {
-                        !*stopped
-                    });
+                    ignore_poison(
+                        wake.wait_timeout_while(stopped, stall::TICK, |stopped| !*stopped),
+                    );
                 if *stopped {
                     return;
                 }

@@ -37,7 +37,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use lock_ext::{LockIgnoringPoison, WaitIgnoringPoison};
+use lock_ext::{ignore_poison, LockIgnoringPoison};
 
 pub use fenced::{Fenced, LeaseKeeper};
 pub use record::{LeaseRecord, Owner};
@@ -371,12 +371,11 @@ fn renew_until_stopped(lease: std::sync::Weak<Lease>) {
         let Some(lease) = lease.upgrade() else { return };
         {
             let state = lease.state.lock_ignoring_poison();
-            let (state, _) =
-                lease
-                    .wake
-                    .wait_timeout_while_ignoring_poison(state, lease.renew_every(), |s| {
-                        !s.stopping
-                    });
+            let (state, _) = ignore_poison(lease.wake.wait_timeout_while(
+                state,
+                lease.renew_every(),
+                |s| !s.stopping,
+            ));
             if state.stopping || state.lost.is_some() {
                 return;
             }
