@@ -16,6 +16,7 @@
 use std::io::{self, BufRead, Write};
 
 use http_disk_protocol::chunked::{self, ChunkedError};
+use http_disk_protocol::is_tchar;
 use zeroize::Zeroize;
 
 /// Longest request line or header line.
@@ -235,10 +236,6 @@ pub enum HeadError {
     Gone(io::Error),
     /// A malformed or oversized head: reply with this error, then close.
     Bad(HttpError),
-}
-
-fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// Reads a request head. `Ok(None)` when the client closed cleanly before
@@ -571,18 +568,17 @@ mod tests {
             Err(BodyError::Malformed(_))
         ));
         // Strict framing (the shared decoder): no bare LF, no overflow.
-        assert!(matches!(
-            chunked("3\nabc\r\n0\r\n\r\n", 10),
-            Err(BodyError::Malformed(_))
-        ));
-        assert!(matches!(
-            chunked("3\r\nabc\r\n0\r\n\n", 10),
-            Err(BodyError::Malformed(_))
-        ));
-        assert!(matches!(
-            chunked("10000000000000003\r\nabc\r\n0\r\n\r\n", 10),
-            Err(BodyError::Malformed(_))
-        ));
+        for strict in [
+            "3\nabc\r\n0\r\n\r\n",
+            "3\r\nabc\r\n0\r\n\n",
+            "10000000000000003\r\nabc\r\n0\r\n\r\n",
+        ] {
+            let refused = chunked(strict, 10);
+            assert!(
+                matches!(refused, Err(BodyError::Malformed(_))),
+                "{strict:?}"
+            );
+        }
         assert!(matches!(chunked("3\r\nab", 10), Err(BodyError::Io(_))));
         assert!(matches!(chunked("3\r\nabc\r\n", 10), Err(BodyError::Io(_))));
         let fixed = read_body(&mut Cursor::new(b"abc".to_vec()), Framing::Length(5), 10);

@@ -9,6 +9,8 @@
 
 use std::io::Write as _;
 
+use http_disk_protocol::is_tchar;
+
 use crate::connection::COALESCE_BODY;
 
 /// A request body as sent: the part copied after the head into one write,
@@ -143,9 +145,7 @@ fn check_header(name: &str, value: &[u8]) -> Result<(), String> {
 
 /// RFC 9110 `token` (method and header names).
 fn is_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    !s.is_empty() && s.bytes().all(is_tchar)
 }
 
 #[cfg(test)]

@@ -24,6 +24,8 @@
 use std::fmt;
 use std::io::{self, BufRead};
 
+use crate::is_tchar;
+
 /// Most bytes in a chunk-size line (with extensions) before its CRLF:
 /// the server's bound on any request line.
 pub const MAX_SIZE_LINE: usize = 8 * 1024;
@@ -296,11 +298,6 @@ fn skip_bws(text: &[u8]) -> &[u8] {
         .position(|&b| b != b' ' && b != b'\t')
         .unwrap_or(text.len());
     &text[n..]
-}
-
-/// RFC 9110 §5.6.2 `tchar`.
-fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// What follows a non-empty token at the start of `text`.

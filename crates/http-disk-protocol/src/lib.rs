@@ -30,6 +30,12 @@ pub mod headers;
 
 pub use features::{Feature, FeatureSet};
 
+/// RFC 9110 §5.6.2 `tchar`, what tokens (methods, header names, chunk
+/// extension names) are made of: one definition for server and clients.
+pub fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
 /// A non-empty, inclusive byte range `start..=last` as HTTP writes it.
 ///
 /// Invariant: `start <= last`. HTTP ranges cannot express an empty range, so
