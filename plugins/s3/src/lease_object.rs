@@ -59,7 +59,7 @@ impl LeaseStore for ObjectLease {
         }
         // Read back: the only check a store ignoring conditions allows.
         match self.read()? {
-            Some((stored, version)) if stored == bytes => Ok(Written::Done(version)),
+            Some((stored, _)) if stored == bytes => Ok(Written::Done),
             _ => Ok(Written::Conflict),
         }
     }

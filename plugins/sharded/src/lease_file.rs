@@ -140,7 +140,7 @@ impl LeaseStore for FileLease {
             }
             self.replace(bytes)
                 .map_err(|e| eio(format!("writing {}: {e}", self.lease_path().display())))?;
-            Ok(Written::Done(version_of(bytes)))
+            Ok(Written::Done)
         })
     }
 

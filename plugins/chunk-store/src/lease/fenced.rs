@@ -93,10 +93,6 @@ impl<B> Fenced<B> {
         Fenced { inner, lease }
     }
 
-    pub fn inner(&self) -> &B {
-        &self.inner
-    }
-
     pub fn lease(&self) -> &LeaseKeeper {
         &self.lease
     }

@@ -60,7 +60,7 @@ pub enum Condition<'a> {
 /// How a conditional lease write went.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Written {
-    Done(Version),
+    Done,
     /// The condition did not hold: someone else changed the lease.
     Conflict,
 }
@@ -325,7 +325,7 @@ impl Lease {
                 .store
                 .write(&renewed.to_bytes(), Condition::Unchanged(&version))?
             {
-                Written::Done(_) => {
+                Written::Done => {
                     let mut state = self.state.lock_ignoring_poison();
                     state.held = Held {
                         record: renewed,
@@ -404,62 +404,59 @@ fn take(
     for _ in 0..MAX_CONFLICTS {
         let started = boot_clock();
         let current = store.read()?;
-        let (generation, condition_version) = match &current {
+        let (generation, previous_version) = match &current {
             None => (1, None),
-            Some((bytes, version)) => {
-                let previous = match LeaseRecord::parse(bytes) {
-                    Ok(record) => record,
-                    Err(why) if settings.force => {
-                        log::warn!(
-                            "{}: replacing an unreadable lease ({why}): force=true",
-                            store.location()
-                        );
-                        match write_new(store, settings, owner.clone(), 1, Some(version), started) {
-                            Err(e) if e.errno == libc::EAGAIN => continue,
-                            other => return other,
-                        }
+            Some((bytes, version)) => match LeaseRecord::parse(bytes) {
+                Ok(previous) => {
+                    if may_take(store, settings, &previous, holder_free)? == Taking::FromALiveOwner
+                    {
+                        settle =
+                            Some(Duration::from_millis(previous.duration_ms / 4) + SETTLE_MARGIN);
                     }
-                    Err(why) => {
-                        return Err(StoreError::new(
-                            libc::EBUSY,
-                            format!(
-                                "{}: the lease is unreadable ({why}); force=true replaces it",
-                                store.location()
-                            ),
-                        ))
-                    }
-                };
-                if may_take(store, settings, &previous, holder_free)? == Taking::FromALiveOwner {
-                    settle = Some(Duration::from_millis(previous.duration_ms / 4) + SETTLE_MARGIN);
+                    (previous.generation + 1, Some(version))
                 }
-                (previous.generation + 1, Some(version.clone()))
-            }
+                Err(why) if settings.force => {
+                    log::warn!(
+                        "{}: replacing an unreadable lease ({why}): force=true",
+                        store.location()
+                    );
+                    (1, Some(version))
+                }
+                Err(why) => {
+                    return Err(StoreError::new(
+                        libc::EBUSY,
+                        format!(
+                            "{}: the lease is unreadable ({why}); force=true replaces it",
+                            store.location()
+                        ),
+                    ))
+                }
+            },
         };
-        match write_new(
+        let Some(held) = write_new(
             store,
             settings,
             owner.clone(),
             generation,
-            condition_version.as_ref(),
+            previous_version,
             started,
-        ) {
-            Err(e) if e.errno == libc::EAGAIN => continue,
-            Ok(held) => {
-                if let Some(settle) = settle {
-                    // A live owner writes on a confirmation at most a
-                    // quarter of its lease-time old: after that long, its
-                    // next write reads the lease and finds ours. Until
-                    // then, ours would be overwritten: wait it out.
-                    log::warn!(
-                        "{}: waiting {settle:?} before writing, until the previous writer must have noticed",
-                        store.location()
-                    );
-                    std::thread::sleep(settle);
-                }
-                return Ok(held);
-            }
-            Err(e) => return Err(e),
+        )?
+        else {
+            // Changed since it was read: decide again.
+            continue;
+        };
+        if let Some(settle) = settle {
+            // A live owner writes on a confirmation at most a quarter of
+            // its lease-time old: after that long, its next write reads
+            // the lease and finds ours. Until then, ours would be
+            // overwritten: wait it out.
+            log::warn!(
+                "{}: waiting {settle:?} before writing, until the previous writer must have noticed",
+                store.location()
+            );
+            std::thread::sleep(settle);
         }
+        return Ok(held);
     }
     Err(StoreError::new(
         libc::EIO,
@@ -470,7 +467,7 @@ fn take(
     ))
 }
 
-/// Writes a new holding; EAGAIN when the lease changed meanwhile.
+/// Writes a new holding; `None` when the lease changed meanwhile.
 fn write_new(
     store: &dyn LeaseStore,
     settings: &LeaseSettings,
@@ -478,7 +475,7 @@ fn write_new(
     generation: u64,
     previous: Option<&Version>,
     started: Duration,
-) -> Result<Held, StoreError> {
+) -> Result<Option<Held>, StoreError> {
     let record = LeaseRecord {
         owner,
         generation,
@@ -491,11 +488,11 @@ fn write_new(
         None => Condition::Absent,
     };
     match store.write(&record.to_bytes(), condition)? {
-        Written::Done(_) => Ok(Held {
+        Written::Done => Ok(Some(Held {
             record,
             confirmed_at: started,
-        }),
-        Written::Conflict => Err(StoreError::new(libc::EAGAIN, "the lease changed")),
+        })),
+        Written::Conflict => Ok(None),
     }
 }
 
@@ -636,7 +633,7 @@ mod tests {
             }
             let version = stored.as_ref().map_or(0, |(_, v)| v + 1);
             *stored = Some((bytes.to_vec(), version));
-            Ok(Written::Done(Version(version.to_string())))
+            Ok(Written::Done)
         }
         fn remove(&self, version: &Version) -> Result<(), StoreError> {
             let mut stored = self.stored.lock_ignoring_poison();
