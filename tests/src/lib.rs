@@ -358,12 +358,19 @@ impl Nbdkit {
     /// options before the plugin (e.g. `-r`, `--filter=...`), and waits
     /// until the socket accepts (nbdkit writes the pidfile only then).
     pub fn start(options: &[&str], plugin: &Path, params: &[&str]) -> Nbdkit {
-        Self::try_start(options, plugin, params).unwrap_or_else(|p| {
-            panic!(
-                "nbdkit did not become ready; output:\n{}",
-                p.output.snapshot().join("\n")
-            )
-        })
+        Self::try_start(options, plugin, params).unwrap_or_else(not_ready)
+    }
+
+    /// As [`Nbdkit::start`], with the nbdkit binary at `nbdkit` instead of
+    /// the one on PATH (e.g. an older release: `tests/tests/old_nbdkit.rs`).
+    pub fn start_program(
+        nbdkit: &Path,
+        options: &[&str],
+        plugin: &Path,
+        params: &[&str],
+    ) -> Nbdkit {
+        Self::try_start_command(Command::new(nbdkit), options, plugin, params)
+            .unwrap_or_else(not_ready)
     }
 
     /// As [`Nbdkit::start`], but returns the process when nbdkit exits or
@@ -381,10 +388,7 @@ impl Nbdkit {
         plugin: &Path,
         params: &[&str],
     ) -> Result<Nbdkit, Proc> {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let socket = dir.path().join("nbd.sock");
-        let pidfile = dir.path().join("nbdkit.pid");
-        let mut cmd = match wrapper.split_first() {
+        let cmd = match wrapper.split_first() {
             Some((program, args)) => {
                 let mut cmd = Command::new(program);
                 cmd.args(args).arg("nbdkit");
@@ -392,6 +396,20 @@ impl Nbdkit {
             }
             None => Command::new("nbdkit"),
         };
+        Self::try_start_command(cmd, options, plugin, params)
+    }
+
+    /// Runs `cmd` (nbdkit, or what execs it) with the options, the plugin
+    /// and its parameters, and waits until the socket accepts.
+    fn try_start_command(
+        mut cmd: Command,
+        options: &[&str],
+        plugin: &Path,
+        params: &[&str],
+    ) -> Result<Nbdkit, Proc> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let socket = dir.path().join("nbd.sock");
+        let pidfile = dir.path().join("nbdkit.pid");
         cmd.args(["-f", "--exit-with-parent", "-U"])
             .arg(&socket)
             .arg("-P")
@@ -425,6 +443,14 @@ impl Nbdkit {
     pub fn uri(&self) -> String {
         format!("nbd+unix:///?socket={}", self.socket.display())
     }
+}
+
+/// Panics with the output of an nbdkit that did not become ready.
+fn not_ready(proc: Proc) -> Nbdkit {
+    panic!(
+        "nbdkit did not become ready; output:\n{}",
+        proc.output.snapshot().join("\n")
+    )
 }
 
 /// A file of `size` bytes filled with a deterministic pattern, in `dir`.
