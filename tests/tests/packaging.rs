@@ -214,7 +214,8 @@ fn rpm_replaces_the_old_package_in_place_and_loads_through_the_old_plugin_path()
     assert_eq!(rpm_query(&rpm, &["--obsoletes"]).trim(), "");
     let requires = rpm_query(&rpm, &["--requires"]);
     for require in [
-        "nbdkit",
+        // multihttp's floor, XCP-ng's nbdkit (docs/packaging.md).
+        "nbdkit >= 1.8.0",
         "nbd",
         "/usr/bin/nbdinfo",
         "util-linux",
@@ -308,7 +309,13 @@ fn deb_installs_into_a_clean_debian_root_where_everything_works_by_name() {
     );
     assert!(fields.contains("Package: http-nbd-transfer\n"), "{fields}");
     assert!(fields.contains(&format!("Version: {VERSION}-")), "{fields}");
-    for depend in ["libc6 (>= ", "nbdkit", "libnbd-bin", "nbd-client"] {
+    // nbdkit 1.12: sharded's and s3's floor (docs/packaging.md).
+    for depend in [
+        "libc6 (>= ",
+        "nbdkit (>= 1.12.0)",
+        "libnbd-bin",
+        "nbd-client",
+    ] {
         assert!(fields.contains(depend), "no {depend} in Depends: {fields}");
     }
     let control = tempfile::tempdir().expect("temp dir");
