@@ -23,6 +23,7 @@ use std::sync::{Condvar, Mutex};
 use lock_ext::{ignore_poison, LockIgnoringPoison};
 
 use crate::error::StoreError;
+use crate::geometry::covers;
 
 /// A write waiting to be stored: `data` at `offset` inside the chunk.
 pub struct Part {
@@ -148,19 +149,11 @@ impl Drop for Finish<'_> {
 
 /// Whether `parts` together cover `0..len`.
 pub fn cover(parts: &[Part], len: u64) -> bool {
-    let mut ranges: Vec<(u64, u64)> = parts
+    let ranges = parts
         .iter()
         .map(|p| (p.offset, p.offset + p.data.len() as u64))
         .collect();
-    ranges.sort_unstable();
-    let mut covered = 0;
-    for (start, end) in ranges {
-        if start > covered {
-            return false;
-        }
-        covered = covered.max(end);
-    }
-    covered >= len
+    covers(ranges, 0, len)
 }
 
 #[cfg(test)]

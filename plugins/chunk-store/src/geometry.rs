@@ -99,6 +99,22 @@ impl Geometry {
     }
 }
 
+/// Whether the ranges `(start, end)` together cover `start..end`.
+pub(crate) fn covers(mut ranges: Vec<(u64, u64)>, start: u64, end: u64) -> bool {
+    ranges.sort_unstable();
+    let mut covered = start;
+    for (from, to) in ranges {
+        if covered >= end {
+            break;
+        }
+        if from > covered {
+            return false;
+        }
+        covered = covered.max(to);
+    }
+    covered >= end
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

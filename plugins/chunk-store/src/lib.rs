@@ -18,6 +18,7 @@ mod metadata;
 mod open;
 mod plugin_macro;
 mod store;
+pub mod writeback;
 
 pub use backend::{ChunkBackend, ChunkExtent};
 pub use error::StoreError;
@@ -26,6 +27,7 @@ pub use lease::{Fenced, LeaseKeeper, LeaseSettings, LeaseStore};
 pub use metadata::{reconcile, Metadata, Request as MetadataRequest, FORMAT_VERSION};
 pub use open::{open_metadata, MetadataStore};
 pub use store::{ChunkStore, Extent};
+pub use writeback::{CacheSettings, WriteBack};
 
 #[cfg(test)]
 mod memory;

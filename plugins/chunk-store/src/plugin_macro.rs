@@ -6,13 +6,14 @@
 //! `plugin_glue::keys::Plugin`: name, description, `--help`), two
 //! functions and a backend type:
 //! - `fn config(key: &str, value: &str) -> nbdkit::Result<()>`
-//! - `fn open_store() -> Result<chunk_store::ChunkStore<Fenced<Backend>>, chunk_store::StoreError>`
+//! - `fn open_store() -> Result<chunk_store::ChunkStore<WriteBack<Backend>>, chunk_store::StoreError>`
 //!   (called once, from `config_complete`): the backend wrapped in its
-//!   lease ([`crate::Fenced`]).
+//!   lease ([`crate::Fenced`]), with or without the write-back cache
+//!   ([`crate::WriteBack`]).
 //!
 //! The lease: a writable open takes it (a refusal, naming the owner,
 //! fails that open; read-only opens need none), every write checks it,
-//! and `unload` releases it.
+//! and `unload` uploads what the cache holds, then releases it.
 //!
 //! What the generated plugin advertises, and why it is true for every
 //! chunk store: thread model Parallel (per-chunk locks); multi-conn (one
@@ -32,11 +33,11 @@ macro_rules! chunk_store_plugin {
         config: $config:path,
         open_store: $open_store:path $(,)?
     ) => {
-        static STORE: ::std::sync::OnceLock<$crate::ChunkStore<$crate::Fenced<$backend>>> =
+        static STORE: ::std::sync::OnceLock<$crate::ChunkStore<$crate::WriteBack<$backend>>> =
             ::std::sync::OnceLock::new();
 
         fn store() -> ::std::result::Result<
-            &'static $crate::ChunkStore<$crate::Fenced<$backend>>,
+            &'static $crate::ChunkStore<$crate::WriteBack<$backend>>,
             $crate::StoreError,
         > {
             STORE
@@ -93,7 +94,7 @@ macro_rules! chunk_store_plugin {
 
             fn unload() {
                 if let Some(store) = STORE.get() {
-                    store.backend().lease().release();
+                    store.backend().shut_down();
                 }
             }
 

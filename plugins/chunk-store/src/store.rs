@@ -40,7 +40,7 @@ pub struct ChunkStore<B> {
     pending: Coalescer,
 }
 
-fn is_zero(data: &[u8]) -> bool {
+pub(crate) fn is_zero(data: &[u8]) -> bool {
     // Word-at-a-time would be faster; this is already far cheaper than
     // the I/O it can save.
     data.iter().all(|&b| b == 0)

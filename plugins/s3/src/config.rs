@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use chunk_store::writeback::keys::CacheRequest;
 use chunk_store::{LeaseSettings, MetadataRequest};
 use plugin_glue::config::{
     parse_bool, parse_count, parse_duration, parse_size, Builder, ConfigError,
@@ -31,6 +32,7 @@ pub struct Config {
     pub retry_window: Duration,
     pub cafile: Option<PathBuf>,
     pub lease: LeaseSettings,
+    pub cache: CacheRequest,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -54,6 +56,7 @@ pub struct ConfigBuilder {
     retry_window: Option<Duration>,
     cafile: Option<PathBuf>,
     lease: LeaseSettings,
+    cache: CacheRequest,
 }
 
 impl Builder for ConfigBuilder {
@@ -61,6 +64,9 @@ impl Builder for ConfigBuilder {
     /// `set_secret`).
     fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
         if let Some(result) = chunk_store::lease::keys::set(&mut self.lease, key, value) {
+            return result;
+        }
+        if let Some(result) = chunk_store::writeback::keys::set(&mut self.cache, key, value) {
             return result;
         }
         match key {
@@ -173,6 +179,7 @@ impl ConfigBuilder {
             retry_window: self.retry_window.unwrap_or(Duration::from_secs(30)),
             cafile: self.cafile,
             lease: self.lease,
+            cache: self.cache.clone(),
         })
     }
 }

@@ -2,10 +2,11 @@
 //! error, which keys are secrets, and the man page `nbdkit-s3-plugin(1)`
 //! are all rendered from this table.
 //!
-//! Only `plugin_glue::keys` and chunk-store's lease keys may be used here: the man page generator
+//! Only `plugin_glue::keys` and chunk-store's lease and cache keys may be used here: the man page generator
 //! (`crates/man-pages`) includes this file as a module of its own.
 
 use chunk_store::lease::keys::{FORCE, LEASE_TIME};
+use chunk_store::writeback::keys::{CACHE_DIR, CACHE_SIZE};
 use plugin_glue::keys::{EnvVar, Key, Plugin};
 
 pub static PLUGIN: Plugin = Plugin {
@@ -154,6 +155,8 @@ pub static PLUGIN: Plugin = Plugin {
         ),
         LEASE_TIME,
         FORCE,
+        CACHE_DIR,
+        CACHE_SIZE,
     ],
     environment: &[
         EnvVar {

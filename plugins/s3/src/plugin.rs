@@ -5,7 +5,10 @@
 
 use std::sync::Arc;
 
-use chunk_store::{chunk_store_plugin, ChunkStore, Fenced, Geometry, LeaseKeeper, StoreError};
+use chunk_store::{
+    chunk_store_plugin, CacheSettings, ChunkStore, Fenced, Geometry, LeaseKeeper, StoreError,
+    WriteBack,
+};
 use plugin_glue::config::Collector;
 
 use crate::backend::{open_disk, S3Chunks};
@@ -20,7 +23,7 @@ fn config(key: &str, value: &str) -> nbdkit::Result<()> {
     CONFIG.config(key, value)
 }
 
-fn open_store() -> Result<ChunkStore<Fenced<S3Chunks>>, StoreError> {
+fn open_store() -> Result<ChunkStore<WriteBack<S3Chunks>>, StoreError> {
     let config = CONFIG
         .collected()
         .build(plugin_glue::secret::take_env)
@@ -39,7 +42,25 @@ fn open_store() -> Result<ChunkStore<Fenced<S3Chunks>>, StoreError> {
         metadata.size,
         metadata.chunk_size
     );
-    Ok(ChunkStore::new(geometry, Fenced::new(chunks, lease)))
+    let fenced = Fenced::new(chunks, lease);
+    let backend = match &config.cache.dir {
+        None => WriteBack::direct(fenced),
+        Some(dir) => {
+            config
+                .cache
+                .check_size(metadata.chunk_size)
+                .map_err(|e| StoreError::new(libc::EINVAL, e.to_string()))?;
+            let settings = CacheSettings {
+                dir: dir.clone(),
+                size: config.cache.size,
+                // As many uploads in flight as the pool has connections.
+                uploaders: config.pool_size,
+            };
+            let disk = format!("{}/{}/{}", config.endpoint, config.bucket, config.prefix);
+            WriteBack::cached(fenced, &settings, metadata.chunk_size, &disk)?
+        }
+    };
+    Ok(ChunkStore::new(geometry, backend))
 }
 
 /// The lease object, with a client of its own (same keys): renewals never

@@ -4,7 +4,9 @@
 
 use std::sync::Arc;
 
-use chunk_store::{chunk_store_plugin, ChunkStore, Fenced, Geometry, LeaseKeeper, StoreError};
+use chunk_store::{
+    chunk_store_plugin, ChunkStore, Fenced, Geometry, LeaseKeeper, StoreError, WriteBack,
+};
 use plugin_glue::config::Collector;
 
 use crate::config::ConfigBuilder;
@@ -18,7 +20,7 @@ fn config(key: &str, value: &str) -> nbdkit::Result<()> {
     CONFIG.config(key, value)
 }
 
-fn open_store() -> Result<ChunkStore<Fenced<FileChunks>>, StoreError> {
+fn open_store() -> Result<ChunkStore<WriteBack<FileChunks>>, StoreError> {
     let config = CONFIG
         .collected()
         .build()
@@ -35,7 +37,11 @@ fn open_store() -> Result<ChunkStore<Fenced<FileChunks>>, StoreError> {
         metadata.size,
         metadata.chunk_size
     );
-    Ok(ChunkStore::new(geometry, Fenced::new(files, lease)))
+    // Chunk files are local already: no write-back cache in front of them.
+    Ok(ChunkStore::new(
+        geometry,
+        WriteBack::direct(Fenced::new(files, lease)),
+    ))
 }
 
 chunk_store_plugin! {

@@ -47,12 +47,18 @@ impl LeaseKeeper {
     /// Before a mutation: the lease is held and still ours. A write
     /// without it fails with EROFS (EPERM to the client).
     pub fn check(&self) -> Result<(), StoreError> {
-        self.for_writing()
-            .map_err(|e| match e.errno {
-                libc::EBUSY => StoreError::new(libc::EROFS, e.what),
-                _ => e,
-            })?
-            .check()
+        self.checked_token().map(drop)
+    }
+
+    /// [`LeaseKeeper::check`], returning the holding's token (what a
+    /// write-back journal records as its writer).
+    pub fn checked_token(&self) -> Result<u64, StoreError> {
+        let lease = self.for_writing().map_err(|e| match e.errno {
+            libc::EBUSY => StoreError::new(libc::EROFS, e.what),
+            _ => e,
+        })?;
+        lease.check()?;
+        Ok(lease.token())
     }
 
     /// For a writable open: `Err` (naming the owner) when another writer

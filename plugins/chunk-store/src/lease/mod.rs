@@ -149,6 +149,10 @@ struct State {
 pub struct Lease {
     store: Arc<dyn LeaseStore>,
     settings: LeaseSettings,
+    /// The token of the owner whose lease this one replaced, if it was
+    /// readable: tells a write-back journal whether its writes are the
+    /// last ones made to the disk.
+    taken_from: Option<u64>,
     state: Mutex<State>,
     wake: Condvar,
     /// One renewal at a time (the thread's and writers' checks).
@@ -173,7 +177,7 @@ impl Lease {
         settings: LeaseSettings,
         owner: Owner,
     ) -> Result<Arc<Lease>, StoreError> {
-        let held = take(&*store, &settings, owner)?;
+        let (held, taken_from) = take(&*store, &settings, owner)?;
         log::info!(
             "{}: lease taken, generation {}",
             store.location(),
@@ -182,6 +186,7 @@ impl Lease {
         let lease = Arc::new(Lease {
             store,
             settings,
+            taken_from,
             state: Mutex::new(State {
                 held,
                 lost: None,
@@ -239,6 +244,17 @@ impl Lease {
 
     pub fn generation(&self) -> u64 {
         self.state.lock_ignoring_poison().held.record.generation
+    }
+
+    /// This holding's token (random, per opening of the disk).
+    pub fn token(&self) -> u64 {
+        self.state.lock_ignoring_poison().held.record.owner.token
+    }
+
+    /// The previous owner's token, when this lease replaced a readable
+    /// one (`None`: there was no lease, or an unreadable one).
+    pub fn taken_from(&self) -> Option<u64> {
+        self.taken_from
     }
 
     /// Stops renewing and removes the lease if it is still ours.
@@ -393,21 +409,24 @@ fn renew_until_stopped(lease: std::sync::Weak<Lease>) {
     }
 }
 
-/// Decides whether `owner` may take the lease now, and takes it.
+/// Decides whether `owner` may take the lease now, and takes it; also
+/// returns the token of the owner it replaced.
 fn take(
     store: &dyn LeaseStore,
     settings: &LeaseSettings,
     owner: Owner,
-) -> Result<Held, StoreError> {
+) -> Result<(Held, Option<u64>), StoreError> {
     let holder_free = store.try_hold()?;
     let mut settle = None;
     for _ in 0..MAX_CONFLICTS {
         let started = boot_clock();
         let current = store.read()?;
+        let mut previous_token = None;
         let (generation, previous_version) = match &current {
             None => (1, None),
             Some((bytes, version)) => match LeaseRecord::parse(bytes) {
                 Ok(previous) => {
+                    previous_token = Some(previous.owner.token);
                     if may_take(store, settings, &previous, holder_free)? == Taking::FromALiveOwner
                     {
                         settle =
@@ -456,7 +475,7 @@ fn take(
             );
             std::thread::sleep(settle);
         }
-        return Ok(held);
+        return Ok((held, previous_token));
     }
     Err(StoreError::new(
         libc::EIO,
