@@ -102,6 +102,11 @@ impl<B> Fenced<B> {
     pub fn lease(&self) -> &LeaseKeeper {
         &self.lease
     }
+
+    #[cfg(test)]
+    pub(crate) fn inner_for_tests(&self) -> &B {
+        &self.inner
+    }
 }
 
 impl<B: ChunkBackend> ChunkBackend for Fenced<B> {

@@ -597,7 +597,7 @@ fn still_renewed(store: &dyn LeaseStore, previous: &LeaseRecord) -> Result<bool,
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A lease store in memory, with real conditions; `conflicts` makes

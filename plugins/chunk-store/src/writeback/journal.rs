@@ -224,6 +224,15 @@ impl Journal {
         let need = (HEADER_LEN + payload.len()) as u64;
         let mut state = self.state.lock_ignoring_poison();
         while state.live_bytes > 0 && state.live_bytes + need > self.limit {
+            // An active segment whose records are all stored would never
+            // be retired while writers wait: the next append starts anew.
+            if let Some(active) = state.active {
+                if state.live[&active].pending == 0 {
+                    state.active = None;
+                    self.retire_done(&mut state)?;
+                    continue;
+                }
+            }
             if !state.told_full {
                 state.told_full = true;
                 log::warn!(
