@@ -1,6 +1,12 @@
 //! Which chunks have journaled records not yet in the store, and the
 //! queue the uploaders take them from (oldest first, one upload per chunk
 //! at a time; records that arrive meanwhile go in its next upload).
+//!
+//! A record wholly covered by a newer one of its chunk no longer matters
+//! for the chunk's bytes: it is dropped from what reads and uploads apply
+//! (a block rewritten ten thousand times while the store is down costs
+//! one record per read, not ten thousand), and kept only in the list of
+//! records the journal waits to see stored.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Condvar, Mutex};
@@ -12,10 +18,27 @@ use super::journal::Entry;
 
 #[derive(Default)]
 struct Chunk {
-    /// In journal order.
-    entries: Vec<Entry>,
+    /// The records that make the chunk's bytes, in journal order.
+    visible: Vec<Entry>,
+    /// Every record not yet stored, in journal order.
+    pending: Vec<Entry>,
     queued: bool,
     uploading: bool,
+}
+
+/// A chunk taken by an uploader.
+pub struct Upload {
+    pub index: u64,
+    /// What to apply over the stored object.
+    pub entries: Vec<Entry>,
+    /// The newest record it carries.
+    pub upto: u64,
+}
+
+/// Whether `new` overwrites every byte of `old`.
+fn covers(new: &Entry, old: &Entry) -> bool {
+    let (n, o) = (&new.header, &old.header);
+    n.offset <= o.offset && o.offset + o.len <= n.offset + n.len
 }
 
 #[derive(Default)]
@@ -43,7 +66,9 @@ impl Dirty {
         let mut state = self.state.lock_ignoring_poison();
         let index = entry.header.chunk;
         let chunk = state.chunks.entry(index).or_default();
-        chunk.entries.push(entry);
+        chunk.visible.retain(|old| !covers(&entry, old));
+        chunk.visible.push(entry.clone());
+        chunk.pending.push(entry);
         if !chunk.queued && !chunk.uploading {
             chunk.queued = true;
             state.queue.push_back(index);
@@ -51,13 +76,14 @@ impl Dirty {
         }
     }
 
-    /// The records of `index` not yet known stored, in journal order.
+    /// The records that make chunk `index`'s bytes over its stored
+    /// object, in journal order (none: the object is the truth).
     pub fn entries(&self, index: u64) -> Vec<Entry> {
         self.state
             .lock_ignoring_poison()
             .chunks
             .get(&index)
-            .map_or_else(Vec::new, |c| c.entries.clone())
+            .map_or_else(Vec::new, |c| c.visible.clone())
     }
 
     /// Dirty chunks in `first..=last`.
@@ -73,7 +99,7 @@ impl Dirty {
 
     /// For an uploader: the next chunk and its records (now being
     /// uploaded), waiting for one; `None` once stopping.
-    pub fn next(&self) -> Option<(u64, Vec<Entry>)> {
+    pub fn next(&self) -> Option<Upload> {
         let mut state = self.state.lock_ignoring_poison();
         loop {
             if state.stopping {
@@ -86,26 +112,34 @@ impl Dirty {
                     .expect("queued chunks are dirty");
                 chunk.queued = false;
                 chunk.uploading = true;
-                return Some((index, chunk.entries.clone()));
+                return Some(Upload {
+                    index,
+                    entries: chunk.visible.clone(),
+                    upto: chunk.pending.last().map_or(0, |e| e.header.seq),
+                });
             }
             state = ignore_poison(self.work.wait(state));
         }
     }
 
-    /// An upload of `index` ended: `uploaded` records (the first ones) are
-    /// in the store when it succeeded. The chunk goes back in the queue
-    /// if it has records left (new ones, or all of them after a failure).
-    pub fn finished(&self, index: u64, uploaded: usize, succeeded: bool) {
+    /// An upload of `index` carrying its records up to `upto` ended.
+    /// When it succeeded, returns the records now stored (for the
+    /// journal). The chunk goes back in the queue if it has records left
+    /// (new ones, or all of them after a failure).
+    pub fn finished(&self, index: u64, upto: u64, succeeded: bool) -> Vec<Entry> {
         let mut state = self.state.lock_ignoring_poison();
         let chunk = state
             .chunks
             .get_mut(&index)
             .expect("an uploading chunk is dirty");
         chunk.uploading = false;
+        let mut stored = Vec::new();
         if succeeded {
-            chunk.entries.drain(..uploaded);
+            let newer = chunk.pending.partition_point(|e| e.header.seq <= upto);
+            stored = chunk.pending.drain(..newer).collect();
+            chunk.visible.retain(|e| e.header.seq > upto);
         }
-        if chunk.entries.is_empty() {
+        if chunk.pending.is_empty() {
             state.chunks.remove(&index);
         } else {
             chunk.queued = true;
@@ -113,6 +147,7 @@ impl Dirty {
             self.work.notify_one();
         }
         self.progress.notify_all();
+        stored
     }
 
     /// Waits until nothing is dirty or `limit` has passed, or `give_up`

@@ -245,16 +245,17 @@ impl<B: ChunkBackend> Cache<B> {
     }
 
     fn upload_until_stopped(&self) {
-        while let Some((index, entries)) = self.dirty.next() {
-            match self.upload(index, &entries) {
+        while let Some(upload) = self.dirty.next() {
+            let index = upload.index;
+            match self.upload(index, &upload.entries) {
                 Ok(()) => {
-                    self.dirty.finished(index, entries.len(), true);
-                    if let Err(e) = self.journal.stored(&entries) {
+                    let stored = self.dirty.finished(index, upload.upto, true);
+                    if let Err(e) = self.journal.stored(&stored) {
                         log::error!("{}: {e}", self.dir.display());
                     }
                 }
                 Err(e) if e.errno == libc::EROFS => {
-                    self.dirty.finished(index, 0, false);
+                    self.dirty.finished(index, upload.upto, false);
                     self.halted.store(true, Ordering::Relaxed);
                     log::error!(
                         "{}: uploads stopped, the disk's lease is lost: {e}",
@@ -264,7 +265,7 @@ impl<B: ChunkBackend> Cache<B> {
                     return;
                 }
                 Err(e) => {
-                    self.dirty.finished(index, 0, false);
+                    self.dirty.finished(index, upload.upto, false);
                     log::warn!(
                         "{}: uploading chunk {index} failed, trying again in {RETRY_PAUSE:?}: {e}",
                         self.dir.display()
