@@ -7,7 +7,7 @@ use std::fmt::{Display, Write};
 
 use serde_json::{json, Map, Value};
 
-use crate::metrics::Counts;
+use crate::metrics::{Counts, RefusalReason};
 
 /// Everything a page shows, gathered at one moment.
 #[derive(Clone, Debug)]
@@ -209,12 +209,15 @@ fn traffic(out: &mut Exposition, counts: &Counts) {
     for (failure, count) in &counts.failures {
         out.sample("errors_total", &[("kind", failure.name())], count);
     }
+    // From the reasons themselves, so a new one cannot be left out.
+    let reasons: Vec<String> = RefusalReason::ALL
+        .iter()
+        .map(|r| format!("{} ({})", r.name(), r.meaning()))
+        .collect();
     out.family(
         "refused_total",
         "counter",
-        "Clients turned away: not_allowed (403, --allow), unauthorized (401, --auth-file), \
-         busy (503, every worker busy), not_held (503, disk not held), \
-         overloaded (503, write memory full).",
+        &format!("Clients turned away: {}.", reasons.join(", ")),
     );
     for (refusal, count) in &counts.refusals {
         out.sample("refused_total", &[("reason", refusal.name())], count);
@@ -373,6 +376,13 @@ mod tests {
                 .count(),
             1
         );
+        let help = text
+            .lines()
+            .find(|l| l.starts_with("# HELP http_disk_server_refused_total "))
+            .unwrap();
+        for reason in RefusalReason::ALL {
+            assert!(help.contains(&format!("{} (", reason.name())), "{help}");
+        }
     }
 
     #[test]

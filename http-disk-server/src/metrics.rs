@@ -117,6 +117,18 @@ impl RefusalReason {
             RefusalReason::Overloaded => "overloaded",
         }
     }
+
+    /// What the reason means, for the `/metrics` help text.
+    pub fn meaning(self) -> &'static str {
+        match self {
+            RefusalReason::NotAllowed => "403, --allow",
+            RefusalReason::Unauthorized => "401, --auth-file",
+            RefusalReason::Busy => "503, every worker busy",
+            RefusalReason::PeerCap => "503, --max-connections-per-peer reached",
+            RefusalReason::NotHeld => "503, disk not held",
+            RefusalReason::Overloaded => "503, write memory full",
+        }
+    }
 }
 
 /// Requests that went wrong on the server's side of the wire.
