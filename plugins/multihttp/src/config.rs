@@ -91,6 +91,17 @@ pub enum PoolSize {
     PerClientConnection,
 }
 
+impl Config {
+    /// The keys the TLS client configuration is made from.
+    pub fn tls_keys(&self) -> crate::tls::TlsKeys<'_> {
+        crate::tls::TlsKeys {
+            any_https: self.addresses.iter().any(|address| address.tls),
+            cafile: self.cafile.as_deref(),
+            verify: self.tls_verify,
+        }
+    }
+}
+
 impl PoolSize {
     /// The bound while `client_connections` NBD connections are open.
     pub fn bound(self, client_connections: usize) -> usize {

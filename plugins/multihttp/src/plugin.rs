@@ -164,7 +164,7 @@ impl Server for MultiHttp {
             || "multihttp: configuration".to_owned(),
             || -> Result<(), ConfigError> {
                 let config = CONFIG.collected().build()?;
-                let tls = crate::tls::client_config(&config)?;
+                let tls = crate::tls::client_config(&config.tls_keys())?;
                 // Builds the HTTP agent only: no thread starts before nbdkit
                 // forks (probe threads start in open/requests).
                 let cluster = Cluster::new(config, tls);

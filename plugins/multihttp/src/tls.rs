@@ -25,7 +25,6 @@ use tls_io::rustls::crypto::{verify_tls12_signature, verify_tls13_signature, Cry
 use tls_io::rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use tls_io::rustls::{self, ClientConfig, DigitallySignedStruct, SignatureScheme};
 
-use crate::config::Config;
 use plugin_glue::watched_file::WatchedFile;
 
 /// CA bundles used for `https://` URLs when `cafile=` is not given, the
@@ -35,25 +34,33 @@ pub const SYSTEM_CA_BUNDLES: [&str; 2] = [
     "/etc/pki/tls/certs/ca-bundle.crt",
 ];
 
+/// What the TLS client configuration is made from (keys `urls=`,
+/// `cafile=`, `tls-verify=`).
+pub struct TlsKeys<'a> {
+    /// Some URL is `https://`.
+    pub any_https: bool,
+    pub cafile: Option<&'a Path>,
+    pub verify: bool,
+}
+
 /// The client configuration for the `https://` URLs, `None` when all
 /// URLs are plain `http://`.
-pub fn client_config(config: &Config) -> Result<Option<Arc<ClientConfig>>, ConfigError> {
-    let any_https = config.addresses.iter().any(|address| address.tls);
-    if !any_https {
+pub fn client_config(keys: &TlsKeys<'_>) -> Result<Option<Arc<ClientConfig>>, ConfigError> {
+    if !keys.any_https {
         // A cafile= with no https URL is still read: a typo should fail now.
-        if let Some(cafile) = &config.cafile {
+        if let Some(cafile) = keys.cafile {
             tls_io::pem::root_store(cafile).map_err(|e| ConfigError::new("cafile", e))?;
         }
         return Ok(None);
     }
-    let verifier: Arc<dyn ServerCertVerifier> = if config.tls_verify {
+    let verifier: Arc<dyn ServerCertVerifier> = if keys.verify {
         let system = || {
             SYSTEM_CA_BUNDLES
                 .iter()
                 .map(Path::new)
                 .find(|path| path.exists())
         };
-        let Some(cafile) = config.cafile.as_deref().or_else(system) else {
+        let Some(cafile) = keys.cafile.or_else(system) else {
             return Err(ConfigError::new(
                 "cafile",
                 format!(

@@ -27,7 +27,6 @@ use std::time::Duration;
 use lock_ext::LockIgnoringPoison;
 use tls_io::rustls::ClientConfig;
 
-use base64::Engine;
 use http_disk_protocol::{headers, ByteRange};
 use plugin_glue::secret::{wipe, Secret};
 
@@ -397,30 +396,6 @@ fn request<'a>(
     }
 }
 
-/// `Basic base64(user:password)` for the Authorization header, assembled
-/// and encoded in [`Secret`] memory only (`user:password` never exists in
-/// ordinary memory, and is zeroed as soon as it is encoded).
-pub(crate) fn basic_authorization(user: &str, password: Option<&Secret>) -> Secret {
-    const PREFIX: &[u8] = b"Basic ";
-    let password = password.map_or(&[][..], Secret::expose);
-    let credentials = Secret::build(user.len() + 1 + password.len(), |buf| {
-        let (name, rest) = buf.split_at_mut(user.len());
-        name.copy_from_slice(user.as_bytes());
-        rest[0] = b':';
-        rest[1..].copy_from_slice(password);
-        buf.len()
-    });
-    let encoded_len = base64::encoded_len(credentials.len(), true).expect("a short credential");
-    Secret::build(PREFIX.len() + encoded_len, |buf| {
-        let (prefix, token) = buf.split_at_mut(PREFIX.len());
-        prefix.copy_from_slice(PREFIX);
-        let written = base64::engine::general_purpose::STANDARD
-            .encode_slice(credentials.expose(), token)
-            .expect("sized by encoded_len");
-        PREFIX.len() + written
-    })
-}
-
 /// The Authorization header of a request, when `user=` is set.
 fn secret_header(value: Option<&Secret>) -> Option<SecretHeader<'_>> {
     value.map(|value| SecretHeader {
@@ -491,14 +466,6 @@ mod tests {
         b.set("user", "alice").unwrap();
         b.set_secret("password", Secret::new(password)).unwrap();
         Transport::new(&b.build().unwrap(), None)
-    }
-
-    #[test]
-    fn the_basic_header_is_base64_of_user_colon_password() {
-        let header = basic_authorization("alice", Some(&Secret::new(b"s3cr3t")));
-        assert_eq!(header.expose(), b"Basic YWxpY2U6czNjcjN0");
-        let no_password = basic_authorization("bob", None);
-        assert_eq!(no_password.expose(), b"Basic Ym9iOg==");
     }
 
     #[test]
