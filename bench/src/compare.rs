@@ -95,7 +95,8 @@ fn cpu_roles(backend: &[Watched]) -> Vec<String> {
 
 /// One run of `workload` on `target`: its figure, and the CPU that
 /// target's nbdkit, the backend and the machine used meanwhile, with the
-/// CPU per unit of work done (per I/O or per MiB).
+/// CPU per unit of work done (per I/O or per MiB); the target is then
+/// settled ([`Target::settle`]), outside the measurement.
 fn run_one(
     settings: &Settings,
     progress: &mut Progress,
@@ -117,6 +118,12 @@ fn run_one(
         let outcome = target.run(workload, settings);
         (outcome, started.elapsed().as_secs_f64())
     });
+    // Settled after a failed run too: the next run must not inherit it.
+    let outcome = match (outcome, target.settle()) {
+        (Ok(measured), Ok(())) => Ok(measured),
+        (Err(why), _) => Err(why),
+        (Ok(_), Err(why)) => Err(format!("after the run: {why}")),
+    };
     if let (Ok(measured), Some(seconds)) = (&outcome, used.watched_seconds) {
         let work = workload.work_done(measured.value, settings.runtime, settings.disk_size);
         used.seconds_per_unit = (work > 0.0).then(|| seconds / work);

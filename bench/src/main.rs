@@ -12,6 +12,7 @@ mod machine;
 mod progress;
 mod report;
 mod results;
+mod s3_cache;
 mod settings;
 mod stats;
 mod store_load;
@@ -35,12 +36,13 @@ use store_load::{DirectStore, StoreAccess};
 use targets::{NbdTarget, SyncedAfterRun, Target};
 use workload::Workload;
 
-const GROUPS: [&str; 6] = [
+const GROUPS: [&str; 7] = [
     "multihttp",
     "server",
     "write-through",
     "sharded",
     "s3",
+    "s3-cache",
     "failover",
 ];
 
@@ -58,7 +60,7 @@ struct Cli {
     #[arg(long)]
     update_analysis: bool,
     /// Only these groups (comma-separated): multihttp, server, write-through, sharded, s3,
-    /// failover.
+    /// s3-cache, failover.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Report file (default BENCHMARKS.md; quick: target/bench/BENCHMARKS-quick.md).
@@ -135,6 +137,9 @@ fn main() {
     if wanted("s3") {
         s3_group(&mut results, &settings, &mut progress);
     }
+    if wanted("s3-cache") {
+        s3_cache::s3_cache_group(&mut results, &settings, &mut progress);
+    }
     if wanted("failover") {
         failover::measure_failover(&mut results, &settings, &mut progress);
     }
@@ -204,9 +209,11 @@ fn estimate_steps(settings: &Settings) -> usize {
     let write_through_cases = settings.write_through_workloads().len();
     // multihttp: 3 targets, server: 5 runs per repetition, sharded: 2
     // targets, s3: 3 (ours, the peer, the store alone); write-through: 3,
-    // and write-back in one case.
+    // and write-back in one case; s3-cache: 3 per case.
+    let s3_cache = s3_cache::settings(settings);
     settings.repeats * (block_cases * 3 + 5 + block_cases * 5)
         + settings.write_through_repeats * (write_through_cases * 3 + 1)
+        + s3_cache.repeats * s3_cache::workloads().len() * 3
         + settings.failovers
 }
 
@@ -494,15 +501,8 @@ fn s3_group(results: &mut Results, settings: &Settings, progress: &mut Progress)
             .push(("s3".into(), format!("{} is not built", plugin.display())));
         return;
     }
-    let garage_path = std::env::var_os("HND_GARAGE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/cache/http-nbd-transfer/garage/bin/garage"));
-    if !garage_path.exists() {
-        results.skipped.push((
-            "s3".into(),
-            "Garage is not installed (scripts/install-deps builds it)".into(),
-        ));
-        return;
+    if let Some(why) = garage_missing() {
+        return results.skipped.push(("s3".into(), why));
     }
     let mut settings = settings.clone();
     settings.disk_size = settings.disk_size.min(32 << 20);
@@ -608,6 +608,15 @@ fn s3_group(results: &mut Results, settings: &Settings, progress: &mut Progress)
     );
     record_memory(results, "nbdkit + s3", "s3 group", ours.pid());
     record_memory(results, "nbdkit + S3 (boto3)", "s3 group", peer.pid());
+}
+
+/// Why the groups on Garage cannot run, if they cannot.
+fn garage_missing() -> Option<String> {
+    let garage_path = std::env::var_os("HND_GARAGE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/http-nbd-transfer/garage/bin/garage"));
+    (!garage_path.exists())
+        .then(|| "Garage is not installed (scripts/install-deps builds it)".to_owned())
 }
 
 fn record_memory(results: &mut Results, process: &str, after: &str, pid: i32) {

@@ -66,6 +66,7 @@ impl Settings {
                     block_size,
                     iodepth,
                     connections,
+                    fsync: 0,
                 }));
             }
         }
@@ -96,6 +97,7 @@ impl Settings {
                     block_size: 4096,
                     iodepth,
                     connections: 1,
+                    fsync: 0,
                 })
             })
             .to_vec()

@@ -371,6 +371,7 @@ mod tests {
             block_size,
             iodepth,
             connections,
+            fsync: 0,
         })
     }
 

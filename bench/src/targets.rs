@@ -24,6 +24,14 @@ pub trait Target {
     fn pid(&self) -> i32;
     /// Runs `workload` once; its figure in the workload's unit.
     fn run(&self, workload: &Workload, settings: &Settings) -> Result<Measured, String>;
+    /// Called after each run, outside its measurement (time and CPU):
+    /// waits for what the run left going in the background (a write-back
+    /// cache's uploads) to finish, so that it neither counts against the
+    /// next run, whichever target that is, nor goes unnoticed. An error
+    /// fails the run.
+    fn settle(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// One nbdkit export under test.

@@ -18,6 +18,9 @@ pub struct FioJob {
     pub iodepth: u32,
     /// fio opens one NBD connection per job (`numjobs`).
     pub connections: u32,
+    /// An NBD flush after every this many writes (fio's `fsync=`); 0:
+    /// none.
+    pub fsync: u32,
 }
 
 /// A workload run against an NBD URI.
@@ -44,8 +47,13 @@ impl Workload {
                 } else {
                     "conns"
                 };
+                let fsync = if job.fsync > 0 {
+                    format!(", fsync={}", job.fsync)
+                } else {
+                    String::new()
+                };
                 format!(
-                    "fio {size} {} qd{}, {} {conns}",
+                    "fio {size} {} qd{}, {} {conns}{fsync}",
                     job.rw, job.iodepth, job.connections
                 )
             }
@@ -69,7 +77,7 @@ impl Workload {
 
     fn args(&self, uri: &str, output: &Path, runtime: Duration) -> Vec<String> {
         match self {
-            Workload::Fio(job) => vec![
+            Workload::Fio(job) => [
                 "fio".into(),
                 "--name=bench".into(),
                 "--ioengine=nbd".into(),
@@ -83,7 +91,10 @@ impl Workload {
                 format!("--runtime={}ms", runtime.as_millis()),
                 "--output-format=json".into(),
                 format!("--output={}", output.display()),
-            ],
+            ]
+            .into_iter()
+            .chain((job.fsync > 0).then(|| format!("--fsync={}", job.fsync)))
+            .collect(),
             Workload::CopyOut => vec!["nbdcopy".into(), uri.into(), "null:".into()],
             Workload::CopyIn(file) => {
                 vec!["nbdcopy".into(), file.display().to_string(), uri.into()]
@@ -209,5 +220,28 @@ pub fn output_of(mut cmd: Command, timeout: Duration) -> Result<String, String> 
             out.status,
             last_line(&out.stderr)
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flush_interval_is_in_the_label_and_the_command() {
+        let job = |fsync| {
+            Workload::Fio(FioJob {
+                rw: "randwrite",
+                block_size: 4096,
+                iodepth: 16,
+                connections: 1,
+                fsync,
+            })
+        };
+        let runtime = Duration::from_secs(2);
+        assert_eq!(job(16).label(), "fio 4k randwrite qd16, 1 conn, fsync=16");
+        assert!(job(16).command_line(runtime).ends_with(" --fsync=16"));
+        assert_eq!(job(0).label(), "fio 4k randwrite qd16, 1 conn");
+        assert!(!job(0).command_line(runtime).contains("fsync"));
     }
 }
