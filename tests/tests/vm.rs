@@ -16,21 +16,31 @@
 //! (the multihttp default) gives. `HND_VM_PLUGIN_KEYS=writeback=true`
 //! (tests/vm/run) shows that test fail.
 //!
+//! `powerloss-s3-cache` (issue #23) puts the s3 plugin's write-back cache
+//! (`cache-dir=`) on the guest's own volatile ext4 disk, its store a
+//! Garage on this host (outside the power domain, reached through QEMU's
+//! user network, `HND_VM_NET=user`), stopped while the guest writes: only
+//! the journal's fdatasync makes a flushed write durable. A second boot
+//! replays the journal, then the store is checked here.
+//!
 //! Needs: qemu-system-x86, busybox-static, cpio (scripts/install-deps),
-//! e2fsprogs (mkfs.ext4, e2fsck, debugfs), the release build, and apt
-//! access once to fetch the kernel (cached in
+//! e2fsprogs (mkfs.ext4, e2fsck, debugfs), Garage (for the s3 scenario),
+//! the release build, and apt access once to fetch the kernel (cached in
 //! /var/cache/http-nbd-transfer/vm-kernel).
 //! Run: `cargo test --release -p integration-tests --test vm`
 
+use std::collections::HashMap;
+use std::ffi::OsStr;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use harness::garage::Garage;
 use harness::{
-    artifact, bin_dir, debian_tool, pattern, run, run_ok, wait_until, workspace_root, Nbdkit, Proc,
-    TempDir,
+    artifact, bin_dir, debian_tool, nbdsh, pattern, run, run_ok, wait_until, workspace_root,
+    Nbdkit, Proc, TempDir,
 };
 use lock_ext::LockIgnoringPoison;
 
@@ -47,7 +57,7 @@ fn vm_slot() -> MutexGuard<'static, ()> {
     ONE_VM_AT_A_TIME.lock_ignoring_poison()
 }
 
-fn run_vm(scenarios: &str, envs: &[(&str, &Path)]) -> (Option<i32>, Vec<String>) {
+fn run_vm(scenarios: &str, envs: &[(&str, &OsStr)]) -> (Option<i32>, Vec<String>) {
     let _slot = vm_slot();
     let mut cmd = Command::new(workspace_root().join("tests/vm/run"));
     cmd.arg(scenarios).env("HND_VM_TIMEOUT", "260");
@@ -95,7 +105,7 @@ fn kernel_attach_failover_concurrent_wrappers_and_nbdkit_restarts_in_a_vm() {
     let scenarios = ["concurrent", "failover", "restart", "outage"];
     let (code, lines) = run_vm(
         &scenarios.join(","),
-        &[("HND_VM_INSTALLED_ROOT", installed.path())],
+        &[("HND_VM_INSTALLED_ROOT", installed.path().as_os_str())],
     );
     let console = lines.join("\n");
     assert!(
@@ -214,6 +224,19 @@ fn cut_power(pidfile: &Path) {
 /// Panics (QEMU killed with its group by Proc) if the guest fails or
 /// never gets there.
 fn boot_and_cut_power(scenario: &str, disks: &[String], cut_at: (&str, usize)) -> PowerCut {
+    boot_and_cut_power_with(scenario, disks, &[], None, cut_at)
+}
+
+/// [`boot_and_cut_power`] with more tests/vm/run `envs`, and `step`: once
+/// a console line contains `step.0`, `step.1` runs (once) while the guest
+/// goes on.
+fn boot_and_cut_power_with(
+    scenario: &str,
+    disks: &[String],
+    envs: &[(&str, &str)],
+    mut step: Option<(&str, &mut dyn FnMut())>,
+    cut_at: (&str, usize),
+) -> PowerCut {
     let (marker, count) = cut_at;
     let _slot = vm_slot();
     let pid_dir = TempDir::new().expect("temp dir");
@@ -222,12 +245,19 @@ fn boot_and_cut_power(scenario: &str, disks: &[String], cut_at: (&str, usize)) -
     cmd.arg(scenario)
         .env("HND_VM_TIMEOUT", "260")
         .env("HND_VM_DISKS", disks.join(" "))
-        .env("HND_VM_PIDFILE", &pidfile);
+        .env("HND_VM_PIDFILE", &pidfile)
+        .envs(envs.iter().copied());
     let started = Instant::now();
     let mut vm = Proc::spawn("vm", cmd);
     let mut ended = false;
     let failed = |vm: &Proc| vm.output.contains("VM-RESULT: FAIL");
     wait_until(VM_TIMEOUT, || {
+        if let Some((when, _)) = &step {
+            if vm.output.contains(when) {
+                let (_, run_step) = step.take().expect("a step");
+                run_step();
+            }
+        }
         ended = vm.exited().is_some();
         ended || vm.output.count(marker) >= count || failed(&vm)
     });
@@ -496,4 +526,256 @@ fn read_sharded_disk_from_ext4(fs_image: &Path, work: &Path) -> Vec<u8> {
     nbdcopy.arg(nbdkit.uri()).arg(&copy);
     run_ok(nbdcopy, Duration::from_secs(120));
     fs::read(&copy).expect("read the copied sharded disk")
+}
+
+// --- Power loss under the s3 plugin's write-back cache (issue #23) -------
+
+/// Must match tests/vm/guest-test: write n of the guest's model writer
+/// fills 4 KiB block b of the first S3_BLOCKS with 256 copies of the 16
+/// bytes `%07d %07d\n` (n, b).
+const S3_BLOCK: usize = 4096;
+const S3_BLOCKS: u64 = 128;
+const S3_UNIT: usize = 16;
+/// The writer's flushed writes (a flush every 16), before the unflushed.
+const S3_FLUSHED: u64 = 96;
+/// Unflushed writes acknowledged when the power is cut.
+const S3_CUT_AT: usize = 4;
+const S3_PREFIX: &str = "vol/";
+/// The writer goes on with the store down only while its lease's last
+/// confirmation is younger than a quarter of this (then each write reads
+/// the lease back, waiting up to that long for the store): 22 s for the
+/// guest's ~5 s of writes under TCG. The replaying boot need not wait for
+/// it: the lease's owner ran on the previous boot of the same host.
+const S3_LEASE_TIME: &str = "90s";
+
+/// The disk hnd-s3: the plugin keys the guest's s3 plugin gets, as the
+/// guest reaches Garage (10.0.2.2 on QEMU's user network is this host's
+/// loopback), one KEY=VALUE a line, NUL-padded to whole sectors.
+fn s3_keys_disk(garage: &Garage, dir: &Path) -> PathBuf {
+    let mut keys = [
+        format!("endpoint=http://10.0.2.2:{}", garage.s3_port),
+        format!("bucket={}", garage.bucket),
+        format!("region={}", harness::garage::REGION),
+        format!("prefix={S3_PREFIX}"),
+        format!("access-key={}", garage.access_key),
+        format!("secret-key={}", garage.secret_key),
+        "size=4M".to_owned(),
+        "chunk-size=64K".to_owned(),
+        format!("lease-time={S3_LEASE_TIME}"),
+    ]
+    .join("\n")
+    .into_bytes();
+    keys.push(b'\n');
+    keys.resize(keys.len().div_ceil(4096) * 4096, 0);
+    let path = dir.join("s3-keys.img");
+    fs::write(&path, keys).expect("write the keys disk");
+    path
+}
+
+/// What the guest's model writer reported before the power cut.
+struct S3Model {
+    /// Write numbers issued per block, ascending.
+    issued: HashMap<u64, Vec<u64>>,
+    /// The last write a flush covered.
+    flushed: u64,
+    /// Writes acknowledged without a flush.
+    unflushed: usize,
+}
+
+impl S3Model {
+    fn from_console(lines: &[String]) -> S3Model {
+        let numbers = |line: &str, marker: &str| -> Option<Vec<u64>> {
+            let (_, rest) = line.split_once(marker)?;
+            Some(
+                rest.split_whitespace()
+                    .map(|n| n.parse().expect("a number in a VM marker line"))
+                    .collect(),
+            )
+        };
+        let mut model = S3Model {
+            issued: HashMap::new(),
+            flushed: 0,
+            unflushed: 0,
+        };
+        for line in lines {
+            if let Some(w) = numbers(line, "VM-I ") {
+                assert_eq!(w.len(), 2, "bad line: {line}");
+                model.issued.entry(w[1]).or_default().push(w[0]);
+            } else if let Some(w) = numbers(line, "VM-F ") {
+                model.flushed = w[0];
+            } else if numbers(line, "VM-U ").is_some() {
+                model.unflushed += 1;
+            }
+        }
+        model
+    }
+
+    /// The oldest write `block` may hold: its last one a flush covered
+    /// (0: none, zeros allowed).
+    fn floor(&self, block: u64) -> u64 {
+        self.issued
+            .get(&block)
+            .and_then(|ns| ns.iter().copied().filter(|&n| n <= self.flushed).max())
+            .unwrap_or(0)
+    }
+}
+
+/// Checks the model writer's blocks of `disk`: each holds, whole, a write
+/// issued to it, no older than its last flushed one. Returns the
+/// problems, and how many blocks hold an unflushed write.
+fn check_s3_model(disk: &[u8], model: &S3Model) -> (Vec<String>, usize) {
+    let mut problems = Vec::new();
+    let mut newer = 0;
+    for block in 0..S3_BLOCKS {
+        let bytes = &disk[block as usize * S3_BLOCK..(block as usize + 1) * S3_BLOCK];
+        let floor = model.floor(block);
+        if bytes.iter().all(|&b| b == 0) {
+            if floor != 0 {
+                problems.push(format!(
+                    "block {block} is zeros: flushed write {floor} is lost"
+                ));
+            }
+            continue;
+        }
+        let unit = &bytes[..S3_UNIT];
+        let stamp = std::str::from_utf8(unit)
+            .ok()
+            .and_then(|u| u.strip_suffix('\n'))
+            .and_then(|u| u.split_once(' '))
+            .and_then(|(n, b)| Some((n.parse::<u64>().ok()?, b.parse::<u64>().ok()?)));
+        let Some((n, stamped)) = stamp.filter(|_| bytes.chunks(S3_UNIT).all(|c| c == unit)) else {
+            problems.push(format!("block {block} is torn or foreign: {:?}", &unit));
+            continue;
+        };
+        if stamped != block || !model.issued.get(&block).is_some_and(|ns| ns.contains(&n)) {
+            problems.push(format!(
+                "block {block} holds write {n} of block {stamped}, never issued to it"
+            ));
+        } else if n < floor {
+            problems.push(format!(
+                "block {block} holds write {n}, older than its flushed write {floor}"
+            ));
+        } else if n > model.flushed {
+            newer += 1;
+        }
+    }
+    (problems, newer)
+}
+
+/// Issue #23: the s3 plugin's write-back cache on the guest's own disk,
+/// its store on this host. The guest attaches the s3 plugin with
+/// `cache-dir=` on an ext4 virtio disk with a volatile write cache; once
+/// it is attached Garage is stopped (SIGKILL), so every write of the
+/// guest's model writer lands only in the journal, made durable by the
+/// flushes alone (fdatasync through ext4 and the virtio disk: background
+/// writeback is off in the guest). The power cut (SIGKILL of QEMU and of
+/// the disk's nbdkit) comes while it writes without flushing. Garage
+/// started again, the store holds no chunk yet; a second boot on the
+/// same disk (its kernel recovers ext4) starts the plugin on the same
+/// cache-dir, which takes the lease of the previous boot's writer (same
+/// host, booted since: known gone) and replays the journal before it
+/// serves. The store, read without the cache, then holds every flushed
+/// write or a later one in every block, whole, nothing older.
+#[test]
+fn flushed_writes_in_the_s3_cache_on_the_guests_disk_survive_a_vm_power_cut() {
+    artifact("libs3.so");
+    let mut garage = Garage::start();
+    let dir = image_dir();
+    let fs_image = empty_image(dir.path(), "fs.img", 64 << 20);
+    make_ext4(&fs_image);
+    let keys = s3_keys_disk(&garage, dir.path());
+    let keys_disk = format!("hnd-s3={}:ro", keys.display());
+    let mut stopped = false;
+    let mut stop_store = || {
+        garage.stop();
+        stopped = true;
+    };
+    let cut = boot_and_cut_power_with(
+        "powerloss-s3-cache",
+        &[
+            format!("hnd-fs={}:volatile", fs_image.display()),
+            keys_disk.clone(),
+        ],
+        &[("HND_VM_NET", "user")],
+        Some(("VM-S3-ATTACHED", &mut stop_store)),
+        ("VM-U ", S3_CUT_AT),
+    );
+    assert!(stopped, "the store was never stopped:\n{}", cut.console);
+    let model = S3Model::from_console(&cut.lines);
+    assert_eq!(
+        model.flushed, S3_FLUSHED,
+        "the guest did not report its flushes:\n{}",
+        cut.console
+    );
+    garage.start_again();
+    let chunks: Vec<String> = garage
+        .objects(S3_PREFIX)
+        .into_iter()
+        .filter(|k| k.contains("/chunks/"))
+        .collect();
+    assert!(
+        chunks.is_empty(),
+        "chunks reached the store while it was down: {chunks:?}"
+    );
+
+    let disks = format!("hnd-fs={} {keys_disk}", fs_image.display());
+    let (code, lines) = run_vm(
+        "powerloss-s3-cache-replay",
+        &[
+            ("HND_VM_DISKS", OsStr::new(&disks)),
+            ("HND_VM_NET", OsStr::new("user")),
+        ],
+    );
+    let replay_console = lines.join("\n");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.ends_with("VM-RESULT: PASS powerloss-s3-cache-replay")),
+        "the replaying boot failed:\n{replay_console}"
+    );
+    assert_eq!(code, Some(0), "tests/vm/run failed:\n{replay_console}");
+
+    let store = Nbdkit::start(
+        &["-r"],
+        &artifact("libs3.so"),
+        &garage
+            .read_only_params(S3_PREFIX)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    let dump = dir.path().join("store.img");
+    nbdsh(
+        &store.uri(),
+        &format!(
+            "open({:?}, 'wb').write(h.pread({}, 0))",
+            dump.display().to_string(),
+            S3_BLOCKS as usize * S3_BLOCK
+        ),
+    );
+    drop(store);
+    let disk = fs::read(&dump).expect("read the store's dump");
+    let (problems, newer) = check_s3_model(&disk, &model);
+    let writes: usize = model.issued.values().map(Vec::len).sum();
+    println!(
+        "powerloss-s3-cache: power cut {:.1} s after start; {} writes, {} flushed, {} acknowledged \
+         unflushed; {} blocks hold an unflushed write",
+        cut.boot_to_cut.as_secs_f64(),
+        writes,
+        model.flushed,
+        model.unflushed,
+        newer
+    );
+    assert!(
+        problems.is_empty(),
+        "powerloss-s3-cache: {} of {S3_BLOCKS} blocks wrong in the store after the replay: {:#?}\n\
+         --- the writing boot:\n{}\n--- the replaying boot:\n{replay_console}",
+        problems.len(),
+        problems,
+        cut.console
+    );
+    assert!(
+        replay_console.contains("replaying the journal"),
+        "the second boot did not replay the journal:\n{replay_console}"
+    );
 }
