@@ -56,7 +56,11 @@ fn open_store() -> Result<ChunkStore<WriteBack<S3Chunks>>, StoreError> {
                 // As many uploads in flight as the pool has connections.
                 uploaders: config.pool_size,
             };
-            let disk = format!("{}/{}/{}", config.endpoint, config.bucket, config.prefix);
+            // Bucket and prefix, not the endpoint: one store is often
+            // reached under several names (a VM's 10.0.2.2, a DNS alias).
+            // A journal taken to another store is still never replayed
+            // there: that store's lease was not taken from its writer.
+            let disk = format!("{}/{}", config.bucket, config.prefix);
             WriteBack::cached(fenced, &settings, metadata.chunk_size, &disk)?
         }
     };

@@ -120,7 +120,7 @@ impl Journal {
     /// takes at most `segment_size` bytes (more for a record larger than
     /// that).
     pub fn open(dir: &Path, limit: u64, segment_size: u64) -> Result<Found, StoreError> {
-        fs::create_dir_all(dir).map_err(|e| eio(format!("creating {}: {e}", dir.display())))?;
+        create_dir_durably(dir)?;
         let mut numbers = Vec::new();
         let listing =
             fs::read_dir(dir).map_err(|e| eio(format!("listing {}: {e}", dir.display())))?;
@@ -375,6 +375,24 @@ impl Journal {
             self.space.notify_all();
         }
         Ok(())
+    }
+}
+
+/// Creates `dir` (and missing parents) so that it survives a power cut:
+/// each new directory's entry is synced in its parent.
+pub fn create_dir_durably(dir: &Path) -> Result<(), StoreError> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let parent = dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    create_dir_durably(parent)?;
+    match fs::create_dir(dir) {
+        Ok(()) => sync_dir(parent),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(eio(format!("creating {}: {e}", dir.display()))),
     }
 }
 

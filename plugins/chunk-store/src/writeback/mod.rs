@@ -348,7 +348,7 @@ fn overlay(entries: &[Entry], at: u64, buf: &mut [u8]) -> Result<(), StoreError>
 
 /// Takes `dir/lock`: one process per cache directory.
 fn lock_dir(dir: &Path) -> Result<File, StoreError> {
-    fs::create_dir_all(dir).map_err(|e| eio(format!("creating {}: {e}", dir.display())))?;
+    journal::create_dir_durably(dir)?;
     let path = dir.join("lock");
     let file = File::options()
         .create(true)
