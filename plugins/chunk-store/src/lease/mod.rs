@@ -142,6 +142,9 @@ struct State {
     /// Set once the lease was taken over: why every write now fails.
     lost: Option<String>,
     stopping: bool,
+    /// The last renewal that could not reach the store: when it started
+    /// ([`boot_clock`]) and why it failed.
+    unreachable: Option<(Duration, StoreError)>,
 }
 
 /// A held lease and its renewal thread. Its locks ignore poisoning: each
@@ -191,6 +194,7 @@ impl Lease {
                 held,
                 lost: None,
                 stopping: false,
+                unreachable: None,
             }),
             wake: Condvar::new(),
             renewing: Mutex::new(()),
@@ -295,19 +299,36 @@ impl Lease {
         self.settings.duration / 4
     }
 
-    /// Renews unless another thread did within `max_age`.
+    /// Renews unless another thread did within `max_age`. While the store
+    /// is unreachable, a renewal that started less than a twelfth of
+    /// lease-time ago answers for it: writers then do not each wait for the
+    /// store in turn (with a write-back cache they go on at local speed
+    /// until the lease could no longer be trusted). A process stopped and
+    /// continued finds that attempt old, and reads the lease back first.
     fn renew_if_older_than(&self, max_age: Duration) -> Result<(), StoreError> {
         let _one_at_a_time = self.renewing.lock_ignoring_poison();
+        let started = boot_clock();
         {
             let state = self.state.lock_ignoring_poison();
             if let Some(why) = &state.lost {
                 return Err(erofs(why.clone()));
             }
-            if boot_clock().saturating_sub(state.held.confirmed_at) <= max_age {
+            if started.saturating_sub(state.held.confirmed_at) <= max_age {
                 return Ok(());
             }
+            if let Some((at, why)) = &state.unreachable {
+                if started.saturating_sub(*at) < self.settings.duration / 12 {
+                    return Err(why.clone());
+                }
+            }
         }
-        self.renew()
+        let renewed = self.renew();
+        let mut state = self.state.lock_ignoring_poison();
+        state.unreachable = match &renewed {
+            Err(e) if e.errno != libc::EROFS => Some((started, e.clone())),
+            _ => None,
+        };
+        renewed
     }
 
     /// Reads the lease back; still ours: writes it with a new expiry.
@@ -606,6 +627,9 @@ pub(crate) mod tests {
     pub(crate) struct MemoryLease {
         stored: Mutex<Option<(Vec<u8>, u64)>>,
         pub conflicts: Mutex<usize>,
+        /// Reads fail as if the store could not be reached.
+        pub down: std::sync::atomic::AtomicBool,
+        pub reads: std::sync::atomic::AtomicUsize,
     }
 
     impl MemoryLease {
@@ -627,6 +651,11 @@ pub(crate) mod tests {
             "mem".into()
         }
         fn read(&self) -> Result<Option<(Vec<u8>, Version)>, StoreError> {
+            use std::sync::atomic::Ordering;
+            self.reads.fetch_add(1, Ordering::Relaxed);
+            if self.down.load(Ordering::Relaxed) {
+                return Err(StoreError::new(libc::EIO, "the store is down"));
+            }
             Ok(self
                 .stored
                 .lock_ignoring_poison()
@@ -718,6 +747,34 @@ pub(crate) mod tests {
         assert_eq!(store.record().unwrap().generation, 2);
         b.release();
         assert!(store.record().is_none());
+    }
+
+    /// With the store unreachable, writers' checks share one failed
+    /// renewal instead of each trying the store, go on for three quarters
+    /// of lease-time, then fail.
+    #[test]
+    fn an_unreachable_store_is_tried_once_for_many_writes_then_writes_stop() {
+        use std::sync::atomic::Ordering;
+        let store = Arc::new(MemoryLease::default());
+        let lease =
+            Lease::acquire(store.clone(), settings(false), identity::this_process()).unwrap();
+        store.down.store(true, Ordering::Relaxed);
+        std::thread::sleep(MIN_DURATION / 4 + Duration::from_millis(50));
+        let before = store.reads.load(Ordering::Relaxed);
+        for _ in 0..50 {
+            lease.check().unwrap();
+        }
+        let tried = store.reads.load(Ordering::Relaxed) - before;
+        assert!(tried <= 2, "50 checks read the lease {tried} times");
+        std::thread::sleep(MIN_DURATION / 2 + Duration::from_millis(100));
+        let e = lease.check().unwrap_err();
+        assert_eq!(e.errno, libc::EIO, "{e}");
+        assert!(
+            e.to_string().contains("longer than it may be trusted"),
+            "{e}"
+        );
+        store.down.store(false, Ordering::Relaxed);
+        lease.release();
     }
 
     #[test]
