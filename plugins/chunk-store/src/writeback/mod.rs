@@ -141,12 +141,18 @@ impl<B: ChunkBackend + 'static> WriteBack<B> {
         cache.replay(found.entries, found.owner)?;
         let mut uploaders = cache.uploaders.lock_ignoring_poison();
         for n in 0..settings.uploaders.max(1) {
-            let cache = cache.clone();
-            let handle = std::thread::Builder::new()
+            let uploader = cache.clone();
+            let spawned = std::thread::Builder::new()
                 .name(format!("cache-upload-{n}"))
-                .spawn(move || cache.upload_until_stopped())
-                .map_err(|e| eio(format!("starting the cache's uploads: {e}")))?;
-            uploaders.push(handle);
+                .spawn(move || uploader.upload_until_stopped());
+            match spawned {
+                Ok(handle) => uploaders.push(handle),
+                Err(e) => {
+                    // The ones already started must not outlive the error.
+                    cache.dirty.stop();
+                    return Err(eio(format!("starting the cache's uploads: {e}")));
+                }
+            }
         }
         drop(uploaders);
         Ok(WriteBack {
