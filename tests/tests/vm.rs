@@ -541,11 +541,11 @@ const S3_FLUSHED: u64 = 96;
 /// Unflushed writes acknowledged when the power is cut.
 const S3_CUT_AT: usize = 4;
 const S3_PREFIX: &str = "vol/";
-/// The writer goes on with the store down only while its lease's last
-/// confirmation is younger than a quarter of this (then each write reads
-/// the lease back, waiting up to that long for the store): 22 s for the
-/// guest's ~5 s of writes under TCG. The replaying boot need not wait for
-/// it: the lease's owner ran on the previous boot of the same host.
+/// With the store down, the writer's lease cannot be confirmed: its
+/// writes go on for three quarters of this, then fail (the lease could
+/// have expired). Ample for the guest's ~5 s of writes under TCG. The
+/// replaying boot need not wait for it: the lease's owner ran on the
+/// previous boot of the same host.
 const S3_LEASE_TIME: &str = "90s";
 
 /// The disk hnd-s3: the plugin keys the guest's s3 plugin gets, as the
