@@ -36,7 +36,7 @@ pub struct Upload {
 }
 
 /// Whether `new` overwrites every byte of `old`.
-fn covers(new: &Entry, old: &Entry) -> bool {
+fn overwrites(new: &Entry, old: &Entry) -> bool {
     let (n, o) = (&new.header, &old.header);
     n.offset <= o.offset && o.offset + o.len <= n.offset + n.len
 }
@@ -66,7 +66,7 @@ impl Dirty {
         let mut state = self.state.lock_ignoring_poison();
         let index = entry.header.chunk;
         let chunk = state.chunks.entry(index).or_default();
-        chunk.visible.retain(|old| !covers(&entry, old));
+        chunk.visible.retain(|old| !overwrites(&entry, old));
         chunk.visible.push(entry.clone());
         chunk.pending.push(entry);
         if !chunk.queued && !chunk.uploading {
@@ -84,6 +84,14 @@ impl Dirty {
             .chunks
             .get(&index)
             .map_or_else(Vec::new, |c| c.visible.clone())
+    }
+
+    /// Whether chunk `index` has records not yet stored.
+    pub fn contains(&self, index: u64) -> bool {
+        self.state
+            .lock_ignoring_poison()
+            .chunks
+            .contains_key(&index)
     }
 
     /// Dirty chunks in `first..=last`.

@@ -282,13 +282,27 @@ impl<B: ChunkBackend> Cache<B> {
         }
     }
 
+    /// Fills `buf` with chunk `index`'s bytes from `at`: the stored
+    /// object (not read when `entries` cover the range) with `entries`
+    /// applied over it.
+    fn compose(
+        &self,
+        index: u64,
+        entries: &[Entry],
+        at: u64,
+        buf: &mut [u8],
+    ) -> Result<(), StoreError> {
+        let end = at + buf.len() as u64;
+        if !covers(ranges(entries), at, end) && !self.inner.read(index, at, buf)? {
+            buf.fill(0);
+        }
+        overlay(entries, at, buf)
+    }
+
     /// Stores chunk `index` with `entries` applied, as one whole object.
     fn upload(&self, index: u64, entries: &[Entry]) -> Result<(), StoreError> {
         let mut image = vec![0u8; self.chunk_size as usize];
-        if !covers(ranges(entries), 0, self.chunk_size) && !self.inner.read(index, 0, &mut image)? {
-            image.fill(0);
-        }
-        overlay(entries, 0, &mut image)?;
+        self.compose(index, entries, 0, &mut image)?;
         if is_zero(&image) {
             self.inner.delete(index, true)
         } else {
@@ -307,8 +321,7 @@ impl<B: ChunkBackend> Cache<B> {
     }
 
     fn exists(&self, index: u64) -> Result<bool, StoreError> {
-        Ok(!self.dirty.chunks_in(index, index).is_empty()
-            || !self.inner.existing(index, index)?.is_empty())
+        Ok(self.dirty.contains(index) || !self.inner.existing(index, index)?.is_empty())
     }
 
     fn zero(&self, index: u64, offset: u64, len: u64, fua: bool) -> Result<(), StoreError> {
@@ -410,11 +423,7 @@ impl<B: ChunkBackend> ChunkBackend for WriteBack<B> {
         if entries.is_empty() {
             return self.inner.read(index, offset, buf);
         }
-        let end = offset + buf.len() as u64;
-        if !covers(ranges(&entries), offset, end) && !self.inner.read(index, offset, buf)? {
-            buf.fill(0);
-        }
-        overlay(&entries, offset, buf)?;
+        cache.compose(index, &entries, offset, buf)?;
         Ok(true)
     }
 
