@@ -156,6 +156,8 @@ pub struct Lease {
     /// readable: tells a write-back journal whether its writes are the
     /// last ones made to the disk.
     taken_from: Option<u64>,
+    /// This holding's token: renewals keep the owner, so it never changes.
+    token: u64,
     state: Mutex<State>,
     wake: Condvar,
     /// One renewal at a time (the thread's and writers' checks).
@@ -190,6 +192,7 @@ impl Lease {
             store,
             settings,
             taken_from,
+            token: held.record.owner.token,
             state: Mutex::new(State {
                 held,
                 lost: None,
@@ -252,7 +255,7 @@ impl Lease {
 
     /// This holding's token (random, per opening of the disk).
     pub fn token(&self) -> u64 {
-        self.state.lock_ignoring_poison().held.record.owner.token
+        self.token
     }
 
     /// The previous owner's token, when this lease replaced a readable
