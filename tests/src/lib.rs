@@ -28,6 +28,7 @@ pub mod packages;
 pub mod scripted_peer;
 pub mod test_ca;
 pub mod tls_proxy;
+pub mod write_model;
 pub use disk_server::DiskServer;
 
 /// Root of the workspace.

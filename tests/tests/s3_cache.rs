@@ -18,12 +18,12 @@
 //! - A full cache blocks writers while the store is down, and lets them
 //!   go on once uploads can free it: no write fails.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use harness::garage::Garage;
+use harness::write_model::{Held, WriteModel};
 use harness::{artifact, debian_tool, nbdsh, wait_until, Nbdkit, Proc};
 use tempfile::TempDir;
 
@@ -103,83 +103,39 @@ fn start_fio(uri: &str) -> Proc {
     Proc::spawn("fio", fio)
 }
 
-/// What the model writer's lines say about each block.
-struct Model {
-    /// Write numbers issued per block, ascending.
-    issued: HashMap<u64, Vec<u64>>,
-    /// The last write known acknowledged (the one before the last
-    /// issued), and the last flushed.
-    acknowledged: u64,
-    flushed: u64,
-}
-
-impl Model {
-    fn from_lines(lines: &[String]) -> Model {
-        let mut issued: HashMap<u64, Vec<u64>> = HashMap::new();
-        let (mut last, mut flushed) = (0, 0);
-        for line in lines {
-            let words: Vec<u64> = line
-                .split_whitespace()
-                .skip(1)
-                .filter_map(|w| w.parse().ok())
-                .collect();
-            match (line.split_whitespace().next(), words.as_slice()) {
-                (Some("I"), [n, block]) => {
-                    issued.entry(*block).or_default().push(*n);
-                    last = *n;
-                }
-                (Some("F"), [n]) => flushed = *n,
-                _ => {}
-            }
-        }
-        Model {
-            issued,
-            acknowledged: last.saturating_sub(1),
-            flushed,
+/// What the model writer's lines (`I n block`, `F n`) say.
+fn model_from_lines(lines: &[String]) -> WriteModel {
+    let mut model = WriteModel::default();
+    for line in lines {
+        let mut words = line.split_whitespace();
+        let kind = words.next();
+        let numbers: Vec<u64> = words.filter_map(|w| w.parse().ok()).collect();
+        match (kind, numbers.as_slice()) {
+            (Some("I"), [n, block]) => model.issue(*n, *block),
+            (Some("F"), [n]) => model.flush(*n),
+            _ => {}
         }
     }
-
-    /// The oldest write block `block` may hold: its last write at or
-    /// before `upto` (0: none, zeros allowed).
-    fn floor(&self, block: u64, upto: u64) -> u64 {
-        self.issued
-            .get(&block)
-            .and_then(|ns| ns.iter().copied().filter(|&n| n <= upto).max())
-            .unwrap_or(0)
-    }
+    model
 }
 
 /// Checks the model's half of `disk` (the whole disk's bytes): every
 /// block holds a whole write issued to it, no older than its last one at
 /// or before `upto`. Returns how many blocks hold data.
-fn check_model_half(disk: &[u8], model: &Model, upto: u64) -> usize {
+fn check_model_half(disk: &[u8], model: &WriteModel, upto: u64) -> usize {
     let mut written = 0;
     for block in 0..MODEL_BLOCKS {
         let bytes = &disk[(block * BLOCK) as usize..((block + 1) * BLOCK) as usize];
-        let floor = model.floor(block, upto);
-        if bytes.iter().all(|&b| b == 0) {
-            assert_eq!(
-                floor, 0,
-                "block {block} is zeros, but write {floor} to it was acknowledged"
-            );
-            continue;
+        // 256 copies of (write number, block), little-endian.
+        let stamp = bytes.chunks(16).all(|c| c == &bytes[..16]).then(|| {
+            let word = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap());
+            (word(0), word(8))
+        });
+        match model.check(block, bytes, stamp, upto) {
+            Ok(Held::Write(_)) => written += 1,
+            Ok(Held::Zeros) => {}
+            Err(problem) => panic!("{problem}"),
         }
-        written += 1;
-        let n = u64::from_le_bytes(bytes[0..8].try_into().unwrap());
-        let stamped = u64::from_le_bytes(bytes[8..16].try_into().unwrap());
-        assert!(
-            bytes.chunks(16).all(|c| c == &bytes[..16]),
-            "block {block} is torn or foreign"
-        );
-        assert_eq!(stamped, block, "block {block} holds block {stamped}'s data");
-        assert!(
-            model.issued[&block].contains(&n),
-            "block {block} holds write {n}, never issued to it"
-        );
-        assert!(
-            n >= floor,
-            "block {block} holds write {n}, older than its acknowledged write {floor}"
-        );
     }
     written
 }
@@ -235,7 +191,7 @@ fn write_then_crash(
     run: Duration,
     stop_store: Option<Duration>,
     scratch: &Path,
-) -> Model {
+) -> WriteModel {
     let mut nbdkit = start(&cached(garage, cache, &[]), &[]);
     let mut model = start_model_writer(&nbdkit.uri(), seed);
     let mut fio = start_fio(&nbdkit.uri());
@@ -253,9 +209,9 @@ fn write_then_crash(
         );
         // Reads while the store is down come from the journal: what was
         // acknowledged before the read, or writes issued during it.
-        let acknowledged = Model::from_lines(&model.output.snapshot()).acknowledged;
+        let acknowledged = model_from_lines(&model.output.snapshot()).acknowledged();
         let disk = read_disk(&nbdkit.uri(), &scratch.join("during.img"));
-        let issued = Model::from_lines(&model.output.snapshot());
+        let issued = model_from_lines(&model.output.snapshot());
         assert!(check_model_half(&disk, &issued, acknowledged) > 0);
     } else {
         std::thread::sleep(run - before_stop);
@@ -268,7 +224,7 @@ fn write_then_crash(
         !journal_files(cache).is_empty(),
         "the crash left no journal: nothing was tested"
     );
-    let m = Model::from_lines(&lines);
+    let m = model_from_lines(&lines);
     assert!(m.flushed >= 64, "too few flushed writes: {}", m.flushed);
     m
 }
@@ -301,7 +257,7 @@ fn crash_and_replay(stop_store: bool) {
     drop(store);
     // A process kill keeps what was written to the journal: every
     // acknowledged write (so every flushed one too) is in the store.
-    let written = check_model_half(&disk, &model, model.acknowledged);
+    let written = check_model_half(&disk, &model, model.acknowledged());
     assert!(written > 0);
     assert!(check_fio_half(&disk) > 0, "fio wrote nothing");
     // A clean stop leaves an empty journal and no lease.

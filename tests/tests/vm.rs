@@ -29,7 +29,6 @@
 //! /var/cache/http-nbd-transfer/vm-kernel).
 //! Run: `cargo test --release -p integration-tests --test vm`
 
-use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -38,6 +37,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use harness::garage::Garage;
+use harness::write_model::{Held, WriteModel};
 use harness::{
     artifact, bin_dir, debian_tool, nbdsh, pattern, run, run_ok, wait_until, workspace_root,
     Nbdkit, Proc, TempDir,
@@ -572,91 +572,53 @@ fn s3_keys_disk(garage: &Garage, dir: &Path) -> PathBuf {
     path
 }
 
-/// What the guest's model writer reported before the power cut.
-struct S3Model {
-    /// Write numbers issued per block, ascending.
-    issued: HashMap<u64, Vec<u64>>,
-    /// The last write a flush covered.
-    flushed: u64,
-    /// Writes acknowledged without a flush.
-    unflushed: usize,
-}
-
-impl S3Model {
-    fn from_console(lines: &[String]) -> S3Model {
-        let numbers = |line: &str, marker: &str| -> Option<Vec<u64>> {
-            let (_, rest) = line.split_once(marker)?;
-            Some(
-                rest.split_whitespace()
-                    .map(|n| n.parse().expect("a number in a VM marker line"))
-                    .collect(),
-            )
-        };
-        let mut model = S3Model {
-            issued: HashMap::new(),
-            flushed: 0,
-            unflushed: 0,
-        };
-        for line in lines {
-            if let Some(w) = numbers(line, "VM-I ") {
-                assert_eq!(w.len(), 2, "bad line: {line}");
-                model.issued.entry(w[1]).or_default().push(w[0]);
-            } else if let Some(w) = numbers(line, "VM-F ") {
-                model.flushed = w[0];
-            } else if numbers(line, "VM-U ").is_some() {
-                model.unflushed += 1;
-            }
+/// What the guest's model writer reported before the power cut
+/// (`VM-I n block`, `VM-F n`), and how many writes it had acknowledged
+/// without a flush (`VM-U n`).
+fn s3_model_from_console(lines: &[String]) -> (WriteModel, usize) {
+    let numbers = |line: &str, marker: &str| -> Option<Vec<u64>> {
+        let (_, rest) = line.split_once(marker)?;
+        Some(
+            rest.split_whitespace()
+                .map(|n| n.parse().expect("a number in a VM marker line"))
+                .collect(),
+        )
+    };
+    let mut model = WriteModel::default();
+    let mut unflushed = 0;
+    for line in lines {
+        if let Some(w) = numbers(line, "VM-I ") {
+            assert_eq!(w.len(), 2, "bad line: {line}");
+            model.issue(w[0], w[1]);
+        } else if let Some(w) = numbers(line, "VM-F ") {
+            model.flush(w[0]);
+        } else if numbers(line, "VM-U ").is_some() {
+            unflushed += 1;
         }
-        model
     }
-
-    /// The oldest write `block` may hold: its last one a flush covered
-    /// (0: none, zeros allowed).
-    fn floor(&self, block: u64) -> u64 {
-        self.issued
-            .get(&block)
-            .and_then(|ns| ns.iter().copied().filter(|&n| n <= self.flushed).max())
-            .unwrap_or(0)
-    }
+    (model, unflushed)
 }
 
 /// Checks the model writer's blocks of `disk`: each holds, whole, a write
 /// issued to it, no older than its last flushed one. Returns the
 /// problems, and how many blocks hold an unflushed write.
-fn check_s3_model(disk: &[u8], model: &S3Model) -> (Vec<String>, usize) {
+fn check_s3_model(disk: &[u8], model: &WriteModel) -> (Vec<String>, usize) {
     let mut problems = Vec::new();
     let mut newer = 0;
     for block in 0..S3_BLOCKS {
         let bytes = &disk[block as usize * S3_BLOCK..(block as usize + 1) * S3_BLOCK];
-        let floor = model.floor(block);
-        if bytes.iter().all(|&b| b == 0) {
-            if floor != 0 {
-                problems.push(format!(
-                    "block {block} is zeros: flushed write {floor} is lost"
-                ));
-            }
-            continue;
-        }
+        // 256 copies of the text `%07d %07d\n` (write number, block).
         let unit = &bytes[..S3_UNIT];
         let stamp = std::str::from_utf8(unit)
             .ok()
             .and_then(|u| u.strip_suffix('\n'))
             .and_then(|u| u.split_once(' '))
-            .and_then(|(n, b)| Some((n.parse::<u64>().ok()?, b.parse::<u64>().ok()?)));
-        let Some((n, stamped)) = stamp.filter(|_| bytes.chunks(S3_UNIT).all(|c| c == unit)) else {
-            problems.push(format!("block {block} is torn or foreign: {:?}", &unit));
-            continue;
-        };
-        if stamped != block || !model.issued.get(&block).is_some_and(|ns| ns.contains(&n)) {
-            problems.push(format!(
-                "block {block} holds write {n} of block {stamped}, never issued to it"
-            ));
-        } else if n < floor {
-            problems.push(format!(
-                "block {block} holds write {n}, older than its flushed write {floor}"
-            ));
-        } else if n > model.flushed {
-            newer += 1;
+            .and_then(|(n, b)| Some((n.parse::<u64>().ok()?, b.parse::<u64>().ok()?)))
+            .filter(|_| bytes.chunks(S3_UNIT).all(|c| c == unit));
+        match model.check(block, bytes, stamp, model.flushed) {
+            Ok(Held::Write(n)) if n > model.flushed => newer += 1,
+            Ok(_) => {}
+            Err(problem) => problems.push(problem),
         }
     }
     (problems, newer)
@@ -701,7 +663,7 @@ fn flushed_writes_in_the_s3_cache_on_the_guests_disk_survive_a_vm_power_cut() {
         ("VM-U ", S3_CUT_AT),
     );
     assert!(stopped, "the store was never stopped:\n{}", cut.console);
-    let model = S3Model::from_console(&cut.lines);
+    let (model, unflushed) = s3_model_from_console(&cut.lines);
     assert_eq!(
         model.flushed, S3_FLUSHED,
         "the guest did not report its flushes:\n{}",
@@ -756,14 +718,14 @@ fn flushed_writes_in_the_s3_cache_on_the_guests_disk_survive_a_vm_power_cut() {
     drop(store);
     let disk = fs::read(&dump).expect("read the store's dump");
     let (problems, newer) = check_s3_model(&disk, &model);
-    let writes: usize = model.issued.values().map(Vec::len).sum();
+    let writes = model.writes();
     println!(
         "powerloss-s3-cache: power cut {:.1} s after start; {} writes, {} flushed, {} acknowledged \
          unflushed; {} blocks hold an unflushed write",
         cut.boot_to_cut.as_secs_f64(),
         writes,
         model.flushed,
-        model.unflushed,
+        unflushed,
         newer
     );
     assert!(
