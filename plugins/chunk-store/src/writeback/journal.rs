@@ -22,7 +22,6 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
@@ -199,16 +198,7 @@ impl Journal {
         if state.owner == Some(token) {
             return Ok(());
         }
-        let path = self.dir.join(OWNER_FILE);
-        let temporary = self.dir.join(format!("{OWNER_FILE}.new"));
-        let written = (|| {
-            let mut file = File::create(&temporary)?;
-            writeln!(file, "{token}")?;
-            file.sync_all()?;
-            fs::rename(&temporary, &path)
-        })();
-        written.map_err(|e| eio(format!("writing {}: {e}", path.display())))?;
-        sync_dir(&self.dir)?;
+        replace_durably(&self.dir, OWNER_FILE, &format!("{token}\n"))?;
         state.owner = Some(token);
         Ok(())
     }
@@ -376,6 +366,18 @@ impl Journal {
         }
         Ok(())
     }
+}
+
+/// Replaces `dir/name` with `contents` atomically and durably: the old
+/// file or the new one after a crash, never a part.
+pub fn replace_durably(dir: &Path, name: &str, contents: &str) -> Result<(), StoreError> {
+    let path = dir.join(name);
+    let temporary = dir.join(format!("{name}.new"));
+    fs::write(&temporary, contents)
+        .and_then(|()| File::open(&temporary)?.sync_all())
+        .and_then(|()| fs::rename(&temporary, &path))
+        .map_err(|e| eio(format!("writing {}: {e}", path.display())))?;
+    sync_dir(dir)
 }
 
 /// Creates `dir` (and missing parents) so that it survives a power cut:

@@ -401,12 +401,7 @@ fn check_disk(dir: &Path, disk: &str) -> Result<(), StoreError> {
             stored.trim_end()
         ))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let temporary = dir.join("disk.new");
-            fs::write(&temporary, format!("{disk}\n"))
-                .and_then(|()| File::open(&temporary)?.sync_all())
-                .and_then(|()| fs::rename(&temporary, &path))
-                .and_then(|()| File::open(dir)?.sync_all())
-                .map_err(|e| eio(format!("writing {}: {e}", path.display())))
+            journal::replace_durably(dir, "disk", &format!("{disk}\n"))
         }
         Err(e) => Err(eio(format!("reading {}: {e}", path.display()))),
     }
